@@ -1,0 +1,11 @@
+//! papo: a blocking WebSocket + gRPC chat server.
+//!
+//! `ws` is a thread-per-connection tungstenite server on `std::net`, `grpc` a
+//! gRPC C-core server; both answer through the transport-free `chat` core.
+
+pub mod chat;
+pub mod client;
+pub mod config;
+pub mod grpc;
+pub mod proto;
+pub mod ws;

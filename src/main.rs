@@ -1,0 +1,130 @@
+//! `papo`: the command line. Parses flags, then hands over to the library.
+
+use std::io;
+use std::process::ExitCode;
+use std::thread;
+
+use papo::client;
+use papo::config::{self, CliError, ServeConfig, COMMANDS};
+use papo::grpc::GrpcServer;
+use papo::ws::WsServer;
+
+/// How a run ended other than by doing its work: help was asked for (exit 0),
+/// wrong usage (exit 2) or a failure at run time (exit 1).
+enum Failure {
+    Help(String),
+    Usage(String),
+    Runtime(String),
+}
+
+impl From<CliError> for Failure {
+    fn from(e: CliError) -> Self {
+        match e {
+            CliError::Help(text) => Failure::Help(text),
+            CliError::Usage(msg) => Failure::Usage(msg),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
+    let result = match args {
+        Ok(args) => run(&args),
+        Err(bad) => Err(Failure::Usage(format!(
+            "argument {bad:?} is not valid UTF-8"
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Help(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Usage(msg)) => {
+            eprintln!("papo: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(msg)) => {
+            eprintln!("papo: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(Failure::Usage(format!(
+            "a command is required\n\n{}",
+            usage()
+        )));
+    };
+    match name.as_str() {
+        "-h" | "--help" | "help" => return Err(Failure::Help(usage())),
+        "-V" | "--version" => {
+            println!("papo {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let Some(cmd) = COMMANDS.iter().find(|c| c.name == name) else {
+        return Err(Failure::Usage(format!(
+            "unknown command '{name}'\n\n{}",
+            usage()
+        )));
+    };
+    let values = config::parse(cmd, rest, |k| std::env::var(k).ok())?;
+    let stdout = &mut io::stdout().lock();
+    match cmd.name {
+        "serve" => serve(ServeConfig::from_values(&values)?),
+        "ws-client" => {
+            client::ws_client(&config::ws_client_config(&values)?, stdout).map_err(Failure::Runtime)
+        }
+        "grpc-client" => client::grpc_client(&config::grpc_client_config(&values)?, stdout)
+            .map_err(Failure::Runtime),
+        other => Err(Failure::Usage(format!("unknown command '{other}'"))),
+    }
+}
+
+fn usage() -> String {
+    let mut out = String::from(
+        "papo: a blocking WebSocket + gRPC chat server\n\nUsage: papo <COMMAND> [FLAGS]\n\nCommands:\n",
+    );
+    for cmd in COMMANDS {
+        out.push_str(&format!("  {:<12} {}\n", cmd.name, cmd.about));
+    }
+    out.push_str(
+        "\nEvery flag --some-flag can also be set as PAPO_SOME_FLAG.\n\
+         Run 'papo <COMMAND> --help' for its flags. Logs: RUST_LOG=debug.\n",
+    );
+    out
+}
+
+/// Runs both servers: gRPC on its completion-queue threads, WebSocket on an
+/// accept thread plus one thread per connection; the main thread waits.
+fn serve(config: ServeConfig) -> Result<(), Failure> {
+    let _grpc = match &config.grpc_addr {
+        Some(addr) => Some(GrpcServer::start(addr, &config.grpc).map_err(Failure::Runtime)?),
+        None => None,
+    };
+    let Some(addr) = &config.ws_addr else {
+        // gRPC only: its own threads serve; this one has nothing left to do.
+        loop {
+            thread::park();
+        }
+    };
+    let ws = WsServer::bind(addr, config.ws.clone())
+        .map_err(|e| Failure::Runtime(format!("cannot listen for WebSocket on {addr}: {e}")))?;
+    let accept = thread::Builder::new()
+        .name("ws-accept".into())
+        .spawn(move || ws.run())
+        .map_err(|e| Failure::Runtime(format!("cannot start the WebSocket thread: {e}")))?;
+    match accept.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Runtime(format!("WebSocket server failed: {e}"))),
+        Err(_) => Err(Failure::Runtime("WebSocket server thread panicked".into())),
+    }
+}
