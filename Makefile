@@ -1,0 +1,62 @@
+# papo: `make run` starts both servers, `make test` runs every check.
+# Everything builds with the release profile so the gRPC C-core is compiled once.
+
+CARGO ?= cargo
+RELEASE := --release
+PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
+
+.PHONY: all prereqs build run run-ws run-grpc ws-client grpc-client \
+        test fmt-check lint unit proto proto-check autobahn clean
+
+all: build
+
+prereqs:
+	@bash .ci/prereqs
+
+build: prereqs
+	$(CARGO) build $(RELEASE)
+
+run: prereqs
+	$(CARGO) run $(RELEASE) -- serve
+
+run-ws: prereqs
+	$(CARGO) run $(RELEASE) -- serve --no-grpc
+
+run-grpc: prereqs
+	$(CARGO) run $(RELEASE) -- serve --no-ws
+
+ws-client: prereqs
+	$(CARGO) run $(RELEASE) -- ws-client
+
+grpc-client: prereqs
+	$(CARGO) run $(RELEASE) -- grpc-client
+
+# The whole suite: formatting, lints, generated-code freshness, unit and
+# integration tests, then Autobahn conformance.
+test: prereqs fmt-check lint proto-check unit autobahn
+
+fmt-check:
+	$(CARGO) fmt --check
+
+lint: prereqs
+	$(CARGO) clippy $(RELEASE) --all-targets -- -D warnings
+
+unit: prereqs
+	$(CARGO) test $(RELEASE)
+
+# Regenerates src/proto from proto/*.proto (pure Rust, no protoc).
+proto: prereqs
+	$(CARGO) build $(RELEASE) --features regen-proto
+
+# Fails when the committed src/proto differs from what proto/ generates.
+proto-check: prereqs
+	@out=$$(mktemp -d) && \
+	PAPO_PROTO_OUT=$$out $(CARGO) check $(RELEASE) --features regen-proto --quiet && \
+	if diff -r src/proto $$out; then echo "proto-check: src/proto is up to date"; rm -rf $$out; \
+	else echo "proto-check: src/proto is stale: run 'make proto' and commit" >&2; rm -rf $$out; exit 1; fi
+
+autobahn: build
+	PAPO_BIN=$(PAPO) bash tests/autobahn/run.sh
+
+clean:
+	$(CARGO) clean
