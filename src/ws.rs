@@ -7,14 +7,14 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::error::ProtocolError;
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response, Request};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -163,6 +163,7 @@ impl WsServer {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
+                debug!("{peer}: connected");
                 match handle_client(stream, &config) {
                     Ok(()) => debug!("{peer}: closed"),
                     Err(e) => debug!("{peer}: closed: {e}"),
@@ -239,7 +240,7 @@ pub fn handle_client(mut stream: TcpStream, config: &WsConfig) -> Result<(), Con
 }
 
 enum Head {
-    Request(Request, Vec<u8>),
+    Request(Box<Request>, Vec<u8>),
     Invalid(u16, &'static str),
 }
 
@@ -270,7 +271,9 @@ fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<Head, 
         };
         buf.extend_from_slice(&chunk[..n]);
         match Request::try_parse(&buf) {
-            Ok(Some((len, request))) => return Ok(Head::Request(request, buf.split_off(len))),
+            Ok(Some((len, request))) => {
+                return Ok(Head::Request(Box::new(request), buf.split_off(len)))
+            }
             Ok(None) if buf.len() >= MAX_REQUEST_HEAD => {
                 return Ok(Head::Invalid(431, "request head too large\n"))
             }
@@ -332,30 +335,31 @@ fn serve(mut ws: WebSocket<TcpStream>, endpoint: Endpoint) -> Result<(), ConnErr
     }
 }
 
-/// Tells the peer why its connection ends, with the close code RFC 6455 asks
-/// for, and gives it a moment to answer so the close frame is not lost to a
-/// TCP reset.
+/// Fails the connection as RFC 6455 asks: a close frame with the code that
+/// names the error, then the TCP connection is closed at once. Reading on for
+/// a moment keeps unread input from turning the close into a reset that could
+/// destroy the close frame before the peer reads it.
 fn close_after_error(mut ws: WebSocket<TcpStream>, error: WsError) -> ConnError {
-    let code = match &error {
-        WsError::Utf8(_) => CloseCode::Invalid,
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseCode::Size,
-        WsError::Capacity(_) => CloseCode::Size,
-        WsError::Protocol(_) => CloseCode::Protocol,
+    let (code, reason) = match &error {
+        WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        WsError::Capacity(_) => (CloseCode::Size, "message too big"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
         _ => return error.into(),
-    };
-    let reason = match code {
-        CloseCode::Invalid => "invalid UTF-8 in a text message",
-        CloseCode::Size => "message too big",
-        _ => "protocol error",
     };
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if ws.close(Some(frame)).is_ok() && ws.get_mut().set_read_timeout(Some(CLOSE_GRACE)).is_ok() {
-        // Bounded: each read either makes progress or times out.
+    // A failure here means the peer is gone; the steps below then end at once.
+    let _ = ws.close(Some(frame));
+    let stream = ws.get_mut();
+    if stream.shutdown(Shutdown::Write).is_ok()
+        && stream.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
+    {
+        let mut sink = [0u8; 1024];
+        // Bounded: at most 64 KiB, and each read returns or times out.
         for _ in 0..64 {
-            if ws.read().is_err() {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
                 break;
             }
         }

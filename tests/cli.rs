@@ -24,7 +24,11 @@ fn stderr(out: &Output) -> &str {
 
 /// A port nobody listens on.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -33,7 +37,13 @@ fn seed_clients_get_seed_answers_from_one_process() {
     let ws = server.ws.as_deref().unwrap();
     let grpc = server.grpc.as_deref().unwrap();
 
-    let out = run(&["ws-client", "--url", &format!("ws://{ws}/ws"), "--interval", "0"]);
+    let out = run(&[
+        "ws-client",
+        "--url",
+        &format!("ws://{ws}/ws"),
+        "--interval",
+        "0",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -46,9 +56,20 @@ fn seed_clients_get_seed_answers_from_one_process() {
 
     let out = run(&["grpc-client", "--addr", grpc]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "Resposta do servidor: Mensagem recebida: Olá, gRPC!\n");
+    assert_eq!(
+        stdout(&out),
+        "Resposta do servidor: Mensagem recebida: Olá, gRPC!\n"
+    );
 
-    let out = run(&["grpc-client", "--addr", grpc, "--sender", "Bob", "--text", ""]);
+    let out = run(&[
+        "grpc-client",
+        "--addr",
+        grpc,
+        "--sender",
+        "Bob",
+        "--text",
+        "",
+    ]);
     assert_eq!(stdout(&out), "Resposta do servidor: Mensagem recebida: \n");
 }
 
@@ -57,7 +78,10 @@ fn flags_have_env_twins() {
     let server = serve(&["--no-grpc"]);
     let out = papo()
         .args(["ws-client", "--interval", "0"])
-        .env("PAPO_URL", format!("ws://{}/ws", server.ws.as_deref().unwrap()))
+        .env(
+            "PAPO_URL",
+            format!("ws://{}/ws", server.ws.as_deref().unwrap()),
+        )
         .env("PAPO_COUNT", "2")
         .output()
         .unwrap();
@@ -82,7 +106,13 @@ fn ws_client_closes_with_1000() {
             }
         }
     });
-    let out = run(&["ws-client", "--url", &format!("ws://127.0.0.1:{port}/ws"), "--count", "1"]);
+    let out = run(&[
+        "ws-client",
+        "--url",
+        &format!("ws://127.0.0.1:{port}/ws"),
+        "--count",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(server.join().unwrap(), Some(1000));
 }
@@ -93,9 +123,19 @@ fn clients_fail_with_one_line_and_exit_1_when_the_server_is_down() {
     let out = run(&["ws-client", "--url", &format!("ws://127.0.0.1:{port}/ws")]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    assert!(stderr(&out).starts_with("papo: cannot connect"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("papo: cannot connect"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = run(&["grpc-client", "--addr", &format!("127.0.0.1:{port}"), "--timeout", "2s"]);
+    let out = run(&[
+        "grpc-client",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "2s",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("SendMessage"), "{}", stderr(&out));
@@ -108,13 +148,26 @@ fn a_port_in_use_is_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = run(&["serve", "--no-grpc", "--ws-addr", &addr]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot listen for WebSocket"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot listen for WebSocket"),
+        "{}",
+        stderr(&out)
+    );
 
     // gRPC C-core would share a port through SO_REUSEPORT: a second papo must fail.
     let first = serve(&["--no-ws"]);
-    let out = run(&["serve", "--no-ws", "--grpc-addr", first.grpc.as_deref().unwrap()]);
+    let out = run(&[
+        "serve",
+        "--no-ws",
+        "--grpc-addr",
+        first.grpc.as_deref().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot listen for gRPC"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot listen for gRPC"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -129,9 +182,15 @@ fn help_and_usage_errors() {
     }
     let out = run(&["serve", "--max-connections", "lots"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--max-connections"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-connections"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(run(&[]).status.code(), Some(2));
-    assert_eq!(run(&["serve", "--no-ws", "--no-grpc"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["serve", "--no-ws", "--no-grpc"]).status.code(),
+        Some(2)
+    );
 }
-

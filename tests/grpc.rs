@@ -32,9 +32,15 @@ fn send_message_replies_like_the_seed() {
     let server = common::grpc_server();
     let client = client(server.addr());
     for text in ["Olá, gRPC!", "", "日本語 🎉", &"x".repeat(100_000)] {
-        assert_eq!(send(&client, "Alice", text).unwrap(), format!("Mensagem recebida: {text}"));
+        assert_eq!(
+            send(&client, "Alice", text).unwrap(),
+            format!("Mensagem recebida: {text}")
+        );
     }
-    assert_eq!(send(&client, "", "sem remetente").unwrap(), "Mensagem recebida: sem remetente");
+    assert_eq!(
+        send(&client, "", "sem remetente").unwrap(),
+        "Mensagem recebida: sem remetente"
+    );
 }
 
 #[test]
@@ -47,5 +53,8 @@ fn oversized_message_is_resource_exhausted_and_the_server_goes_on() {
         }
         other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
-    assert_eq!(send(&client, "Alice", "ok").unwrap(), "Mensagem recebida: ok");
+    assert_eq!(
+        send(&client, "Alice", "ok").unwrap(),
+        "Mensagem recebida: ok"
+    );
 }

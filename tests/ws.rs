@@ -42,11 +42,23 @@ fn ws_replies_like_the_seed_for_text_binary_empty_and_utf8() {
     let addr = ws_server(WsConfig::default());
     let mut ws = client(addr, "/ws");
     let cases = [
-        (Message::text("Olá, WebSocket!"), Message::text("Recebido: Olá, WebSocket!")),
+        (
+            Message::text("Olá, WebSocket!"),
+            Message::text("Recebido: Olá, WebSocket!"),
+        ),
         (Message::text(""), Message::text("Recebido: ")),
-        (Message::text("日本語 🎉"), Message::text("Recebido: 日本語 🎉")),
-        (Message::binary(vec![0u8, 1, 2, 255]), Message::binary(b"Recebido: \x00\x01\x02\xff".to_vec())),
-        (Message::binary(Vec::new()), Message::binary(b"Recebido: ".to_vec())),
+        (
+            Message::text("日本語 🎉"),
+            Message::text("Recebido: 日本語 🎉"),
+        ),
+        (
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::binary(b"Recebido: \x00\x01\x02\xff".to_vec()),
+        ),
+        (
+            Message::binary(Vec::new()),
+            Message::binary(b"Recebido: ".to_vec()),
+        ),
     ];
     for (sent, expected) in cases {
         assert_eq!(roundtrip(&mut ws, sent), expected);
@@ -58,18 +70,28 @@ fn ws_handles_one_mib_messages() {
     let addr = ws_server(WsConfig::default());
     let mut ws = client(addr, "/ws");
     let text = "á".repeat(512 * 1024); // 1 MiB of two-byte characters
-    assert_eq!(roundtrip(&mut ws, Message::text(text.clone())), Message::text(format!("Recebido: {text}")));
+    assert_eq!(
+        roundtrip(&mut ws, Message::text(text.clone())),
+        Message::text(format!("Recebido: {text}"))
+    );
     let data: Vec<u8> = (0..1 << 20).map(|i| (i * 31 % 251) as u8).collect();
     let mut expected = b"Recebido: ".to_vec();
     expected.extend_from_slice(&data);
-    assert_eq!(roundtrip(&mut ws, Message::binary(data)), Message::binary(expected));
+    assert_eq!(
+        roundtrip(&mut ws, Message::binary(data)),
+        Message::binary(expected)
+    );
 }
 
 #[test]
 fn echo_endpoint_echoes_exactly() {
     let addr = ws_server(WsConfig::default());
     let mut ws = client(addr, "/echo");
-    for message in [Message::text("Olá"), Message::text(""), Message::binary(vec![9u8; 70_000])] {
+    for message in [
+        Message::text("Olá"),
+        Message::text(""),
+        Message::binary(vec![9u8; 70_000]),
+    ] {
         assert_eq!(roundtrip(&mut ws, message.clone()), message);
     }
 }
@@ -86,7 +108,10 @@ fn fifty_concurrent_connections_each_get_their_own_replies() {
                 all_open.wait();
                 for n in 0..20 {
                     let text = format!("client {id} message {n}");
-                    assert_eq!(roundtrip(&mut ws, Message::text(text.clone())), Message::text(format!("Recebido: {text}")));
+                    assert_eq!(
+                        roundtrip(&mut ws, Message::text(text.clone())),
+                        Message::text(format!("Recebido: {text}"))
+                    );
                 }
             })
         })
@@ -109,14 +134,20 @@ fn other_paths_get_404_and_no_upgrade() {
 fn plain_http_on_a_websocket_path_gets_426() {
     let addr = ws_server(WsConfig::default());
     let answer = raw_exchange(addr, b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("Upgrade: websocket\r\n"), "{answer}");
 }
 
 #[test]
 fn malformed_requests_get_4xx() {
     let addr = ws_server(WsConfig::default());
-    let answer = raw_exchange(addr, b"POST /ws HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    let answer = raw_exchange(
+        addr,
+        b"POST /ws HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
     assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
     let answer = raw_exchange(addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
@@ -125,7 +156,10 @@ fn malformed_requests_get_4xx() {
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     // The server still serves everyone else.
     let mut ws = client(addr, "/ws");
-    assert_eq!(roundtrip(&mut ws, Message::text("ok")), Message::text("Recebido: ok"));
+    assert_eq!(
+        roundtrip(&mut ws, Message::text("ok")),
+        Message::text("Recebido: ok")
+    );
 }
 
 #[test]
@@ -138,21 +172,32 @@ fn oversized_message_is_closed_with_1009_and_others_carry_on() {
     let mut ws = client(addr, "/ws");
     let reply = roundtrip(&mut ws, Message::binary(vec![1u8; 2048]));
     assert_eq!(close_code(reply), Some(CloseCode::Size));
-    assert_eq!(roundtrip(&mut other, Message::text("still here")), Message::text("Recebido: still here"));
+    assert_eq!(
+        roundtrip(&mut other, Message::text("still here")),
+        Message::text("Recebido: still here")
+    );
 }
 
 /// Opens a raw WebSocket connection on `/ws`, past the 101 response.
 fn raw_websocket(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    stream.write_all(upgrade_request("/ws").as_bytes()).expect("write");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(upgrade_request("/ws").as_bytes())
+        .expect("write");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).expect("101 response");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 
@@ -160,7 +205,10 @@ fn raw_websocket(addr: SocketAddr) -> TcpStream {
 fn frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
     assert!(payload.len() < 126);
     let key = [0x12u8, 0x34, 0x56, 0x78];
-    let mut out = vec![first_byte, payload.len() as u8 | if mask { 0x80 } else { 0 }];
+    let mut out = vec![
+        first_byte,
+        payload.len() as u8 | if mask { 0x80 } else { 0 },
+    ];
     if mask {
         out.extend_from_slice(&key);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
@@ -184,7 +232,11 @@ fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
 fn protocol_violations_get_the_right_close_codes() {
     let addr = ws_server(WsConfig::default());
     let cases: [(&str, Vec<u8>, u16); 4] = [
-        ("invalid UTF-8 in text", frame(0x81, b"\xff\xfe", true), 1007),
+        (
+            "invalid UTF-8 in text",
+            frame(0x81, b"\xff\xfe", true),
+            1007,
+        ),
         ("unmasked client frame", frame(0x81, b"hi", false), 1002),
         ("reserved opcode", frame(0x83, b"", true), 1002),
         ("fragmented ping", frame(0x09, b"", true), 1002),
@@ -195,7 +247,10 @@ fn protocol_violations_get_the_right_close_codes() {
         assert_eq!(read_close_code(&mut stream), Some(code), "{what}");
     }
     let mut ws = client(addr, "/ws");
-    assert_eq!(roundtrip(&mut ws, Message::text("ok")), Message::text("Recebido: ok"));
+    assert_eq!(
+        roundtrip(&mut ws, Message::text("ok")),
+        Message::text("Recebido: ok")
+    );
 }
 
 #[test]
@@ -212,7 +267,10 @@ fn connections_past_the_limit_get_503_until_one_leaves() {
     let start = Instant::now();
     loop {
         if let Ok((mut ws, _)) = connect(format!("ws://{addr}/ws")) {
-            assert_eq!(roundtrip(&mut ws, Message::text("in")), Message::text("Recebido: in"));
+            assert_eq!(
+                roundtrip(&mut ws, Message::text("in")),
+                Message::text("Recebido: in")
+            );
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(5), "slot never freed");
@@ -228,7 +286,9 @@ fn silent_and_dribbling_peers_are_dropped_at_the_handshake_deadline() {
     });
     let mut silent = TcpStream::connect(addr).expect("connect");
     let mut dribbling = TcpStream::connect(addr).expect("connect");
-    silent.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let start = Instant::now();
     let dribbler = thread::spawn(move || {
         for byte in b"GET /ws HTTP/1.1\r\nHost: x\r\n".iter().cycle().take(40) {
@@ -242,5 +302,8 @@ fn silent_and_dribbling_peers_are_dropped_at_the_handshake_deadline() {
     let mut buf = [0u8; 16];
     assert_eq!(silent.read(&mut buf).expect("server closes"), 0);
     assert!(start.elapsed() < Duration::from_secs(3));
-    assert!(dribbler.join().expect("dribbler"), "dribbling peer was never dropped");
+    assert!(
+        dribbler.join().expect("dribbler"),
+        "dribbling peer was never dropped"
+    );
 }

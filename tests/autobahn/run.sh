@@ -6,7 +6,8 @@
 #   PAPO_BIN      the papo binary (required)
 #   PAPO_CACHE    cache directory (default ~/.cache/papo)
 #   PYTHON2       a Python 2.7 interpreter (default: pyenv's 2.7.18, else python2.7)
-#   AUTOBAHN_CASES  comma-separated case patterns (default: all)
+#   AUTOBAHN_CASES    comma-separated case patterns (default: all)
+#   AUTOBAHN_REPORTS  keep the HTML/JSON reports in this directory
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,10 +34,13 @@ if [ ! -f "$cache/wstest/.installed" ]; then
 fi
 
 work=$(mktemp -d)
+reports=${AUTOBAHN_REPORTS:-$work/reports}
 server_pid=
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    local rc=$?
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
     rm -rf "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 
@@ -56,7 +60,7 @@ cases=${AUTOBAHN_CASES:-*}
 cases_json=$(printf '%s' "$cases" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split(",")))')
 cat >"$work/fuzzingclient.json" <<JSON
 {
-  "outdir": "$work/reports",
+  "outdir": "$reports",
   "servers": [{"agent": "papo", "url": "ws://$addr/echo"}],
   "cases": $cases_json,
   "exclude-cases": [],
@@ -73,4 +77,4 @@ from autobahntestsuite import wstest
 wstest.run()
 " >"$work/wstest.log" 2>&1) || { tail -20 "$work/wstest.log" >&2; exit 1; }
 
-python3 "$here/summary.py" "$work/reports/index.json"
+python3 "$here/summary.py" "$reports/index.json"
