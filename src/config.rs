@@ -20,6 +20,48 @@ pub struct Flag {
     pub value: Option<&'static str>,
     pub default: Option<&'static str>,
     pub help: &'static str,
+    /// May be given more than once; the values are joined with commas.
+    pub repeat: bool,
+}
+
+impl Flag {
+    /// A flag that takes a value, with its default.
+    pub const fn value(
+        name: &'static str,
+        value: &'static str,
+        default: &'static str,
+        help: &'static str,
+    ) -> Flag {
+        Flag {
+            name,
+            value: Some(value),
+            default: Some(default),
+            help,
+            repeat: false,
+        }
+    }
+
+    /// An on/off flag, off by default.
+    pub const fn switch(name: &'static str, help: &'static str) -> Flag {
+        Flag {
+            name,
+            value: None,
+            default: None,
+            help,
+            repeat: false,
+        }
+    }
+
+    /// A repeatable flag collecting a comma-separated list, empty by default.
+    pub const fn list(name: &'static str, value: &'static str, help: &'static str) -> Flag {
+        Flag {
+            name,
+            value: Some(value),
+            default: None,
+            help,
+            repeat: true,
+        }
+    }
 }
 
 /// A subcommand: its name, one-line summary and flags.
@@ -76,6 +118,17 @@ impl Values {
 
     pub fn switch(&self, name: &str) -> bool {
         self.raw(name).is_some()
+    }
+
+    /// A repeatable flag's values, split on commas, empty items dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.raw(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<T, CliError>
@@ -141,7 +194,16 @@ pub fn parse(
                 None => return Err(usage(format!("--{name} needs a value"))),
             },
         };
-        values.insert(flag.name, value);
+        match values.get_mut(flag.name) {
+            Some(list) if flag.repeat => {
+                let list: &mut String = list;
+                list.push(',');
+                list.push_str(&value);
+            }
+            _ => {
+                values.insert(flag.name, value);
+            }
+        }
     }
     for flag in cmd.flags {
         if values.contains_key(flag.name) {
@@ -186,6 +248,9 @@ pub fn help(cmd: &Command) -> String {
         };
         out.push_str(&format!("  {left:<28} {}\n", flag.help));
         let mut detail = format!("env {}", env_name(flag.name));
+        if flag.repeat {
+            detail.push_str(", repeatable, comma-separated in the env");
+        }
         if let Some(default) = flag.default {
             detail.push_str(&format!(", default {default}"));
         }
@@ -249,60 +314,97 @@ pub const SERVE: Command = Command {
     name: "serve",
     about: "Run the WebSocket and gRPC servers in one process, each on its own threads.",
     flags: &[
-        Flag {
-            name: "ws-addr",
-            value: Some("ADDR"),
-            default: Some("127.0.0.1:8080"),
-            help: "WebSocket listen address (0.0.0.0:8080 for all interfaces, port 0 picks one)",
-        },
-        Flag {
-            name: "grpc-addr",
-            value: Some("ADDR"),
-            default: Some("127.0.0.1:50051"),
-            help: "gRPC listen address (0.0.0.0:50051 for all interfaces, port 0 picks one)",
-        },
-        Flag {
-            name: "no-ws",
-            value: None,
-            default: None,
-            help: "Do not run the WebSocket server",
-        },
-        Flag {
-            name: "no-grpc",
-            value: None,
-            default: None,
-            help: "Do not run the gRPC server",
-        },
-        Flag {
-            name: "max-connections",
-            value: Some("N"),
-            default: Some("10000"),
-            help: "WebSocket connections served at once; more are answered 503",
-        },
-        Flag {
-            name: "max-message-size",
-            value: Some("SIZE"),
-            default: Some("4MiB"),
-            help: "Largest message, both protocols (WebSocket close 1009, gRPC RESOURCE_EXHAUSTED)",
-        },
-        Flag {
-            name: "handshake-timeout",
-            value: Some("DURATION"),
-            default: Some("5s"),
-            help: "Time a new WebSocket connection has to send its request head",
-        },
-        Flag {
-            name: "stack-size",
-            value: Some("SIZE"),
-            default: Some("128KiB"),
-            help: "Stack size of each WebSocket connection thread",
-        },
-        Flag {
-            name: "grpc-threads",
-            value: Some("N"),
-            default: Some("0"),
-            help: "gRPC completion-queue threads (0: one per CPU core)",
-        },
+        Flag::value(
+            "ws-addr",
+            "ADDR",
+            "127.0.0.1:8080",
+            "WebSocket listen address (0.0.0.0:8080: all interfaces; port 0 picks one)",
+        ),
+        Flag::value(
+            "grpc-addr",
+            "ADDR",
+            "127.0.0.1:50051",
+            "gRPC listen address (0.0.0.0:50051: all interfaces; port 0 picks one)",
+        ),
+        Flag::switch("no-ws", "Do not run the WebSocket server"),
+        Flag::switch("no-grpc", "Do not run the gRPC server"),
+        Flag::value(
+            "max-connections",
+            "N",
+            "10000",
+            "WebSocket connections served at once; one more is answered 503",
+        ),
+        Flag::value(
+            "max-message-size",
+            "SIZE",
+            "4MiB",
+            "Largest message, both protocols (WebSocket close 1009, gRPC RESOURCE_EXHAUSTED)",
+        ),
+        Flag::value(
+            "handshake-timeout",
+            "DURATION",
+            "5s",
+            "Time a new WebSocket connection has to send its whole request head",
+        ),
+        Flag::value(
+            "ping-interval",
+            "DURATION",
+            "30s",
+            "Ping a WebSocket peer after this long without hearing from it",
+        ),
+        Flag::value(
+            "pong-timeout",
+            "DURATION",
+            "10s",
+            "Drop a WebSocket peer that stays silent this long after a ping",
+        ),
+        Flag::value(
+            "write-timeout",
+            "DURATION",
+            "10s",
+            "Drop a WebSocket peer that accepts no data for this long",
+        ),
+        Flag::value(
+            "stack-size",
+            "SIZE",
+            "128KiB",
+            "Stack size of each WebSocket connection thread",
+        ),
+        Flag::list(
+            "allowed-origin",
+            "ORIGIN",
+            "Browser origin allowed besides the server's own host ('*': any)",
+        ),
+        Flag::value(
+            "grpc-threads",
+            "N",
+            "0",
+            "gRPC completion-queue threads (0: one per CPU core)",
+        ),
+        Flag::value(
+            "grpc-max-streams",
+            "N",
+            "100",
+            "Concurrent gRPC calls per client connection",
+        ),
+        Flag::value(
+            "grpc-keepalive-time",
+            "DURATION",
+            "60s",
+            "Ping a gRPC client connection after this long without activity",
+        ),
+        Flag::value(
+            "grpc-keepalive-timeout",
+            "DURATION",
+            "20s",
+            "Close a gRPC client connection whose ping is not answered in time",
+        ),
+        Flag::value(
+            "drain-timeout",
+            "DURATION",
+            "5s",
+            "On SIGINT/SIGTERM, how long in-flight gRPC calls may take to finish",
+        ),
     ],
 };
 
@@ -310,24 +412,9 @@ pub const WS_CLIENT: Command = Command {
     name: "ws-client",
     about: "The seed's WebSocket client: send 'Mensagem 1'..'Mensagem N', print each reply.",
     flags: &[
-        Flag {
-            name: "url",
-            value: Some("URL"),
-            default: Some("ws://127.0.0.1:8080/ws"),
-            help: "Server URL",
-        },
-        Flag {
-            name: "count",
-            value: Some("N"),
-            default: Some("5"),
-            help: "Messages to send",
-        },
-        Flag {
-            name: "interval",
-            value: Some("DURATION"),
-            default: Some("1s"),
-            help: "Pause between messages",
-        },
+        Flag::value("url", "URL", "ws://127.0.0.1:8080/ws", "Server URL"),
+        Flag::value("count", "N", "5", "Messages to send"),
+        Flag::value("interval", "DURATION", "1s", "Pause between messages"),
     ],
 };
 
@@ -335,30 +422,10 @@ pub const GRPC_CLIENT: Command = Command {
     name: "grpc-client",
     about: "The seed's gRPC client: call ChatService.SendMessage once, print the reply.",
     flags: &[
-        Flag {
-            name: "addr",
-            value: Some("ADDR"),
-            default: Some("127.0.0.1:50051"),
-            help: "Server address",
-        },
-        Flag {
-            name: "sender",
-            value: Some("NAME"),
-            default: Some("Alice"),
-            help: "Message sender",
-        },
-        Flag {
-            name: "text",
-            value: Some("TEXT"),
-            default: Some("Olá, gRPC!"),
-            help: "Message text",
-        },
-        Flag {
-            name: "timeout",
-            value: Some("DURATION"),
-            default: Some("5s"),
-            help: "Deadline of the call",
-        },
+        Flag::value("addr", "ADDR", "127.0.0.1:50051", "Server address"),
+        Flag::value("sender", "NAME", "Alice", "Message sender"),
+        Flag::value("text", "TEXT", "Olá, gRPC!", "Message text"),
+        Flag::value("timeout", "DURATION", "5s", "Deadline of the call"),
     ],
 };
 
@@ -372,6 +439,8 @@ pub struct ServeConfig {
     pub grpc_addr: Option<String>,
     pub ws: WsConfig,
     pub grpc: GrpcConfig,
+    /// How long shutdown waits for in-flight gRPC calls and closing peers.
+    pub drain_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -382,10 +451,17 @@ impl ServeConfig {
             max_connections,
             max_message_size,
             handshake_timeout: v.duration("handshake-timeout")?,
+            ping_interval: v.duration("ping-interval")?,
+            pong_timeout: v.duration("pong-timeout")?,
+            write_timeout: v.duration("write-timeout")?,
             stack_size: v.size("stack-size")?,
+            allowed_origins: v.list("allowed-origin"),
         };
         let mut grpc = GrpcConfig {
             max_message_size,
+            max_streams: v.parsed("grpc-max-streams")?,
+            keepalive_time: v.duration("grpc-keepalive-time")?,
+            keepalive_timeout: v.duration("grpc-keepalive-timeout")?,
             ..GrpcConfig::default()
         };
         match v.parsed::<usize>("grpc-threads")? {
@@ -399,6 +475,7 @@ impl ServeConfig {
                 .flatten(),
             ws,
             grpc,
+            drain_timeout: v.duration("drain-timeout")?,
         };
         if config.ws_addr.is_none() && config.grpc_addr.is_none() {
             return Err(CliError::Usage(
@@ -435,24 +512,10 @@ mod tests {
         name: "demo",
         about: "A demo command.",
         flags: &[
-            Flag {
-                name: "ws-addr",
-                value: Some("ADDR"),
-                default: Some("127.0.0.1:8080"),
-                help: "Where to listen",
-            },
-            Flag {
-                name: "no-ws",
-                value: None,
-                default: None,
-                help: "Do not listen",
-            },
-            Flag {
-                name: "count",
-                value: Some("N"),
-                default: Some("5"),
-                help: "How many",
-            },
+            Flag::value("ws-addr", "ADDR", "127.0.0.1:8080", "Where to listen"),
+            Flag::switch("no-ws", "Do not listen"),
+            Flag::value("count", "N", "5", "How many"),
+            Flag::list("origin", "ORIGIN", "Allowed origins"),
         ],
     };
 
@@ -482,6 +545,18 @@ mod tests {
         let v = parse(&DEMO, &args(&["--ws-addr", "[::1]:2", "--count=7"]), env).unwrap();
         assert_eq!(v.string("ws-addr").as_deref(), Some("[::1]:2"));
         assert_eq!(v.parsed::<u32>("count").unwrap(), 7);
+    }
+
+    #[test]
+    fn repeatable_flags_collect_lists() {
+        assert!(parse(&DEMO, &[], no_env).unwrap().list("origin").is_empty());
+        let v = parse(&DEMO, &args(&["--origin", "a", "--origin=b,c"]), no_env).unwrap();
+        assert_eq!(v.list("origin"), ["a", "b", "c"]);
+        let env = |k: &str| (k == "PAPO_ORIGIN").then(|| "x, y".to_owned());
+        assert_eq!(parse(&DEMO, &[], env).unwrap().list("origin"), ["x", "y"]);
+        // A single-valued flag given twice keeps the last value.
+        let v = parse(&DEMO, &args(&["--count", "1", "--count", "2"]), no_env).unwrap();
+        assert_eq!(v.parsed::<u32>("count").unwrap(), 2);
     }
 
     #[test]

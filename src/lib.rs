@@ -7,5 +7,8 @@ pub mod chat;
 pub mod client;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod proto;
+pub mod queue;
+pub mod signals;
 pub mod ws;

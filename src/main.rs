@@ -2,11 +2,16 @@
 
 use std::io;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
 use std::thread;
+
+use log::{info, warn};
 
 use papo::client;
 use papo::config::{self, CliError, ServeConfig, COMMANDS};
 use papo::grpc::GrpcServer;
+use papo::metrics::Metrics;
+use papo::signals::{self, ShutdownSignals};
 use papo::ws::WsServer;
 
 /// How a run ended other than by doing its work: help was asked for (exit 0),
@@ -108,28 +113,88 @@ fn usage() -> String {
     out
 }
 
+/// What the main thread waits for while the servers run.
+enum Event {
+    Signal(i32),
+    WsStopped(io::Result<()>),
+}
+
 /// Runs both servers: gRPC on its completion-queue threads, WebSocket on an
-/// accept thread plus one thread per connection; the main thread waits.
+/// accept thread plus one thread per connection. The main thread waits for a
+/// shutdown signal, then drains both.
 fn serve(config: ServeConfig) -> Result<(), Failure> {
-    let _grpc = match &config.grpc_addr {
-        Some(addr) => Some(GrpcServer::start(addr, &config.grpc).map_err(Failure::Runtime)?),
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = ShutdownSignals::block()
+        .map_err(|e| Failure::Runtime(format!("cannot block shutdown signals: {e}")))?;
+    match signals::raise_fd_limit() {
+        Ok(limit) if config.ws_addr.is_some() && limit < config.ws.max_connections as u64 + 64 => {
+            warn!(
+                "open-file limit {limit} is below --max-connections {} plus headroom: \
+             connections past it will fail to be accepted",
+                config.ws.max_connections
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+    let metrics = Arc::new(Metrics::new());
+    let grpc = match &config.grpc_addr {
+        Some(addr) => Some(
+            GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics))
+                .map_err(Failure::Runtime)?,
+        ),
         None => None,
     };
-    let Some(addr) = &config.ws_addr else {
-        // gRPC only: its own threads serve; this one has nothing left to do.
-        loop {
-            thread::park();
-        }
-    };
-    let ws = WsServer::bind(addr, config.ws.clone())
-        .map_err(|e| Failure::Runtime(format!("cannot listen for WebSocket on {addr}: {e}")))?;
-    let accept = thread::Builder::new()
-        .name("ws-accept".into())
-        .spawn(move || ws.run())
-        .map_err(|e| Failure::Runtime(format!("cannot start the WebSocket thread: {e}")))?;
-    match accept.join() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Failure::Runtime(format!("WebSocket server failed: {e}"))),
-        Err(_) => Err(Failure::Runtime("WebSocket server thread panicked".into())),
+    let (events, next_event) = mpsc::channel();
+    let mut ws = None;
+    if let Some(addr) = &config.ws_addr {
+        let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics))
+            .map_err(|e| Failure::Runtime(format!("cannot listen for WebSocket on {addr}: {e}")))?;
+        let handle = server.handle();
+        let events = events.clone();
+        let accept = thread::Builder::new()
+            .name("ws-accept".into())
+            .spawn(move || {
+                let _ = events.send(Event::WsStopped(server.run()));
+            })
+            .map_err(|e| Failure::Runtime(format!("cannot start the WebSocket thread: {e}")))?;
+        ws = Some((handle, accept));
     }
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let first = signals.wait();
+            let _ = events.send(Event::Signal(first));
+            let second = signals.wait();
+            warn!("{} again: exiting at once", signals::name(second));
+            std::process::exit(128 + second);
+        })
+        .map_err(|e| Failure::Runtime(format!("cannot start the signal thread: {e}")))?;
+
+    match next_event.recv() {
+        Ok(Event::Signal(signal)) => info!(
+            "{}: shutting down (again to exit at once), draining for up to {:?}",
+            signals::name(signal),
+            config.drain_timeout
+        ),
+        Ok(Event::WsStopped(Err(e))) => {
+            return Err(Failure::Runtime(format!("WebSocket server failed: {e}")))
+        }
+        Ok(Event::WsStopped(Ok(()))) | Err(_) => {}
+    }
+    let drain = config.drain_timeout;
+    thread::scope(|scope| {
+        if let Some(grpc) = grpc {
+            scope.spawn(move || grpc.shutdown(drain));
+        }
+        if let Some((handle, accept)) = ws {
+            let open = handle.shutdown(drain);
+            if open > 0 {
+                warn!("{open} WebSocket connections still open after {drain:?}");
+            }
+            let _ = accept.join();
+        }
+    });
+    info!("shutdown complete");
+    Ok(())
 }

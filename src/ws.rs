@@ -2,14 +2,22 @@
 //! connection, each running [`handle_client`].
 //!
 //! The HTTP request head is read here rather than inside tungstenite so that
-//! the server can answer plain HTTP (404, 426, …) itself, bound the head's size
-//! and time, and only then hand the socket to tungstenite as a WebSocket.
+//! the server can answer plain HTTP (`/metrics`, 404, 426, …) itself, bound the
+//! head's size and time, and only then hand the socket to tungstenite.
+//!
+//! After the upgrade the socket is shared as a [`Peer`]: its thread reads
+//! without any lock, while every write, tungstenite's own or another
+//! thread's, goes whole through the peer's write lock. That is how shutdown
+//! (and later, chat fan-out) reaches a connection whose thread is blocked in
+//! `read`, with no polling and no second thread per connection.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,20 +26,24 @@ use tungstenite::error::ProtocolError;
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response, Request};
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::chat;
+use crate::metrics::{CloseReason, Metrics};
 
 /// Largest HTTP request head accepted; browsers send well under 2 KiB.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Per-connection read buffer. tungstenite's default is 128 KiB, which is
 /// 1.25 GiB for 10,000 idle connections; larger messages still arrive whole.
 const READ_BUFFER: usize = 4 * 1024;
-/// How long a closing connection waits for the peer's close frame.
+/// How long a failed connection waits for the peer to read its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// At most one "connection refused" warning per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Limits of the WebSocket server.
+/// Limits and policy of the WebSocket server.
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     /// Connections served at once; more are answered `503`.
@@ -40,8 +52,16 @@ pub struct WsConfig {
     pub max_message_size: usize,
     /// Time a new connection has to send its whole request head.
     pub handshake_timeout: Duration,
+    /// Silence after which the peer is pinged (zero: never).
+    pub ping_interval: Duration,
+    /// Silence after a ping after which the peer is dropped.
+    pub pong_timeout: Duration,
+    /// Longest a single write may block on a peer that does not read.
+    pub write_timeout: Duration,
     /// Stack size of each connection thread.
     pub stack_size: usize,
+    /// Browser origins allowed besides the server's own host; `*` allows all.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WsConfig {
@@ -50,24 +70,31 @@ impl Default for WsConfig {
             max_connections: 10_000,
             max_message_size: 4 << 20,
             handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             stack_size: 128 << 10,
+            allowed_origins: Vec::new(),
         }
     }
 }
 
-/// What a WebSocket endpoint does with each message.
+/// What the server does with a request path.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Endpoint {
+enum Route {
     /// `/ws`: the seed's server, replying `Recebido: <msg>`.
     Reply,
     /// `/echo`: exact echo, for conformance tools.
     Echo,
+    /// `/metrics`: Prometheus text, plain HTTP.
+    Metrics,
 }
 
-fn route(path: &str) -> Option<Endpoint> {
+fn route(path: &str) -> Option<Route> {
     match path {
-        "/ws" => Some(Endpoint::Reply),
-        "/echo" => Some(Endpoint::Echo),
+        "/ws" => Some(Route::Reply),
+        "/echo" => Some(Route::Echo),
+        "/metrics" => Some(Route::Metrics),
         _ => None,
     }
 }
@@ -75,19 +102,40 @@ fn route(path: &str) -> Option<Endpoint> {
 /// Why a connection ended other than by a normal close.
 #[derive(Debug)]
 pub enum ConnError {
-    /// The request was answered with an HTTP error status and no upgrade.
+    /// The request was answered with an HTTP status and no upgrade.
     Rejected(u16),
     /// The peer sent nothing usable before the handshake deadline.
     HandshakeTimeout,
+    /// The peer did not answer a ping in time.
+    PongTimeout,
+    /// The server is shutting down.
+    Shutdown,
     Io(io::Error),
     WebSocket(WsError),
+}
+
+impl ConnError {
+    fn reason(&self) -> CloseReason {
+        match self {
+            ConnError::Rejected(_) => CloseReason::Rejected,
+            ConnError::HandshakeTimeout => CloseReason::HandshakeTimeout,
+            ConnError::PongTimeout => CloseReason::PongTimeout,
+            ConnError::Shutdown => CloseReason::Shutdown,
+            ConnError::WebSocket(
+                WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_),
+            ) => CloseReason::ProtocolError,
+            ConnError::Io(_) | ConnError::WebSocket(_) => CloseReason::IoError,
+        }
+    }
 }
 
 impl fmt::Display for ConnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnError::Rejected(status) => write!(f, "rejected with HTTP {status}"),
+            ConnError::Rejected(status) => write!(f, "answered HTTP {status}"),
             ConnError::HandshakeTimeout => f.write_str("handshake timed out"),
+            ConnError::PongTimeout => f.write_str("no pong in time"),
+            ConnError::Shutdown => f.write_str("server shutting down"),
             ConnError::Io(e) => write!(f, "{e}"),
             ConnError::WebSocket(e) => write!(f, "{e}"),
         }
@@ -106,19 +154,108 @@ impl From<WsError> for ConnError {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An upgraded connection's socket, shared between its own thread (the only
+/// reader) and any thread that writes to it.
+pub struct Peer {
+    socket: TcpStream,
+    write_lock: Mutex<()>,
+}
+
+impl Peer {
+    /// Writes `bytes` whole, so frames from different threads never interleave.
+    fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let _guard = lock(&self.write_lock);
+        (&self.socket).write_all(bytes)
+    }
+
+    /// Sends close 1001 without waiting on the peer, then shuts the socket so
+    /// its thread wakes from `read` and ends. A peer whose socket is busy or
+    /// full gets no close frame, only the TCP close: shutdown waits for nobody.
+    fn close_going_away(&self) {
+        let frame = Frame::close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutting down".into(),
+        }));
+        let mut bytes = Vec::with_capacity(32);
+        if frame.format(&mut bytes).is_ok() {
+            match self.write_lock.try_lock() {
+                Ok(_guard) => send_nonblocking(&self.socket, &bytes),
+                Err(TryLockError::Poisoned(guard)) => {
+                    drop(guard);
+                    send_nonblocking(&self.socket, &bytes)
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+fn send_nonblocking(socket: &TcpStream, bytes: &[u8]) {
+    if socket.set_nonblocking(true).is_ok() {
+        let _ = (&*socket).write(bytes);
+    }
+}
+
+/// The socket as tungstenite sees it: reads go straight to the socket, writes
+/// through the peer's lock, each buffer whole (tungstenite hands over whole
+/// frames), which is what lets other threads write frames of their own.
+struct Duplex(Arc<Peer>);
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0.socket).read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// State shared by the accept loop, every connection thread and the handle.
+struct Shared {
+    config: WsConfig,
+    metrics: Arc<Metrics>,
+    stopping: AtomicBool,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    next_id: AtomicU64,
+}
+
 /// A bound WebSocket server, ready to [`run`](WsServer::run).
 pub struct WsServer {
     listener: TcpListener,
-    config: Arc<WsConfig>,
-    active: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// Stops a running [`WsServer`] from another thread.
+#[derive(Clone)]
+pub struct WsHandle {
+    shared: Arc<Shared>,
+    listener_fd: i32,
 }
 
 impl WsServer {
-    pub fn bind(addr: &str, config: WsConfig) -> io::Result<WsServer> {
+    pub fn bind(addr: &str, config: WsConfig, metrics: Arc<Metrics>) -> io::Result<WsServer> {
         Ok(WsServer {
             listener: TcpListener::bind(addr)?,
-            config: Arc::new(config),
-            active: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Shared {
+                config,
+                metrics,
+                stopping: AtomicBool::new(false),
+                peers: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -126,14 +263,25 @@ impl WsServer {
         self.listener.local_addr()
     }
 
-    /// Accepts connections forever, one thread each. The accept loop only
-    /// counts and spawns: it never reads from a peer, so a slow handshake
-    /// cannot hold up the next connection.
+    pub fn handle(&self) -> WsHandle {
+        WsHandle {
+            shared: Arc::clone(&self.shared),
+            listener_fd: self.listener.as_raw_fd(),
+        }
+    }
+
+    /// Accepts connections until stopped, one thread each. The accept loop
+    /// only counts and spawns: it never reads from a peer, so a slow
+    /// handshake cannot hold up the next connection.
     pub fn run(self) -> io::Result<()> {
         info!("ws listening on ws://{}/ws", self.local_addr()?);
+        let mut last_refusal_log: Option<Instant> = None;
         for conn in self.listener.incoming() {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                break;
+            }
             match conn {
-                Ok(stream) => self.dispatch(stream),
+                Ok(stream) => self.dispatch(stream, &mut last_refusal_log),
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning.
                     warn!("ws accept failed: {e}");
@@ -141,78 +289,138 @@ impl WsServer {
                 }
             }
         }
+        info!("ws stopped accepting");
         Ok(())
     }
 
-    fn dispatch(&self, mut stream: TcpStream) {
-        let Some(slot) = Slot::take(&self.active, self.config.max_connections) else {
-            warn!(
-                "ws connection refused: {} connections open",
-                self.config.max_connections
-            );
+    fn dispatch(&self, mut stream: TcpStream, last_refusal_log: &mut Option<Instant>) {
+        let metrics = &self.shared.metrics;
+        metrics.ws_accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = Slot::take(metrics, self.shared.config.max_connections) else {
+            let refused = metrics.ws_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                *last_refusal_log = Some(Instant::now());
+                warn!(
+                    "ws connection refused: {} connections open ({refused} refused so far)",
+                    self.shared.config.max_connections
+                );
+            }
+            metrics.ws_closed(CloseReason::Rejected);
             // A fresh socket's send buffer is empty: this small write cannot block.
-            let _ = stream.write_all(&http_error(503, "too many connections\n", ""));
+            let _ = stream.write_all(&http_response(503, "too many connections\n", ""));
             return;
         };
-        let config = Arc::clone(&self.config);
+        let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new()
             .name("ws-conn".into())
-            .stack_size(config.stack_size)
+            .stack_size(shared.config.stack_size)
             .spawn(move || {
                 let _slot = slot;
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "unknown peer".to_owned(), |a| a.to_string());
                 debug!("{peer}: connected");
-                match handle_client(stream, &config) {
-                    Ok(()) => debug!("{peer}: closed"),
-                    Err(e) => debug!("{peer}: closed: {e}"),
-                }
+                let reason = match handle_client(stream, &shared) {
+                    Ok(()) => {
+                        debug!("{peer}: closed");
+                        CloseReason::Normal
+                    }
+                    Err(e) => {
+                        debug!("{peer}: closed: {e}");
+                        e.reason()
+                    }
+                };
+                shared.metrics.ws_closed(reason);
             });
         if let Err(e) = spawned {
             // The closure, and with it the stream and the slot, is dropped.
             warn!("ws connection dropped: cannot spawn a thread: {e}");
+            metrics.ws_closed(CloseReason::IoError);
+        }
+    }
+}
+
+impl WsHandle {
+    /// Stops accepting, sends close 1001 to every peer, and waits up to
+    /// `drain` for their threads to end. Returns the connections still open.
+    pub fn shutdown(&self, drain: Duration) -> u64 {
+        self.shared.stopping.store(true, Ordering::Release);
+        // Wakes the accept loop: `accept` on a shut-down listener fails at once.
+        // SAFETY: shutdown(2) on a descriptor this server owns; it neither
+        // closes the descriptor nor touches memory.
+        unsafe { libc::shutdown(self.listener_fd, libc::SHUT_RDWR) };
+        let peers: Vec<Arc<Peer>> = lock(&self.shared.peers).values().cloned().collect();
+        info!("ws closing {} connections (1001 going away)", peers.len());
+        for peer in &peers {
+            peer.close_going_away();
+        }
+        let deadline = Instant::now() + drain;
+        loop {
+            let open = self.shared.metrics.ws_active.load(Ordering::Acquire);
+            if open == 0 || Instant::now() >= deadline {
+                return open;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
 
 /// One counted connection; the count goes down when it is dropped.
-struct Slot(Arc<AtomicUsize>);
+struct Slot(Arc<Metrics>);
 
 impl Slot {
-    fn take(active: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        active
+    fn take(metrics: &Arc<Metrics>, max: usize) -> Option<Slot> {
+        let max = max as u64;
+        metrics
+            .ws_active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(Arc::clone(active)))
+            .map(|_| Slot(Arc::clone(metrics)))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.ws_active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Serves one connection: reads the request head, upgrades known paths to a
-/// WebSocket and answers every other request with an HTTP error.
-pub fn handle_client(mut stream: TcpStream, config: &WsConfig) -> Result<(), ConnError> {
+/// Serves one connection: reads the request head, upgrades WebSocket paths,
+/// answers `/metrics`, and every other request with an HTTP error.
+fn handle_client(mut stream: TcpStream, shared: &Shared) -> Result<(), ConnError> {
+    let config = &shared.config;
     stream.set_nodelay(true)?;
+    stream.set_write_timeout(nonzero(config.write_timeout))?;
     let deadline = Instant::now() + config.handshake_timeout;
     let (request, leftover) = match read_request_head(&mut stream, deadline)? {
         Head::Request(request, leftover) => (request, leftover),
         Head::Invalid(status, why) => return reject(&mut stream, status, why, ""),
     };
-    let Some(endpoint) = route(request.uri().path()) else {
-        return reject(
-            &mut stream,
-            404,
-            "not found: WebSocket endpoints are /ws and /echo\n",
-            "",
-        );
+    let endpoint = match route(request.uri().path()) {
+        Some(Route::Metrics) => {
+            let body = shared.metrics.render();
+            stream.write_all(&http_response(200, &body, ""))?;
+            return Ok(());
+        }
+        Some(endpoint) => endpoint,
+        None => {
+            return reject(
+                &mut stream,
+                404,
+                "not found: WebSocket endpoints are /ws and /echo\n",
+                "",
+            )
+        }
     };
+    if !origin_allowed(
+        header(&request, "Origin"),
+        header(&request, "Host"),
+        &config.allowed_origins,
+    ) {
+        return reject(&mut stream, 403, "origin not allowed\n", "");
+    }
     let response = match create_response(&request) {
         Ok(response) => response,
         Err(e) => {
@@ -228,15 +436,80 @@ pub fn handle_client(mut stream: TcpStream, config: &WsConfig) -> Result<(), Con
     let mut head = Vec::with_capacity(160);
     write_response(&mut head, &response)?;
     stream.write_all(&head)?;
-    stream.set_read_timeout(None)?;
 
+    let peer = Arc::new(Peer {
+        socket: stream,
+        write_lock: Mutex::new(()),
+    });
+    let _registration = Registration::new(shared, &peer);
+    if shared.stopping.load(Ordering::Acquire) {
+        peer.close_going_away();
+        return Err(ConnError::Shutdown);
+    }
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
-    let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
-    serve(ws, endpoint)
+    let ws = WebSocket::from_partially_read(
+        Duplex(Arc::clone(&peer)),
+        leftover,
+        Role::Server,
+        Some(ws_config),
+    );
+    match serve(ws, &peer, endpoint, shared) {
+        Err(_) if shared.stopping.load(Ordering::Acquire) => Err(ConnError::Shutdown),
+        result => result,
+    }
+}
+
+/// Keeps a peer in the registry shutdown walks, for as long as it is served.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Registration<'a> {
+    fn new(shared: &'a Shared, peer: &Arc<Peer>) -> Registration<'a> {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&shared.peers).insert(id, Arc::clone(peer));
+        Registration { shared, id }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.peers).remove(&self.id);
+    }
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The origin policy. Requests without `Origin` come from non-browser clients
+/// and are accepted. A browser always sends it, and accepting any origin
+/// would let every web page a user visits open a WebSocket to this server
+/// with the user's cookies and network position (cross-site WebSocket
+/// hijacking): so a browser must come from a page of this server's own host,
+/// or from an origin explicitly allowed.
+fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|h| h.trim().eq_ignore_ascii_case(origin_host))
 }
 
 enum Head {
@@ -288,13 +561,15 @@ fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<Head, 
 
 /// Answers with an HTTP error and ends the connection.
 fn reject(stream: &mut TcpStream, status: u16, body: &str, headers: &str) -> Result<(), ConnError> {
-    stream.write_all(&http_error(status, body, headers))?;
+    stream.write_all(&http_response(status, body, headers))?;
     Err(ConnError::Rejected(status))
 }
 
-fn http_error(status: u16, body: &str, headers: &str) -> Vec<u8> {
+fn http_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
     let reason = match status {
+        200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -310,28 +585,65 @@ fn http_error(status: u16, body: &str, headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The message loop of one upgraded connection.
-fn serve(mut ws: WebSocket<TcpStream>, endpoint: Endpoint) -> Result<(), ConnError> {
+/// The message loop of one upgraded connection. The read timeout doubles as
+/// the keepalive timer: silence for `ping_interval` sends a ping, silence for
+/// `pong_timeout` after it ends the connection. An idle peer costs one
+/// blocked thread and one wake-up per ping interval, nothing more.
+fn serve(
+    mut ws: WebSocket<Duplex>,
+    peer: &Peer,
+    route: Route,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let config = &shared.config;
+    let traffic = &shared.metrics.ws;
+    let set_timer = |timeout: Duration| peer.socket.set_read_timeout(nonzero(timeout));
+    set_timer(config.ping_interval)?;
+    let mut awaiting_pong = false;
     loop {
         let message = match ws.read() {
             Ok(message) => message,
             Err(WsError::ConnectionClosed) => return Ok(()),
-            Err(e) => return Err(close_after_error(ws, e)),
+            Err(WsError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if awaiting_pong {
+                    return Err(ConnError::PongTimeout);
+                }
+                ws.send(Message::Ping(Default::default()))?;
+                awaiting_pong = true;
+                set_timer(config.pong_timeout)?;
+                continue;
+            }
+            Err(e) => return Err(close_after_error(ws, peer, e)),
         };
-        let reply = match (message, endpoint) {
-            (Message::Text(text), Endpoint::Reply) => {
-                debug!("ws text message, {} bytes", text.len());
+        if awaiting_pong {
+            awaiting_pong = false;
+            set_timer(config.ping_interval)?;
+        }
+        let reply = match (message, route) {
+            (Message::Text(text), Route::Reply) => {
+                traffic.received(text.len());
                 Message::text(chat::ws_reply_text(text.as_str()))
             }
-            (Message::Binary(data), Endpoint::Reply) => {
-                debug!("ws binary message, {} bytes", data.len());
+            (Message::Binary(data), Route::Reply) => {
+                traffic.received(data.len());
                 Message::binary(chat::ws_reply_binary(&data))
             }
-            (message @ (Message::Text(_) | Message::Binary(_)), Endpoint::Echo) => message,
+            (message @ (Message::Text(_) | Message::Binary(_)), _) => {
+                traffic.received(message.len());
+                message
+            }
             // Pings are answered and close handshakes completed by tungstenite.
             _ => continue,
         };
+        debug!("ws message, {} bytes in", reply.len());
+        let len = reply.len();
         ws.send(reply)?;
+        traffic.sent(len);
     }
 }
 
@@ -339,7 +651,7 @@ fn serve(mut ws: WebSocket<TcpStream>, endpoint: Endpoint) -> Result<(), ConnErr
 /// names the error, then the TCP connection is closed at once. Reading on for
 /// a moment keeps unread input from turning the close into a reset that could
 /// destroy the close frame before the peer reads it.
-fn close_after_error(mut ws: WebSocket<TcpStream>, error: WsError) -> ConnError {
+fn close_after_error(mut ws: WebSocket<Duplex>, peer: &Peer, error: WsError) -> ConnError {
     let (code, reason) = match &error {
         WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
         WsError::Capacity(_) => (CloseCode::Size, "message too big"),
@@ -352,14 +664,14 @@ fn close_after_error(mut ws: WebSocket<TcpStream>, error: WsError) -> ConnError 
     };
     // A failure here means the peer is gone; the steps below then end at once.
     let _ = ws.close(Some(frame));
-    let stream = ws.get_mut();
-    if stream.shutdown(Shutdown::Write).is_ok()
-        && stream.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
+    let socket = &peer.socket;
+    if socket.shutdown(Shutdown::Write).is_ok()
+        && socket.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
     {
         let mut sink = [0u8; 1024];
         // Bounded: at most 64 KiB, and each read returns or times out.
         for _ in 0..64 {
-            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            if !matches!((&*socket).read(&mut sink), Ok(n) if n > 0) {
                 break;
             }
         }
@@ -373,15 +685,16 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("/ws"), Some(Endpoint::Reply));
-        assert_eq!(route("/echo"), Some(Endpoint::Echo));
+        assert_eq!(route("/ws"), Some(Route::Reply));
+        assert_eq!(route("/echo"), Some(Route::Echo));
+        assert_eq!(route("/metrics"), Some(Route::Metrics));
         assert_eq!(route("/"), None);
         assert_eq!(route("/ws/"), None);
     }
 
     #[test]
-    fn http_errors_are_well_formed() {
-        let text = String::from_utf8(http_error(404, "nope\n", "")).unwrap();
+    fn http_responses_are_well_formed() {
+        let text = String::from_utf8(http_response(404, "nope\n", "")).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.ends_with("\r\n\r\nnope\n"));
@@ -389,11 +702,45 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_and_returned() {
-        let active = Arc::new(AtomicUsize::new(0));
-        let a = Slot::take(&active, 2).unwrap();
-        let _b = Slot::take(&active, 2).unwrap();
-        assert!(Slot::take(&active, 2).is_none());
+        let metrics = Arc::new(Metrics::new());
+        let a = Slot::take(&metrics, 2).unwrap();
+        let _b = Slot::take(&metrics, 2).unwrap();
+        assert!(Slot::take(&metrics, 2).is_none());
         drop(a);
-        assert!(Slot::take(&active, 2).is_some());
+        assert_eq!(metrics.ws_active.load(Ordering::Relaxed), 1);
+        assert!(Slot::take(&metrics, 2).is_some());
+    }
+
+    #[test]
+    fn origin_policy() {
+        let none: &[String] = &[];
+        let host = Some("chat.example:8080");
+        // Non-browser clients send no Origin.
+        assert!(origin_allowed(None, host, none));
+        // Same host, any scheme.
+        assert!(origin_allowed(Some("http://chat.example:8080"), host, none));
+        assert!(origin_allowed(
+            Some("https://CHAT.example:8080"),
+            host,
+            none
+        ));
+        // Another site, another port, or an opaque origin.
+        assert!(!origin_allowed(Some("http://evil.example"), host, none));
+        assert!(!origin_allowed(
+            Some("http://chat.example:9090"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(Some("null"), host, none));
+        assert!(!origin_allowed(
+            Some("http://chat.example:8080"),
+            None,
+            none
+        ));
+        // Allowed explicitly, or all.
+        let allowed = ["https://app.example".to_owned()];
+        assert!(origin_allowed(Some("https://app.example"), host, &allowed));
+        assert!(!origin_allowed(Some("http://app.example"), host, &allowed));
+        assert!(origin_allowed(Some("null"), host, &["*".to_owned()]));
     }
 }

@@ -7,3 +7,9 @@ pub mod chat;
 #[allow(clippy::all, renamed_and_removed_lints)]
 #[rustfmt::skip]
 pub mod chat_grpc;
+#[allow(clippy::all, renamed_and_removed_lints)]
+#[rustfmt::skip]
+pub mod health;
+#[allow(clippy::all, renamed_and_removed_lints)]
+#[rustfmt::skip]
+pub mod health_grpc;

@@ -8,20 +8,86 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use papo::grpc::{GrpcConfig, GrpcServer};
-use papo::ws::{WsConfig, WsServer};
+use papo::metrics::Metrics;
+use papo::ws::{WsConfig, WsHandle, WsServer};
+
+/// An in-process WebSocket server.
+pub struct TestWs {
+    pub addr: SocketAddr,
+    pub handle: WsHandle,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Starts an in-process WebSocket server on a free port.
 pub fn ws_server(config: WsConfig) -> SocketAddr {
-    let server = WsServer::bind("127.0.0.1:0", config).expect("bind ws");
+    ws_server_with(config).addr
+}
+
+/// Starts an in-process WebSocket server on a free port, with its handle and counters.
+pub fn ws_server_with(config: WsConfig) -> TestWs {
+    let metrics = Arc::new(Metrics::new());
+    let server = WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics)).expect("bind ws");
     let addr = server.local_addr().expect("local addr");
+    let handle = server.handle();
     thread::spawn(move || server.run());
-    addr
+    TestWs {
+        addr,
+        handle,
+        metrics,
+    }
 }
 
 /// Starts an in-process gRPC server on a free port.
 pub fn grpc_server() -> GrpcServer {
-    GrpcServer::start("127.0.0.1:0", &GrpcConfig::default()).expect("start grpc")
+    grpc_server_with(GrpcConfig::default())
+}
+
+pub fn grpc_server_with(config: GrpcConfig) -> GrpcServer {
+    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new())).expect("start grpc")
+}
+
+/// Polls `check` until it holds, failing the test after `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The number of threads of process `pid`.
+pub fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads line")
+}
+
+/// Sends a signal to a child process.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) with the pid of a child this test owns.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// Waits for a child to exit, for at most `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "process did not exit within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Path of the `papo` binary built for these tests.

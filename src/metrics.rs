@@ -1,0 +1,232 @@
+//! Counters for `GET /metrics`, in the Prometheus text format.
+//!
+//! Every number is a counter the servers bump where the event happens (or a
+//! gauge kept exactly), never an estimate. Relaxed atomics: each counter is
+//! independent and only ever read for display.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a WebSocket connection ended, as counted in `papo_ws_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Close handshake completed, or the peer went away cleanly.
+    Normal,
+    /// Answered with an HTTP error instead of an upgrade.
+    Rejected,
+    HandshakeTimeout,
+    /// Sent a frame that broke RFC 6455, bad UTF-8 or an oversized message.
+    ProtocolError,
+    /// Did not answer a ping in time.
+    PongTimeout,
+    /// Stopped accepting data, or the socket failed.
+    IoError,
+    /// Closed by the server shutting down (1001).
+    Shutdown,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 7] = [
+        CloseReason::Normal,
+        CloseReason::Rejected,
+        CloseReason::HandshakeTimeout,
+        CloseReason::ProtocolError,
+        CloseReason::PongTimeout,
+        CloseReason::IoError,
+        CloseReason::Shutdown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::Rejected => "rejected",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::PongTimeout => "pong_timeout",
+            CloseReason::IoError => "io_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Message and byte counters of one protocol.
+#[derive(Default)]
+pub struct Traffic {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Traffic {
+    pub fn received(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// gRPC status codes counted per call (the rest fall under `other`).
+const GRPC_CODES: [(&str, i32); 6] = [
+    ("OK", 0),
+    ("CANCELLED", 1),
+    ("INVALID_ARGUMENT", 3),
+    ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5),
+    ("RESOURCE_EXHAUSTED", 8),
+];
+
+/// All of papo's counters; one instance is shared by both servers.
+#[derive(Default)]
+pub struct Metrics {
+    pub ws_active: AtomicU64,
+    pub ws_accepted: AtomicU64,
+    pub ws_refused: AtomicU64,
+    ws_closed: [AtomicU64; CloseReason::ALL.len()],
+    pub ws: Traffic,
+    pub grpc: Traffic,
+    grpc_calls: [AtomicU64; GRPC_CODES.len() + 1],
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    pub fn ws_closed(&self, reason: CloseReason) {
+        self.ws_closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a gRPC call that ended with `code` (a `grpc-status` number).
+    pub fn grpc_call(&self, code: i32) {
+        let slot = GRPC_CODES
+            .iter()
+            .position(|&(_, c)| c == code)
+            .unwrap_or(GRPC_CODES.len());
+        self.grpc_calls[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let one = |v: u64| [(String::new(), v)];
+        metric(
+            "papo_ws_connections_active",
+            "gauge",
+            "WebSocket connections open now.",
+            &one(get(&self.ws_active)),
+        );
+        metric(
+            "papo_ws_connections_accepted_total",
+            "counter",
+            "TCP connections accepted on the WebSocket port.",
+            &one(get(&self.ws_accepted)),
+        );
+        metric(
+            "papo_ws_connections_refused_total",
+            "counter",
+            "Connections answered 503 at the connection limit.",
+            &one(get(&self.ws_refused)),
+        );
+        let closed: Vec<_> = CloseReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{reason=\"{}\"}}", r.label()),
+                    get(&self.ws_closed[*r as usize]),
+                )
+            })
+            .collect();
+        metric(
+            "papo_ws_connections_closed_total",
+            "counter",
+            "Connections ended, by reason.",
+            &closed,
+        );
+        let mut messages = Vec::new();
+        let mut bytes = Vec::new();
+        for (proto, t) in [("ws", &self.ws), ("grpc", &self.grpc)] {
+            let label = |dir: &str| format!("{{protocol=\"{proto}\",direction=\"{dir}\"}}");
+            messages.push((label("in"), get(&t.messages_in)));
+            messages.push((label("out"), get(&t.messages_out)));
+            bytes.push((label("in"), get(&t.bytes_in)));
+            bytes.push((label("out"), get(&t.bytes_out)));
+        }
+        metric(
+            "papo_messages_total",
+            "counter",
+            "Chat messages by protocol and direction.",
+            &messages,
+        );
+        metric(
+            "papo_message_bytes_total",
+            "counter",
+            "Payload bytes by protocol and direction.",
+            &bytes,
+        );
+        let calls: Vec<_> = GRPC_CODES
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["other"])
+            .zip(&self.grpc_calls)
+            .map(|(code, c)| (format!("{{code=\"{code}\"}}"), get(c)))
+            .collect();
+        metric(
+            "papo_grpc_calls_total",
+            "counter",
+            "gRPC calls handled by papo, by final status.",
+            &calls,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_in_prometheus_text() {
+        let m = Metrics::new();
+        m.ws_accepted.fetch_add(3, Ordering::Relaxed);
+        m.ws_closed(CloseReason::PongTimeout);
+        m.ws.received(10);
+        m.grpc_call(0);
+        m.grpc_call(8);
+        m.grpc_call(13);
+        let text = m.render();
+        for line in [
+            "papo_ws_connections_accepted_total 3",
+            "papo_ws_connections_closed_total{reason=\"pong_timeout\"} 1",
+            "papo_ws_connections_closed_total{reason=\"normal\"} 0",
+            "papo_messages_total{protocol=\"ws\",direction=\"in\"} 1",
+            "papo_message_bytes_total{protocol=\"ws\",direction=\"in\"} 10",
+            "papo_grpc_calls_total{code=\"OK\"} 1",
+            "papo_grpc_calls_total{code=\"RESOURCE_EXHAUSTED\"} 1",
+            "papo_grpc_calls_total{code=\"other\"} 1",
+            "# TYPE papo_ws_connections_active gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        // Each metric is declared once, as the format requires.
+        let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len());
+    }
+}

@@ -1,0 +1,179 @@
+//! A bounded queue between a plain thread (the producer never blocks or
+//! awaits) and a future-driven consumer such as a grpcio streaming sink.
+//!
+//! A full queue is an answer, not a wait: the producer learns the consumer is
+//! too slow and can drop it, so one stuck subscriber never stalls the others.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::Stream;
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// The sender closed the queue: the consumer ends after the last item.
+    closed: bool,
+    /// The receiver is gone: sending is pointless.
+    abandoned: bool,
+    waker: Option<Waker>,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    capacity: usize,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The consumer is `capacity` items behind.
+    Full,
+    /// The consumer is gone.
+    Gone,
+}
+
+/// The producing half. Cheap to clone; every clone feeds the same queue.
+pub struct Sender<T>(Arc<Shared<T>>);
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender(Arc::clone(&self.0))
+    }
+}
+
+/// The consuming half: a `Stream` that ends once the queue is closed and empty.
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue holding at most `capacity` items.
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            closed: false,
+            abandoned: false,
+            waker: None,
+        }),
+        capacity: capacity.max(1),
+    });
+    (Sender(Arc::clone(&shared)), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` without waiting.
+    pub fn try_send(&self, item: T) -> Result<(), SendError> {
+        let waker = {
+            let mut state = self.0.lock();
+            if state.abandoned || state.closed {
+                return Err(SendError::Gone);
+            }
+            if state.items.len() >= self.0.capacity {
+                return Err(SendError::Full);
+            }
+            state.items.push_back(item);
+            state.waker.take()
+        };
+        // Woken outside the lock: the consumer may run at once on another thread.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Ends the stream once the items already queued are consumed.
+    pub fn close(&self) {
+        let waker = {
+            let mut state = self.0.lock();
+            state.closed = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The consumer has gone away.
+    pub fn is_gone(&self) -> bool {
+        self.0.lock().abandoned
+    }
+}
+
+impl<T> Stream for Receiver<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut state = self.0.lock();
+        if let Some(item) = state.items.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.abandoned = true;
+        state.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        crate::grpc::block_on(f)
+    }
+
+    #[test]
+    fn delivers_in_order_and_refuses_past_capacity() {
+        let (tx, mut rx) = bounded(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(SendError::Full));
+        assert_eq!(block_on(rx.next()), Some(1));
+        assert_eq!(tx.try_send(4), Ok(()));
+        tx.close();
+        assert_eq!(tx.try_send(5), Err(SendError::Gone));
+        assert_eq!(block_on(rx.by_ref().collect::<Vec<_>>()), vec![2, 4]);
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken_from_another_thread() {
+        let (tx, rx) = bounded(4);
+        let producer = std::thread::spawn(move || {
+            for i in 0..100 {
+                while tx.try_send(i) == Err(SendError::Full) {
+                    std::thread::yield_now();
+                }
+            }
+            tx.close();
+        });
+        assert_eq!(
+            block_on(rx.collect::<Vec<_>>()),
+            (0..100).collect::<Vec<_>>()
+        );
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn dropping_the_consumer_tells_the_producer() {
+        let (tx, rx) = bounded::<u8>(4);
+        drop(rx);
+        assert!(tx.is_gone());
+        assert_eq!(tx.try_send(1), Err(SendError::Gone));
+    }
+}
