@@ -370,6 +370,12 @@ pub const SERVE: Command = Command {
             "128KiB",
             "Stack size of each WebSocket connection thread",
         ),
+        Flag::value(
+            "listen-backlog",
+            "N",
+            "4096",
+            "Connections the kernel queues for the WebSocket accept loop",
+        ),
         Flag::list(
             "allowed-origin",
             "ORIGIN",
@@ -456,6 +462,7 @@ impl ServeConfig {
             write_timeout: v.duration("write-timeout")?,
             stack_size: v.size("stack-size")?,
             allowed_origins: v.list("allowed-origin"),
+            listen_backlog: v.parsed("listen-backlog")?,
         };
         let mut grpc = GrpcConfig {
             max_message_size,

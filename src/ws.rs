@@ -62,6 +62,9 @@ pub struct WsConfig {
     pub stack_size: usize,
     /// Browser origins allowed besides the server's own host; `*` allows all.
     pub allowed_origins: Vec<String>,
+    /// Connections the kernel queues before the accept loop takes them; a
+    /// burst beyond it has its SYNs dropped and retried a second later.
+    pub listen_backlog: u32,
 }
 
 impl Default for WsConfig {
@@ -75,6 +78,7 @@ impl Default for WsConfig {
             write_timeout: Duration::from_secs(10),
             stack_size: 128 << 10,
             allowed_origins: Vec::new(),
+            listen_backlog: 4096,
         }
     }
 }
@@ -247,8 +251,16 @@ pub struct WsHandle {
 
 impl WsServer {
     pub fn bind(addr: &str, config: WsConfig, metrics: Arc<Metrics>) -> io::Result<WsServer> {
+        let listener = TcpListener::bind(addr)?;
+        // std listens with a backlog of 128; Linux lets a second listen(2)
+        // resize it (the kernel caps it at net.core.somaxconn).
+        let backlog = i32::try_from(config.listen_backlog).unwrap_or(i32::MAX);
+        // SAFETY: listen(2) on the descriptor `listener` owns; no memory involved.
+        if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(WsServer {
-            listener: TcpListener::bind(addr)?,
+            listener,
             shared: Arc::new(Shared {
                 config,
                 metrics,

@@ -69,6 +69,19 @@ pub fn threads(pid: u32) -> usize {
         .expect("Threads line")
 }
 
+/// The names of the threads of process `pid`, for failure messages.
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Sends a signal to a child process.
 pub fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) with the pid of a child this test owns.

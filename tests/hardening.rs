@@ -1,0 +1,308 @@
+//! Issue-3 behaviour of the WebSocket server: keepalive, write deadline,
+//! origin policy, metrics, and bad input that must not hurt anyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{
+    eventually, raw_exchange, serve, thread_names, threads, upgrade_request, ws_server_with,
+};
+use papo::ws::WsConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{connect, Message};
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn echo(addr: SocketAddr) -> bool {
+    let Ok((mut ws, _)) = connect(format!("ws://{addr}/ws")) else {
+        return false;
+    };
+    ws.send(Message::text("ping?")).is_ok()
+        && matches!(ws.read(), Ok(Message::Text(t)) if t.as_str() == "Recebido: ping?")
+}
+
+/// Completes a raw handshake on `path` with extra header lines; returns the
+/// socket and the status line.
+fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let request = upgrade_request(path).replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (stream, status)
+}
+
+fn set_read_timeout(
+    ws: &mut tungstenite::WebSocket<MaybeTlsStream<TcpStream>>,
+    timeout: Option<Duration>,
+) {
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(timeout).unwrap();
+    }
+}
+
+#[test]
+fn silent_peers_are_pinged_and_dropped_live_ones_kept() {
+    let server = ws_server_with(WsConfig {
+        ping_interval: Duration::from_millis(200),
+        pong_timeout: Duration::from_millis(300),
+        ..WsConfig::default()
+    });
+    // A raw peer that never answers: it sees a ping (opcode 9), then EOF.
+    let (mut silent, status) = raw_upgrade(server.addr, "/ws", "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let start = Instant::now();
+    let mut received = Vec::new();
+    let _ = silent.read_to_end(&mut received);
+    assert_eq!(
+        received.first().map(|b| b & 0x0f),
+        Some(0x9),
+        "expected a ping first"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    eventually(SOON, "pong timeout counted", || {
+        server
+            .metrics
+            .render()
+            .contains("reason=\"pong_timeout\"} 1")
+    });
+
+    // A tungstenite client answers pings by itself and stays connected.
+    let (mut live, _) = connect(format!("ws://{}/ws", server.addr)).unwrap();
+    set_read_timeout(&mut live, Some(Duration::from_millis(100)));
+    let until = Instant::now() + Duration::from_millis(1200);
+    let mut pings = 0;
+    while Instant::now() < until {
+        match live.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(_)) => {}
+            Err(e) => panic!("live peer dropped: {e}"),
+        }
+    }
+    assert!(pings >= 2, "only {pings} pings");
+    set_read_timeout(&mut live, None);
+    live.send(Message::text("still")).unwrap();
+    loop {
+        match live.read().unwrap() {
+            Message::Text(t) => break assert_eq!(t.as_str(), "Recebido: still"),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let server = ws_server_with(WsConfig {
+        write_timeout: Duration::from_millis(300),
+        ping_interval: Duration::ZERO,
+        ..WsConfig::default()
+    });
+    let (mut stuck, status) = raw_upgrade(server.addr, "/echo", "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // Masked 60 KiB binary frames, sent and never read back: the echoes fill
+    // both socket buffers until the server's write blocks.
+    let payload = vec![0u8; 60 * 1024];
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]); // zero mask: payload unchanged
+    frame.extend_from_slice(&payload);
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let start = Instant::now();
+    while stuck.write_all(&frame).is_ok() && start.elapsed() < SOON {}
+    eventually(SOON, "stuck peer dropped", || {
+        server.metrics.ws_active.load(Ordering::Relaxed) == 0
+    });
+    assert!(server.metrics.render().contains("reason=\"io_error\"} 1"));
+    assert!(echo(server.addr));
+}
+
+#[test]
+fn cross_site_browsers_get_403_same_site_and_allowed_ones_upgrade() {
+    let server = ws_server_with(WsConfig {
+        allowed_origins: vec!["https://app.example".into()],
+        ..WsConfig::default()
+    });
+    let host = format!("Host: {}", server.addr);
+    let cases = [
+        ("Origin: http://evil.example".to_owned(), "HTTP/1.1 403"),
+        (format!("Origin: http://{}", server.addr), "HTTP/1.1 101"),
+        ("Origin: https://app.example".to_owned(), "HTTP/1.1 101"),
+        (String::new(), "HTTP/1.1 101"),
+    ];
+    for (origin, expected) in cases {
+        let extra = if origin.is_empty() {
+            String::new()
+        } else {
+            format!("{origin}\r\n")
+        };
+        let request = upgrade_request("/ws").replace("Host: localhost", &host);
+        let request = request.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&answer).unwrap(),
+            expected,
+            "{origin:?}"
+        );
+    }
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let server = ws_server_with(WsConfig::default());
+    let (mut ws, _) = connect(format!("ws://{}/ws", server.addr)).unwrap();
+    for text in ["a", "bb", "ccc"] {
+        ws.send(Message::text(text)).unwrap();
+        ws.read().unwrap();
+    }
+    raw_exchange(server.addr, b"GET /nope HTTP/1.1\r\n\r\n");
+    let answer = raw_exchange(server.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    for line in [
+        "papo_messages_total{protocol=\"ws\",direction=\"in\"} 3",
+        "papo_message_bytes_total{protocol=\"ws\",direction=\"in\"} 6",
+        "papo_message_bytes_total{protocol=\"ws\",direction=\"out\"} 36",
+        "papo_ws_connections_accepted_total 3",
+        // The websocket and this very request are open.
+        "papo_ws_connections_active 2",
+    ] {
+        assert!(
+            answer.lines().any(|l| l == line),
+            "{line} missing from\n{answer}"
+        );
+    }
+    assert!(
+        answer.contains("papo_ws_connections_closed_total{reason=\"rejected\"} 1"),
+        "{answer}"
+    );
+}
+
+/// Sends `bytes` on a fresh WebSocket and returns the close code the server sends.
+fn close_code_after(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
+    let (mut stream, _) = raw_upgrade(addr, "/ws", "");
+    stream.write_all(bytes).ok()?;
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).ok()?;
+    let mut payload = vec![0u8; (header[1] & 0x7f) as usize];
+    stream.read_exact(&mut payload).ok()?;
+    (header[0] & 0x0f == 0x8 && payload.len() >= 2)
+        .then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+#[test]
+fn bad_input_never_hurts_others_and_threads_return_to_baseline() {
+    let server = serve(&["--max-connections", "1200", "--handshake-timeout", "4s"]);
+    let pid = server.child.id();
+    let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
+    let grpc = server.grpc.as_deref().unwrap().to_owned();
+    assert!(echo(ws));
+    // gRPC C-core's event-engine pool grows and shrinks on its own; every
+    // other thread is papo's and must come back to exactly where it was.
+    let own_threads = || {
+        thread_names(pid)
+            .into_iter()
+            .filter(|n| n != "event_engine")
+            .collect::<Vec<_>>()
+    };
+    eventually(SOON, "no connection threads", || {
+        !own_threads().iter().any(|n| n == "ws-conn")
+    });
+    let baseline = own_threads();
+    assert!(threads(pid) >= baseline.len());
+    let settle = |what: &str| {
+        assert!(echo(ws), "not served after {what}");
+        let start = Instant::now();
+        while own_threads() != baseline {
+            let now = own_threads();
+            assert!(
+                start.elapsed() < SOON,
+                "threads after {what}: {now:?}, baseline {baseline:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // Garbage to each port.
+    raw_exchange(ws, &[0xde, 0xad, 0xbe, 0xef, b'\r', b'\n', b'\r', b'\n']);
+    let mut g = TcpStream::connect(&grpc).unwrap();
+    g.set_read_timeout(Some(SOON)).unwrap();
+    let _ = g.write_all(&[0x42; 4096]);
+    let _ = g.read_to_end(&mut Vec::new());
+    settle("garbage");
+
+    // A 2 GiB length header: refused by size before any allocation.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(2u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(close_code_after(ws, &frame), Some(1009));
+    settle("2 GiB header");
+
+    // An abrupt reset in the middle of a frame.
+    let (stream, _) = raw_upgrade(ws, "/ws", "");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, with a live struct.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    (&stream).write_all(&[0x81, 0x85, 1, 2, 3]).unwrap();
+    drop(stream);
+    settle("reset mid-frame");
+
+    // 1,000 half-open handshakes, and a new client served within a second.
+    let half_open: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = TcpStream::connect(ws).unwrap();
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n");
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    assert!(echo(ws), "not served beside 1,000 half-open handshakes");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "served after {:?}",
+        start.elapsed()
+    );
+    drop(half_open);
+    settle("1,000 half-open handshakes");
+
+    // A flood past the connection limit: refused with 503, then served again.
+    let flood: Vec<TcpStream> = (0..1300).map(|_| TcpStream::connect(ws).unwrap()).collect();
+    let answer = raw_exchange(ws, upgrade_request("/ws").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The first 1,200 hold every slot; the last 100 were refused at once.
+    for (i, mut s) in flood[1200..].iter().enumerate() {
+        s.set_read_timeout(Some(SOON)).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 503", "flood connection {}", 1200 + i);
+    }
+    drop(flood);
+    settle("a flood past the limit");
+}
