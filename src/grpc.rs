@@ -245,6 +245,8 @@ impl GrpcServer {
             .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
             .keepalive_time(config.keepalive_time)
             .keepalive_timeout(config.keepalive_timeout)
+            // Idle connections are the ones keepalive exists for.
+            .keepalive_permit_without_calls(true)
             .build_args();
         let health = Arc::new(Health::new());
         let chat = ChatServer {

@@ -2,12 +2,20 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
+use papo::grpc::{block_on, GrpcConfig};
 use papo::proto::chat::Message;
 use papo::proto::chat_grpc::ChatServiceClient;
+use papo::proto::health::health_check_response::ServingStatus;
+use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use papo::proto::health_grpc::HealthClient;
 
 fn client(addr: &str) -> ChatServiceClient {
     let env = Arc::new(EnvBuilder::new().cq_count(1).build());
@@ -57,4 +65,130 @@ fn oversized_message_is_resource_exhausted_and_the_server_goes_on() {
         send(&client, "Alice", "ok").unwrap(),
         "Mensagem recebida: ok"
     );
+}
+
+fn health_client(addr: &str) -> HealthClient {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    HealthClient::new(ChannelBuilder::new(env).connect(addr))
+}
+
+fn health_request(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.into(),
+        ..Default::default()
+    }
+}
+
+fn status_of(r: HealthCheckResponse) -> ServingStatus {
+    r.status.enum_value_or(ServingStatus::UNKNOWN)
+}
+
+#[test]
+fn health_check_knows_the_services() {
+    let server = common::grpc_server();
+    let client = health_client(server.addr());
+    for service in ["", "chat.ChatService", "grpc.health.v1.Health"] {
+        let reply = client.check(&health_request(service)).unwrap();
+        assert_eq!(status_of(reply), ServingStatus::SERVING, "{service:?}");
+    }
+    match client.check(&health_request("nope.Service")) {
+        Err(grpcio::Error::RpcFailure(status)) => {
+            assert_eq!(status.code(), RpcStatusCode::NOT_FOUND)
+        }
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+}
+
+#[test]
+fn watchers_see_not_serving_while_the_server_drains() {
+    let server = common::grpc_server();
+    let client = health_client(server.addr());
+    let mut watch = client.watch(&health_request("")).unwrap();
+    let first = block_on(watch.next()).unwrap().unwrap();
+    assert_eq!(status_of(first), ServingStatus::SERVING);
+    // The open Watch holds the drain until the deadline, then is cancelled.
+    let started = Instant::now();
+    let drained = thread::spawn(move || server.shutdown(Duration::from_millis(500)));
+    let update = block_on(watch.next()).unwrap().unwrap();
+    assert_eq!(status_of(update), ServingStatus::NOT_SERVING);
+    assert!(
+        !drained.join().unwrap(),
+        "a watch was still running: drain must report it"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(block_on(watch.next()).is_none_or(|end| end.is_err()));
+}
+
+#[test]
+fn deadlines_are_honoured() {
+    let server = common::grpc_server();
+    let client = health_client(server.addr());
+    let opt = CallOption::default().timeout(Duration::from_millis(300));
+    let mut watch = client.watch_opt(&health_request(""), opt).unwrap();
+    assert!(block_on(watch.next()).unwrap().is_ok());
+    match block_on(watch.next()) {
+        Some(Err(grpcio::Error::RpcFailure(status))) => {
+            assert_eq!(status.code(), RpcStatusCode::DEADLINE_EXCEEDED)
+        }
+        other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+    }
+}
+
+#[test]
+fn concurrent_streams_per_connection_are_capped() {
+    let server = common::grpc_server_with(GrpcConfig {
+        max_streams: 1,
+        ..GrpcConfig::default()
+    });
+    let client = health_client(server.addr());
+    let mut watch = client.watch(&health_request("")).unwrap();
+    assert!(block_on(watch.next()).unwrap().is_ok());
+    // The one stream is taken: a second call on the connection waits, and
+    // its deadline passes.
+    let opt = CallOption::default().timeout(Duration::from_millis(500));
+    match client.check_opt(&health_request(""), opt) {
+        Err(grpcio::Error::RpcFailure(status)) => {
+            assert_eq!(status.code(), RpcStatusCode::DEADLINE_EXCEEDED)
+        }
+        other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
+    }
+    drop(watch);
+}
+
+#[test]
+fn idle_connections_get_keepalive_pings_and_are_closed_when_silent() {
+    let server = common::grpc_server_with(GrpcConfig {
+        keepalive_time: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
+        ..GrpcConfig::default()
+    });
+    // A raw HTTP/2 client that never acknowledges pings.
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    let start = Instant::now();
+    let mut saw_ping = false;
+    loop {
+        let mut header = [0u8; 9];
+        if stream.read_exact(&mut header).is_err() {
+            break; // the server closed the connection
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).is_err() {
+            break;
+        }
+        match header[3] {
+            0x4 if header[4] & 1 == 0 => stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).unwrap(),
+            0x6 if header[4] & 1 == 0 => saw_ping = true,
+            _ => {}
+        }
+    }
+    assert!(saw_ping, "no keepalive ping");
+    assert!(start.elapsed() < Duration::from_secs(5));
 }
