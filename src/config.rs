@@ -367,7 +367,7 @@ pub const SERVE: Command = Command {
         Flag::value(
             "stack-size",
             "SIZE",
-            "128KiB",
+            "64KiB",
             "Stack size of each WebSocket connection thread",
         ),
         Flag::value(

@@ -76,7 +76,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
-            stack_size: 128 << 10,
+            stack_size: 64 << 10,
             allowed_origins: Vec::new(),
             listen_backlog: 4096,
         }

@@ -171,6 +171,14 @@ fn a_port_in_use_is_a_clear_error() {
 }
 
 #[test]
+fn grpc_threads_sets_the_completion_queue_threads() {
+    let server = serve(&["--no-ws", "--grpc-threads", "3"]);
+    let names = common::thread_names(server.child.id());
+    let pollers = names.iter().filter(|n| n.starts_with("grpc-poll")).count();
+    assert_eq!(pollers, 3, "{names:?}");
+}
+
+#[test]
 fn help_and_usage_errors() {
     let out = run(&["--help"]);
     assert!(out.status.success());

@@ -246,6 +246,26 @@ fn bad_input_never_hurts_others_and_threads_return_to_baseline() {
     let _ = g.read_to_end(&mut Vec::new());
     settle("garbage");
 
+    // Protocol violations, each closed with its code.
+    let masked = |first: u8, payload: &[u8]| {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let violations: [(&str, Vec<u8>, u16); 4] = [
+        ("invalid UTF-8", masked(0x81, b"\xc3\x28"), 1007),
+        ("an unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("a reserved opcode", masked(0x85, b""), 1002),
+        ("a fragmented ping", masked(0x09, b""), 1002),
+    ];
+    for (what, frame, code) in violations {
+        assert_eq!(close_code_after(ws, &frame), Some(code), "{what}");
+        settle(what);
+    }
+    let answer = raw_exchange(ws, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+    settle("a plain HTTP request");
+
     // A 2 GiB length header: refused by size before any allocation.
     let mut frame = vec![0x82, 0x80 | 127];
     frame.extend_from_slice(&(2u64 << 30).to_be_bytes());

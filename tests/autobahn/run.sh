@@ -45,7 +45,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Autobahn's section 9 sends messages of up to 16 MiB.
-RUST_LOG=info "$papo" serve --no-grpc --ws-addr 127.0.0.1:0 --max-message-size 20MiB \
+RUST_LOG=${RUST_LOG:-info} "$papo" serve --no-grpc --ws-addr 127.0.0.1:0 --max-message-size 20MiB \
     2>"$work/server.log" &
 server_pid=$!
 addr=
