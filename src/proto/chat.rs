@@ -32,6 +32,16 @@ pub struct Message {
     pub sender: ::std::string::String,
     // @@protoc_insertion_point(field:chat.Message.text)
     pub text: ::std::string::String,
+    // @@protoc_insertion_point(field:chat.Message.room)
+    pub room: ::std::string::String,
+    // @@protoc_insertion_point(field:chat.Message.seq)
+    pub seq: u64,
+    // @@protoc_insertion_point(field:chat.Message.timestamp_ms)
+    pub timestamp_ms: i64,
+    // @@protoc_insertion_point(field:chat.Message.kind)
+    pub kind: ::protobuf::EnumOrUnknown<message::Kind>,
+    // @@protoc_insertion_point(field:chat.Message.members)
+    pub members: ::std::vec::Vec<::std::string::String>,
     // special fields
     // @@protoc_insertion_point(special_field:chat.Message.special_fields)
     pub special_fields: ::protobuf::SpecialFields,
@@ -49,7 +59,7 @@ impl Message {
     }
 
     fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
-        let mut fields = ::std::vec::Vec::with_capacity(2);
+        let mut fields = ::std::vec::Vec::with_capacity(7);
         let mut oneofs = ::std::vec::Vec::with_capacity(0);
         fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
             "sender",
@@ -60,6 +70,31 @@ impl Message {
             "text",
             |m: &Message| { &m.text },
             |m: &mut Message| { &mut m.text },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "room",
+            |m: &Message| { &m.room },
+            |m: &mut Message| { &mut m.room },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "seq",
+            |m: &Message| { &m.seq },
+            |m: &mut Message| { &mut m.seq },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "timestamp_ms",
+            |m: &Message| { &m.timestamp_ms },
+            |m: &mut Message| { &mut m.timestamp_ms },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "kind",
+            |m: &Message| { &m.kind },
+            |m: &mut Message| { &mut m.kind },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_vec_simpler_accessor::<_, _>(
+            "members",
+            |m: &Message| { &m.members },
+            |m: &mut Message| { &mut m.members },
         ));
         ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<Message>(
             "Message",
@@ -85,6 +120,21 @@ impl ::protobuf::Message for Message {
                 18 => {
                     self.text = is.read_string()?;
                 },
+                26 => {
+                    self.room = is.read_string()?;
+                },
+                32 => {
+                    self.seq = is.read_uint64()?;
+                },
+                40 => {
+                    self.timestamp_ms = is.read_int64()?;
+                },
+                48 => {
+                    self.kind = is.read_enum_or_unknown()?;
+                },
+                58 => {
+                    self.members.push(is.read_string()?);
+                },
                 tag => {
                     ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
                 },
@@ -103,6 +153,21 @@ impl ::protobuf::Message for Message {
         if !self.text.is_empty() {
             my_size += ::protobuf::rt::string_size(2, &self.text);
         }
+        if !self.room.is_empty() {
+            my_size += ::protobuf::rt::string_size(3, &self.room);
+        }
+        if self.seq != 0 {
+            my_size += ::protobuf::rt::uint64_size(4, self.seq);
+        }
+        if self.timestamp_ms != 0 {
+            my_size += ::protobuf::rt::int64_size(5, self.timestamp_ms);
+        }
+        if self.kind != ::protobuf::EnumOrUnknown::new(message::Kind::MESSAGE) {
+            my_size += ::protobuf::rt::int32_size(6, self.kind.value());
+        }
+        for value in &self.members {
+            my_size += ::protobuf::rt::string_size(7, &value);
+        };
         my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
         self.special_fields.cached_size().set(my_size as u32);
         my_size
@@ -115,6 +180,21 @@ impl ::protobuf::Message for Message {
         if !self.text.is_empty() {
             os.write_string(2, &self.text)?;
         }
+        if !self.room.is_empty() {
+            os.write_string(3, &self.room)?;
+        }
+        if self.seq != 0 {
+            os.write_uint64(4, self.seq)?;
+        }
+        if self.timestamp_ms != 0 {
+            os.write_int64(5, self.timestamp_ms)?;
+        }
+        if self.kind != ::protobuf::EnumOrUnknown::new(message::Kind::MESSAGE) {
+            os.write_enum(6, ::protobuf::EnumOrUnknown::value(&self.kind))?;
+        }
+        for v in &self.members {
+            os.write_string(7, &v)?;
+        };
         os.write_unknown_fields(self.special_fields.unknown_fields())?;
         ::std::result::Result::Ok(())
     }
@@ -134,6 +214,11 @@ impl ::protobuf::Message for Message {
     fn clear(&mut self) {
         self.sender.clear();
         self.text.clear();
+        self.room.clear();
+        self.seq = 0;
+        self.timestamp_ms = 0;
+        self.kind = ::protobuf::EnumOrUnknown::new(message::Kind::MESSAGE);
+        self.members.clear();
         self.special_fields.clear();
     }
 
@@ -141,6 +226,11 @@ impl ::protobuf::Message for Message {
         static instance: Message = Message {
             sender: ::std::string::String::new(),
             text: ::std::string::String::new(),
+            room: ::std::string::String::new(),
+            seq: 0,
+            timestamp_ms: 0,
+            kind: ::protobuf::EnumOrUnknown::from_i32(0),
+            members: ::std::vec::Vec::new(),
             special_fields: ::protobuf::SpecialFields::new(),
         };
         &instance
@@ -162,6 +252,76 @@ impl ::std::fmt::Display for Message {
 
 impl ::protobuf::reflect::ProtobufValue for Message {
     type RuntimeType = ::protobuf::reflect::rt::RuntimeTypeMessage<Self>;
+}
+
+/// Nested message and enums of message `Message`
+pub mod message {
+    #[derive(Clone,Copy,PartialEq,Eq,Debug,Hash)]
+    // @@protoc_insertion_point(enum:chat.Message.Kind)
+    pub enum Kind {
+        // @@protoc_insertion_point(enum_value:chat.Message.Kind.MESSAGE)
+        MESSAGE = 0,
+        // @@protoc_insertion_point(enum_value:chat.Message.Kind.JOIN)
+        JOIN = 1,
+        // @@protoc_insertion_point(enum_value:chat.Message.Kind.LEAVE)
+        LEAVE = 2,
+    }
+
+    impl ::protobuf::Enum for Kind {
+        const NAME: &'static str = "Kind";
+
+        fn value(&self) -> i32 {
+            *self as i32
+        }
+
+        fn from_i32(value: i32) -> ::std::option::Option<Kind> {
+            match value {
+                0 => ::std::option::Option::Some(Kind::MESSAGE),
+                1 => ::std::option::Option::Some(Kind::JOIN),
+                2 => ::std::option::Option::Some(Kind::LEAVE),
+                _ => ::std::option::Option::None
+            }
+        }
+
+        fn from_str(str: &str) -> ::std::option::Option<Kind> {
+            match str {
+                "MESSAGE" => ::std::option::Option::Some(Kind::MESSAGE),
+                "JOIN" => ::std::option::Option::Some(Kind::JOIN),
+                "LEAVE" => ::std::option::Option::Some(Kind::LEAVE),
+                _ => ::std::option::Option::None
+            }
+        }
+
+        const VALUES: &'static [Kind] = &[
+            Kind::MESSAGE,
+            Kind::JOIN,
+            Kind::LEAVE,
+        ];
+    }
+
+    impl ::protobuf::EnumFull for Kind {
+        fn enum_descriptor() -> ::protobuf::reflect::EnumDescriptor {
+            static descriptor: ::protobuf::rt::Lazy<::protobuf::reflect::EnumDescriptor> = ::protobuf::rt::Lazy::new();
+            descriptor.get(|| super::file_descriptor().enum_by_package_relative_name("Message.Kind").unwrap()).clone()
+        }
+
+        fn descriptor(&self) -> ::protobuf::reflect::EnumValueDescriptor {
+            let index = *self as usize;
+            Self::enum_descriptor().value_by_index(index)
+        }
+    }
+
+    impl ::std::default::Default for Kind {
+        fn default() -> Self {
+            Kind::MESSAGE
+        }
+    }
+
+    impl Kind {
+        pub(in super) fn generated_enum_descriptor_data() -> ::protobuf::reflect::GeneratedEnumDescriptorData {
+            ::protobuf::reflect::GeneratedEnumDescriptorData::new::<Kind>("Message.Kind")
+        }
+    }
 }
 
 // @@protoc_insertion_point(message:chat.Response)
@@ -286,12 +446,161 @@ impl ::protobuf::reflect::ProtobufValue for Response {
     type RuntimeType = ::protobuf::reflect::rt::RuntimeTypeMessage<Self>;
 }
 
+// @@protoc_insertion_point(message:chat.SubscribeRequest)
+#[derive(PartialEq,Clone,Default,Debug)]
+pub struct SubscribeRequest {
+    // message fields
+    // @@protoc_insertion_point(field:chat.SubscribeRequest.room)
+    pub room: ::std::string::String,
+    // @@protoc_insertion_point(field:chat.SubscribeRequest.name)
+    pub name: ::std::string::String,
+    // special fields
+    // @@protoc_insertion_point(special_field:chat.SubscribeRequest.special_fields)
+    pub special_fields: ::protobuf::SpecialFields,
+}
+
+impl<'a> ::std::default::Default for &'a SubscribeRequest {
+    fn default() -> &'a SubscribeRequest {
+        <SubscribeRequest as ::protobuf::Message>::default_instance()
+    }
+}
+
+impl SubscribeRequest {
+    pub fn new() -> SubscribeRequest {
+        ::std::default::Default::default()
+    }
+
+    fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
+        let mut fields = ::std::vec::Vec::with_capacity(2);
+        let mut oneofs = ::std::vec::Vec::with_capacity(0);
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "room",
+            |m: &SubscribeRequest| { &m.room },
+            |m: &mut SubscribeRequest| { &mut m.room },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "name",
+            |m: &SubscribeRequest| { &m.name },
+            |m: &mut SubscribeRequest| { &mut m.name },
+        ));
+        ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<SubscribeRequest>(
+            "SubscribeRequest",
+            fields,
+            oneofs,
+        )
+    }
+}
+
+impl ::protobuf::Message for SubscribeRequest {
+    const NAME: &'static str = "SubscribeRequest";
+
+    fn is_initialized(&self) -> bool {
+        true
+    }
+
+    fn merge_from(&mut self, is: &mut ::protobuf::CodedInputStream<'_>) -> ::protobuf::Result<()> {
+        while let Some(tag) = is.read_raw_tag_or_eof()? {
+            match tag {
+                10 => {
+                    self.room = is.read_string()?;
+                },
+                18 => {
+                    self.name = is.read_string()?;
+                },
+                tag => {
+                    ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
+                },
+            };
+        }
+        ::std::result::Result::Ok(())
+    }
+
+    // Compute sizes of nested messages
+    #[allow(unused_variables)]
+    fn compute_size(&self) -> u64 {
+        let mut my_size = 0;
+        if !self.room.is_empty() {
+            my_size += ::protobuf::rt::string_size(1, &self.room);
+        }
+        if !self.name.is_empty() {
+            my_size += ::protobuf::rt::string_size(2, &self.name);
+        }
+        my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
+        self.special_fields.cached_size().set(my_size as u32);
+        my_size
+    }
+
+    fn write_to_with_cached_sizes(&self, os: &mut ::protobuf::CodedOutputStream<'_>) -> ::protobuf::Result<()> {
+        if !self.room.is_empty() {
+            os.write_string(1, &self.room)?;
+        }
+        if !self.name.is_empty() {
+            os.write_string(2, &self.name)?;
+        }
+        os.write_unknown_fields(self.special_fields.unknown_fields())?;
+        ::std::result::Result::Ok(())
+    }
+
+    fn special_fields(&self) -> &::protobuf::SpecialFields {
+        &self.special_fields
+    }
+
+    fn mut_special_fields(&mut self) -> &mut ::protobuf::SpecialFields {
+        &mut self.special_fields
+    }
+
+    fn new() -> SubscribeRequest {
+        SubscribeRequest::new()
+    }
+
+    fn clear(&mut self) {
+        self.room.clear();
+        self.name.clear();
+        self.special_fields.clear();
+    }
+
+    fn default_instance() -> &'static SubscribeRequest {
+        static instance: SubscribeRequest = SubscribeRequest {
+            room: ::std::string::String::new(),
+            name: ::std::string::String::new(),
+            special_fields: ::protobuf::SpecialFields::new(),
+        };
+        &instance
+    }
+}
+
+impl ::protobuf::MessageFull for SubscribeRequest {
+    fn descriptor() -> ::protobuf::reflect::MessageDescriptor {
+        static descriptor: ::protobuf::rt::Lazy<::protobuf::reflect::MessageDescriptor> = ::protobuf::rt::Lazy::new();
+        descriptor.get(|| file_descriptor().message_by_package_relative_name("SubscribeRequest").unwrap()).clone()
+    }
+}
+
+impl ::std::fmt::Display for SubscribeRequest {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        ::protobuf::text_format::fmt(self, f)
+    }
+}
+
+impl ::protobuf::reflect::ProtobufValue for SubscribeRequest {
+    type RuntimeType = ::protobuf::reflect::rt::RuntimeTypeMessage<Self>;
+}
+
 static file_descriptor_proto_data: &'static [u8] = b"\
-    \n\nchat.proto\x12\x04chat\"5\n\x07Message\x12\x16\n\x06sender\x18\x01\
-    \x20\x01(\tR\x06sender\x12\x12\n\x04text\x18\x02\x20\x01(\tR\x04text\"\
-    \x20\n\x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\x05reply2;\n\
-    \x0bChatService\x12,\n\x0bSendMessage\x12\r.chat.Message\x1a\x0e.chat.Re\
-    sponseb\x06proto3\
+    \n\nchat.proto\x12\x04chat\"\xea\x01\n\x07Message\x12\x16\n\x06sender\
+    \x18\x01\x20\x01(\tR\x06sender\x12\x12\n\x04text\x18\x02\x20\x01(\tR\x04\
+    text\x12\x12\n\x04room\x18\x03\x20\x01(\tR\x04room\x12\x10\n\x03seq\x18\
+    \x04\x20\x01(\x04R\x03seq\x12!\n\x0ctimestamp_ms\x18\x05\x20\x01(\x03R\
+    \x0btimestampMs\x12&\n\x04kind\x18\x06\x20\x01(\x0e2\x12.chat.Message.Ki\
+    ndR\x04kind\x12\x18\n\x07members\x18\x07\x20\x03(\tR\x07members\"(\n\x04\
+    Kind\x12\x0b\n\x07MESSAGE\x10\0\x12\x08\n\x04JOIN\x10\x01\x12\t\n\x05LEA\
+    VE\x10\x02\"\x20\n\x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\
+    \x05reply\":\n\x10SubscribeRequest\x12\x12\n\x04room\x18\x01\x20\x01(\tR\
+    \x04room\x12\x12\n\x04name\x18\x02\x20\x01(\tR\x04name2\x9b\x01\n\x0bCha\
+    tService\x12,\n\x0bSendMessage\x12\r.chat.Message\x1a\x0e.chat.Response\
+    \x12(\n\x04Chat\x12\r.chat.Message\x1a\r.chat.Message(\x010\x01\x124\n\t\
+    Subscribe\x12\x16.chat.SubscribeRequest\x1a\r.chat.Message0\x01b\x06prot\
+    o3\
 ";
 
 /// `FileDescriptorProto` object which was a source for this generated file
@@ -309,10 +618,12 @@ pub fn file_descriptor() -> &'static ::protobuf::reflect::FileDescriptor {
     file_descriptor.get(|| {
         let generated_file_descriptor = generated_file_descriptor_lazy.get(|| {
             let mut deps = ::std::vec::Vec::with_capacity(0);
-            let mut messages = ::std::vec::Vec::with_capacity(2);
+            let mut messages = ::std::vec::Vec::with_capacity(3);
             messages.push(Message::generated_message_descriptor_data());
             messages.push(Response::generated_message_descriptor_data());
-            let mut enums = ::std::vec::Vec::with_capacity(0);
+            messages.push(SubscribeRequest::generated_message_descriptor_data());
+            let mut enums = ::std::vec::Vec::with_capacity(1);
+            enums.push(message::Kind::generated_enum_descriptor_data());
             ::protobuf::reflect::GeneratedFileDescriptor::new_generated(
                 file_descriptor_proto(),
                 deps,
