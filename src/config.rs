@@ -371,6 +371,12 @@ pub const SERVE: Command = Command {
             "Stack size of each WebSocket connection thread",
         ),
         Flag::value(
+            "send-queue",
+            "N",
+            "256",
+            "Messages queued for a slow peer or stream before it is dropped (1008 / RESOURCE_EXHAUSTED)",
+        ),
+        Flag::value(
             "listen-backlog",
             "N",
             "4096",
@@ -463,12 +469,14 @@ impl ServeConfig {
             stack_size: v.size("stack-size")?,
             allowed_origins: v.list("allowed-origin"),
             listen_backlog: v.parsed("listen-backlog")?,
+            send_queue: v.parsed("send-queue")?,
         };
         let mut grpc = GrpcConfig {
             max_message_size,
             max_streams: v.parsed("grpc-max-streams")?,
             keepalive_time: v.duration("grpc-keepalive-time")?,
             keepalive_timeout: v.duration("grpc-keepalive-timeout")?,
+            send_queue: ws.send_queue,
             ..GrpcConfig::default()
         };
         match v.parsed::<usize>("grpc-threads")? {

@@ -4,21 +4,23 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::{select, Either};
+use futures_util::{Sink, SinkExt, StreamExt};
 use grpcio::{
-    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
-    ServerCredentials, ServerStreamingSink, UnarySink, WriteFlags,
+    ChannelBuilder, DuplexSink, Environment, RequestStream, RpcContext, RpcStatus, RpcStatusCode,
+    ServerBuilder, ServerCredentials, ServerStreamingSink, UnarySink, WriteFlags,
 };
 use log::{debug, info, warn};
 
-use crate::chat;
+use crate::chat::{self, Delivery, Hub, Member, Refused, Subscriber};
 use crate::metrics::Metrics;
-use crate::proto::chat::{Message, Response};
+use crate::proto::chat::{Message, Response, SubscribeRequest};
 use crate::proto::chat_grpc::{self, ChatService};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -38,6 +40,8 @@ pub struct GrpcConfig {
     pub keepalive_time: Duration,
     /// Time a keepalive ping has to be answered.
     pub keepalive_timeout: Duration,
+    /// Messages queued for a slow stream before it is dropped.
+    pub send_queue: usize,
 }
 
 impl Default for GrpcConfig {
@@ -48,6 +52,7 @@ impl Default for GrpcConfig {
             max_streams: 100,
             keepalive_time: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
+            send_queue: 256,
         }
     }
 }
@@ -78,10 +83,81 @@ fn finish<T>(
     });
 }
 
-/// The seed's `ChatService`.
+/// `ChatService`: the seed's `SendMessage`, and the chat's streams.
 #[derive(Clone)]
 pub struct ChatServer {
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    send_queue: usize,
+}
+
+/// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
+struct GrpcMember {
+    tx: queue::Sender<Message>,
+    evicted: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscriber for GrpcMember {
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), Refused> {
+        let message = delivery.message.clone();
+        let len = message.text.len();
+        match self.tx.try_send(message) {
+            Ok(()) => {
+                self.metrics.grpc.sent(len);
+                Ok(())
+            }
+            Err(queue::SendError::Full) => Err(Refused::Full),
+            Err(queue::SendError::Gone) => Err(Refused::Gone),
+        }
+    }
+
+    fn evicted(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.tx.close();
+    }
+}
+
+impl GrpcMember {
+    /// How the stream ends once its queue is closed and drained.
+    fn end_status(&self) -> RpcStatus {
+        if self.evicted.load(Ordering::Acquire) {
+            RpcStatus::with_message(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "too slow: outbound queue full".into(),
+            )
+        } else {
+            RpcStatus::ok()
+        }
+    }
+}
+
+/// The room and member name a stream asks for, checked.
+fn membership(room: &str, name: &str) -> Result<(String, String), RpcStatus> {
+    let room = chat::room_name(room)
+        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
+    let name = chat::member_name(name)
+        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
+    Ok((room.to_owned(), name.to_owned()))
+}
+
+impl ChatServer {
+    fn member(
+        &self,
+        room: &str,
+        name: &str,
+    ) -> (Member, Arc<GrpcMember>, queue::Receiver<Message>) {
+        let (tx, rx) = queue::bounded(self.send_queue);
+        let subscriber = Arc::new(GrpcMember {
+            tx,
+            evicted: AtomicBool::new(false),
+            metrics: Arc::clone(&self.metrics),
+        });
+        let member = self
+            .hub
+            .join(room, name, Arc::clone(&subscriber) as Arc<dyn Subscriber>);
+        (member, subscriber, rx)
+    }
 }
 
 impl ChatService for ChatServer {
@@ -92,13 +168,135 @@ impl ChatService for ChatServer {
             msg.text.len()
         );
         self.metrics.grpc.received(msg.text.len());
-        let reply = chat::grpc_reply(&msg.text);
-        self.metrics.grpc.sent(reply.len());
-        let reply = Response {
-            reply,
-            ..Default::default()
+        let reply = membership(&msg.room, &msg.sender).map(|(room, sender)| {
+            self.hub.publish(&room, &sender, &msg.text);
+            let reply = chat::grpc_reply(&msg.text);
+            self.metrics.grpc.sent(reply.len());
+            Response {
+                reply,
+                ..Default::default()
+            }
+        });
+        finish(&ctx, sink, reply, &self.metrics);
+    }
+
+    fn chat(
+        &mut self,
+        ctx: RpcContext,
+        mut stream: RequestStream<Message>,
+        sink: DuplexSink<Message>,
+    ) {
+        let server = self.clone();
+        ctx.spawn(async move {
+            let metrics = Arc::clone(&server.metrics);
+            // The first message says who and where.
+            let first = match stream.next().await {
+                Some(Ok(first)) => first,
+                _ => return metrics.grpc_call(RpcStatusCode::CANCELLED.into()),
+            };
+            let (room, name) = match membership(&first.room, &first.sender) {
+                Ok(who) => who,
+                Err(status) => {
+                    let code = status.code();
+                    let _ = sink.fail(status).await;
+                    return metrics.grpc_call(code.into());
+                }
+            };
+            let (member, subscriber, rx) = server.member(&room, &name);
+            let closer = subscriber.tx.clone();
+            let listening = async move {
+                let mut incoming = Some(first);
+                while let Some(message) = incoming.take() {
+                    if !message.text.is_empty() {
+                        server.metrics.grpc.received(message.text.len());
+                        member.say(&message.text);
+                    }
+                    incoming = stream.next().await.and_then(Result::ok);
+                }
+                // The client is done talking: it leaves, and its stream ends.
+                drop(member);
+                closer.close();
+            };
+            let code = stream_out(sink, rx, &subscriber, listening).await;
+            metrics.grpc_call(code.into());
+        });
+    }
+
+    fn subscribe(
+        &mut self,
+        ctx: RpcContext,
+        req: SubscribeRequest,
+        sink: ServerStreamingSink<Message>,
+    ) {
+        let (room, name) = match membership(&req.room, &req.name) {
+            Ok(who) => who,
+            Err(status) => {
+                let metrics = Arc::clone(&self.metrics);
+                let code = status.code();
+                return ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                    metrics.grpc_call(code.into());
+                });
+            }
         };
-        finish(&ctx, sink, Ok(reply), &self.metrics);
+        let (member, subscriber, rx) = self.member(&room, &name);
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let code = stream_out(sink, rx, &subscriber, std::future::pending()).await;
+            drop(member);
+            metrics.grpc_call(code.into());
+        });
+    }
+}
+
+/// A streaming sink papo feeds: grpcio's server-streaming and duplex sinks.
+trait OutSink: Sink<(Message, WriteFlags), Error = grpcio::Error> + Unpin {
+    fn end(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>>;
+}
+
+impl OutSink for ServerStreamingSink<Message> {
+    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
+        match status.code() {
+            RpcStatusCode::OK => self.close().await,
+            _ => self.fail(status).await,
+        }
+    }
+}
+
+impl OutSink for DuplexSink<Message> {
+    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
+        match status.code() {
+            RpcStatusCode::OK => self.close().await,
+            _ => self.fail(status).await,
+        }
+    }
+}
+
+/// Streams a member's queue out until it is closed (the member left or was
+/// dropped) or the client goes away, running `listening` alongside; then
+/// ends the call with the right status, which it returns.
+async fn stream_out(
+    mut sink: impl OutSink,
+    rx: queue::Receiver<Message>,
+    subscriber: &GrpcMember,
+    listening: impl Future<Output = ()>,
+) -> RpcStatusCode {
+    let mut outgoing = rx.map(|m| Ok((m, WriteFlags::default())));
+    let sending = sink.send_all(&mut outgoing);
+    let sent = match select(pin!(sending), pin!(listening)).await {
+        Either::Left((sent, _listening)) => sent,
+        // The client stopped talking: the queue was closed; drain it.
+        Either::Right(((), sending)) => sending.await,
+    };
+    drop(outgoing);
+    let status = subscriber.end_status();
+    let code = status.code();
+    match sent {
+        Ok(()) => match sink.end(status).await {
+            Ok(()) => code,
+            Err(_) => RpcStatusCode::CANCELLED,
+        },
+        Err(_) => RpcStatusCode::CANCELLED,
     }
 }
 
@@ -230,6 +428,7 @@ impl GrpcServer {
         addr: &str,
         config: &GrpcConfig,
         metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
     ) -> Result<GrpcServer, String> {
         let (host, _) = addr
             .rsplit_once(':')
@@ -250,7 +449,9 @@ impl GrpcServer {
             .build_args();
         let health = Arc::new(Health::new());
         let chat = ChatServer {
+            hub,
             metrics: Arc::clone(&metrics),
+            send_queue: config.send_queue,
         };
         let health_server = HealthServer {
             health: Arc::clone(&health),

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod metrics;
+pub mod peer;
 pub mod proto;
 pub mod queue;
 pub mod signals;

@@ -7,6 +7,7 @@ use std::thread;
 
 use log::{info, warn};
 
+use papo::chat::Hub;
 use papo::client;
 use papo::config::{self, CliError, ServeConfig, COMMANDS};
 use papo::grpc::GrpcServer;
@@ -138,9 +139,11 @@ fn serve(config: ServeConfig) -> Result<(), Failure> {
         Err(e) => warn!("cannot raise the open-file limit: {e}"),
     }
     let metrics = Arc::new(Metrics::new());
+    // One hub: browsers and services meet in the same rooms.
+    let hub = Hub::new();
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
-            GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics))
+            GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics), Arc::clone(&hub))
                 .map_err(Failure::Runtime)?,
         ),
         None => None,
@@ -148,7 +151,7 @@ fn serve(config: ServeConfig) -> Result<(), Failure> {
     let (events, next_event) = mpsc::channel();
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {
-        let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics))
+        let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics), hub)
             .map_err(|e| Failure::Runtime(format!("cannot listen for WebSocket on {addr}: {e}")))?;
         let handle = server.handle();
         let events = events.clone();

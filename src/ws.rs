@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,12 +26,15 @@ use tungstenite::error::ProtocolError;
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response, Request};
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::chat;
+use crate::chat::{self, Delivery, Hub, Member, Refused, Subscriber};
 use crate::metrics::{CloseReason, Metrics};
+use crate::peer::{OutboundLimits, Peer, SendError};
+use crate::proto::chat::Message as ChatMessage;
 
 /// Largest HTTP request head accepted; browsers send well under 2 KiB.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -62,6 +65,9 @@ pub struct WsConfig {
     pub stack_size: usize,
     /// Browser origins allowed besides the server's own host; `*` allows all.
     pub allowed_origins: Vec<String>,
+    /// Frames queued for a slow peer before it is dropped (close 1008 for a
+    /// chat member).
+    pub send_queue: usize,
     /// Connections the kernel queues before the accept loop takes them; a
     /// burst beyond it has its SYNs dropped and retried a second later.
     pub listen_backlog: u32,
@@ -79,28 +85,81 @@ impl Default for WsConfig {
             stack_size: 64 << 10,
             allowed_origins: Vec::new(),
             listen_backlog: 4096,
+            send_queue: 256,
         }
     }
 }
 
-/// What the server does with a request path.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What the server does with a request.
+#[derive(Debug, Clone, PartialEq)]
 enum Route {
     /// `/ws`: the seed's server, replying `Recebido: <msg>`.
     Reply,
     /// `/echo`: exact echo, for conformance tools.
     Echo,
+    /// `/chat?room=R&name=N`: a member of room R, JSON in and out.
+    Chat(String, String),
+    /// `/`: the chat page, plain HTTP.
+    Page,
     /// `/metrics`: Prometheus text, plain HTTP.
     Metrics,
 }
 
-fn route(path: &str) -> Option<Route> {
+/// Routes a request target; `Err` is an HTTP status with its reason.
+fn route(target: &str) -> Result<Route, (u16, String)> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
-        "/ws" => Some(Route::Reply),
-        "/echo" => Some(Route::Echo),
-        "/metrics" => Some(Route::Metrics),
-        _ => None,
+        "/ws" => Ok(Route::Reply),
+        "/echo" => Ok(Route::Echo),
+        "/" | "/index.html" => Ok(Route::Page),
+        "/metrics" => Ok(Route::Metrics),
+        "/chat" => {
+            let room = query_param(query, "room").unwrap_or_default();
+            let name = query_param(query, "name").unwrap_or_default();
+            let bad = |e: String| (400, format!("{e}\n"));
+            let room = chat::room_name(&room).map_err(bad)?.to_owned();
+            let name = chat::member_name(&name).map_err(bad)?.to_owned();
+            Ok(Route::Chat(room, name))
+        }
+        _ => Err((
+            404,
+            "not found: try / (chat page), /chat, /ws, /echo or /metrics\n".into(),
+        )),
     }
+}
+
+/// A query parameter, percent-decoded (`+` is a space, as forms send it).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why a connection ended other than by a normal close.
@@ -114,6 +173,8 @@ pub enum ConnError {
     PongTimeout,
     /// The server is shutting down.
     Shutdown,
+    /// Ended by the server with this close code (bad input on `/chat`).
+    Refused(u16),
     Io(io::Error),
     WebSocket(WsError),
 }
@@ -125,6 +186,7 @@ impl ConnError {
             ConnError::HandshakeTimeout => CloseReason::HandshakeTimeout,
             ConnError::PongTimeout => CloseReason::PongTimeout,
             ConnError::Shutdown => CloseReason::Shutdown,
+            ConnError::Refused(_) => CloseReason::ProtocolError,
             ConnError::WebSocket(
                 WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_),
             ) => CloseReason::ProtocolError,
@@ -140,6 +202,7 @@ impl fmt::Display for ConnError {
             ConnError::HandshakeTimeout => f.write_str("handshake timed out"),
             ConnError::PongTimeout => f.write_str("no pong in time"),
             ConnError::Shutdown => f.write_str("server shutting down"),
+            ConnError::Refused(code) => write!(f, "closed with {code}"),
             ConnError::Io(e) => write!(f, "{e}"),
             ConnError::WebSocket(e) => write!(f, "{e}"),
         }
@@ -162,64 +225,38 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An upgraded connection's socket, shared between its own thread (the only
-/// reader) and any thread that writes to it.
-pub struct Peer {
-    socket: TcpStream,
-    write_lock: Mutex<()>,
+/// Frames a close frame for sending from any thread.
+fn close_frame(code: CloseCode, reason: &str) -> Arc<[u8]> {
+    let mut bytes = Vec::with_capacity(4 + reason.len());
+    let frame = Frame::close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    // Formatting into a Vec cannot fail.
+    let _ = frame.format(&mut bytes);
+    bytes.into()
 }
 
-impl Peer {
-    /// Writes `bytes` whole, so frames from different threads never interleave.
-    fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let _guard = lock(&self.write_lock);
-        (&self.socket).write_all(bytes)
-    }
-
-    /// Sends close 1001 without waiting on the peer, then shuts the socket so
-    /// its thread wakes from `read` and ends. A peer whose socket is busy or
-    /// full gets no close frame, only the TCP close: shutdown waits for nobody.
-    fn close_going_away(&self) {
-        let frame = Frame::close(Some(CloseFrame {
-            code: CloseCode::Away,
-            reason: "server shutting down".into(),
-        }));
-        let mut bytes = Vec::with_capacity(32);
-        if frame.format(&mut bytes).is_ok() {
-            match self.write_lock.try_lock() {
-                Ok(_guard) => send_nonblocking(&self.socket, &bytes),
-                Err(TryLockError::Poisoned(guard)) => {
-                    drop(guard);
-                    send_nonblocking(&self.socket, &bytes)
-                }
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        let _ = self.socket.shutdown(Shutdown::Both);
-    }
-}
-
-fn send_nonblocking(socket: &TcpStream, bytes: &[u8]) {
-    if socket.set_nonblocking(true).is_ok() {
-        let _ = (&*socket).write(bytes);
-    }
-}
-
-/// The socket as tungstenite sees it: reads go straight to the socket, writes
-/// through the peer's lock, each buffer whole (tungstenite hands over whole
-/// frames), which is what lets other threads write frames of their own.
+/// The socket as tungstenite sees it: reads go straight to the socket (only
+/// the connection's thread reads), writes go through the peer's queue,
+/// whole buffers at a time, so frames of other threads never interleave.
 struct Duplex(Arc<Peer>);
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.0.socket).read(buf)
+        self.0.socket().read(buf)
     }
 }
 
 impl Write for Duplex {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(buf)?;
-        Ok(buf.len())
+        match self.0.send(buf.into()) {
+            Ok(()) => Ok(buf.len()),
+            Err(SendError::Full) => Err(io::Error::other(
+                "outbound queue full: the peer reads too slowly",
+            )),
+            Err(SendError::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -227,10 +264,47 @@ impl Write for Duplex {
     }
 }
 
+/// A `/chat` member's way out: messages of its room, as JSON text frames.
+struct WsMember {
+    peer: Arc<Peer>,
+    metrics: Arc<Metrics>,
+}
+
+/// A chat message as a WebSocket text frame of its canonical JSON.
+fn json_frame(message: &ChatMessage) -> Vec<u8> {
+    let json = protobuf_json_mapping::print_to_string(message).unwrap_or_else(|_| "{}".into());
+    let mut bytes = Vec::with_capacity(json.len() + 10);
+    let _ = Frame::message(json.into_bytes(), OpCode::Data(Data::Text), true).format(&mut bytes);
+    bytes
+}
+
+impl Subscriber for WsMember {
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), Refused> {
+        let frame = delivery.encoded(json_frame);
+        let len = frame.len();
+        match self.peer.send(frame) {
+            Ok(()) => {
+                self.metrics.ws.sent(len);
+                Ok(())
+            }
+            Err(SendError::Full) => Err(Refused::Full),
+            Err(SendError::Closed) => Err(Refused::Gone),
+        }
+    }
+
+    fn evicted(&self) {
+        self.peer.close_with(close_frame(
+            CloseCode::Policy,
+            "too slow: outbound queue full",
+        ));
+    }
+}
+
 /// State shared by the accept loop, every connection thread and the handle.
 struct Shared {
     config: WsConfig,
     metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
     stopping: AtomicBool,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     next_id: AtomicU64,
@@ -250,7 +324,12 @@ pub struct WsHandle {
 }
 
 impl WsServer {
-    pub fn bind(addr: &str, config: WsConfig, metrics: Arc<Metrics>) -> io::Result<WsServer> {
+    pub fn bind(
+        addr: &str,
+        config: WsConfig,
+        metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
+    ) -> io::Result<WsServer> {
         let listener = TcpListener::bind(addr)?;
         // std listens with a backlog of 128; Linux lets a second listen(2)
         // resize it (the kernel caps it at net.core.somaxconn).
@@ -259,11 +338,13 @@ impl WsServer {
         if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        crate::peer::start_flusher();
         Ok(WsServer {
             listener,
             shared: Arc::new(Shared {
                 config,
                 metrics,
+                hub,
                 stopping: AtomicBool::new(false),
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
@@ -364,7 +445,7 @@ impl WsHandle {
         let peers: Vec<Arc<Peer>> = lock(&self.shared.peers).values().cloned().collect();
         info!("ws closing {} connections (1001 going away)", peers.len());
         for peer in &peers {
-            peer.close_going_away();
+            peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
         }
         let deadline = Instant::now() + drain;
         loop {
@@ -410,21 +491,19 @@ fn handle_client(mut stream: TcpStream, shared: &Shared) -> Result<(), ConnError
         Head::Request(request, leftover) => (request, leftover),
         Head::Invalid(status, why) => return reject(&mut stream, status, why, ""),
     };
-    let endpoint = match route(request.uri().path()) {
-        Some(Route::Metrics) => {
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let endpoint = match route(target) {
+        Ok(Route::Metrics) => {
             let body = shared.metrics.render();
-            stream.write_all(&http_response(200, &body, ""))?;
+            stream.write_all(&http_ok("text/plain; version=0.0.4; charset=utf-8", &body))?;
             return Ok(());
         }
-        Some(endpoint) => endpoint,
-        None => {
-            return reject(
-                &mut stream,
-                404,
-                "not found: WebSocket endpoints are /ws and /echo\n",
-                "",
-            )
+        Ok(Route::Page) => {
+            stream.write_all(&http_ok("text/html; charset=utf-8", CHAT_PAGE))?;
+            return Ok(());
         }
+        Ok(endpoint) => endpoint,
+        Err((status, why)) => return reject(&mut stream, status, &why, ""),
     };
     if !origin_allowed(
         header(&request, "Origin"),
@@ -449,13 +528,15 @@ fn handle_client(mut stream: TcpStream, shared: &Shared) -> Result<(), ConnError
     write_response(&mut head, &response)?;
     stream.write_all(&head)?;
 
-    let peer = Arc::new(Peer {
-        socket: stream,
-        write_lock: Mutex::new(()),
-    });
+    let limits = OutboundLimits {
+        frames: config.send_queue,
+        bytes: config.max_message_size.saturating_mul(2),
+        write_timeout: config.write_timeout,
+    };
+    let peer = Peer::new(stream, limits);
     let _registration = Registration::new(shared, &peer);
     if shared.stopping.load(Ordering::Acquire) {
-        peer.close_going_away();
+        peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
         return Err(ConnError::Shutdown);
     }
     let ws_config = WebSocketConfig::default()
@@ -469,7 +550,21 @@ fn handle_client(mut stream: TcpStream, shared: &Shared) -> Result<(), ConnError
         Role::Server,
         Some(ws_config),
     );
-    match serve(ws, &peer, endpoint, shared) {
+    let served = match endpoint {
+        Route::Chat(room, name) => {
+            let member = shared.hub.join(
+                &room,
+                &name,
+                Arc::new(WsMember {
+                    peer: Arc::clone(&peer),
+                    metrics: Arc::clone(&shared.metrics),
+                }),
+            );
+            serve(ws, &peer, shared, |m| chat_action(&member, m))
+        }
+        route => serve(ws, &peer, shared, |m| reply_or_echo(&route, m)),
+    };
+    match served {
         Err(_) if shared.stopping.load(Ordering::Acquire) => Err(ConnError::Shutdown),
         result => result,
     }
@@ -577,6 +672,20 @@ fn reject(stream: &mut TcpStream, status: u16, body: &str, headers: &str) -> Res
     Err(ConnError::Rejected(status))
 }
 
+/// The chat page: one self-contained file, embedded in the binary.
+const CHAT_PAGE: &str = include_str!("page.html");
+
+fn http_ok(content_type: &str, body: &str) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    response
+}
+
 fn http_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
@@ -597,6 +706,46 @@ fn http_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// What a connection does with one incoming data message.
+enum Action {
+    Reply(Message),
+    Nothing,
+    /// End the connection with this close code and reason.
+    Close(CloseCode, String),
+}
+
+/// The seed's `/ws` and the exact echo of `/echo`.
+fn reply_or_echo(route: &Route, message: Message) -> Action {
+    match (route, message) {
+        (Route::Reply, Message::Text(text)) => {
+            Action::Reply(Message::text(chat::ws_reply_text(text.as_str())))
+        }
+        (Route::Reply, Message::Binary(data)) => {
+            Action::Reply(Message::binary(chat::ws_reply_binary(&data)))
+        }
+        (_, message) => Action::Reply(message),
+    }
+}
+
+/// `/chat`: each text message is JSON of a chat `Message`; its text is said
+/// in the member's room. Anything else ends the connection with a reason.
+fn chat_action(member: &Member, message: Message) -> Action {
+    let Message::Text(json) = message else {
+        return Action::Close(
+            CloseCode::Unsupported,
+            "/chat takes JSON text messages".into(),
+        );
+    };
+    match protobuf_json_mapping::parse_from_str::<ChatMessage>(json.as_str()) {
+        Ok(incoming) if incoming.text.is_empty() => Action::Nothing,
+        Ok(incoming) => {
+            member.say(&incoming.text);
+            Action::Nothing
+        }
+        Err(e) => Action::Close(CloseCode::Invalid, format!("invalid JSON message: {e}")),
+    }
+}
+
 /// The message loop of one upgraded connection. The read timeout doubles as
 /// the keepalive timer: silence for `ping_interval` sends a ping, silence for
 /// `pong_timeout` after it ends the connection. An idle peer costs one
@@ -604,12 +753,12 @@ fn http_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
 fn serve(
     mut ws: WebSocket<Duplex>,
     peer: &Peer,
-    route: Route,
     shared: &Shared,
+    mut on_message: impl FnMut(Message) -> Action,
 ) -> Result<(), ConnError> {
     let config = &shared.config;
     let traffic = &shared.metrics.ws;
-    let set_timer = |timeout: Duration| peer.socket.set_read_timeout(nonzero(timeout));
+    let set_timer = |timeout: Duration| peer.socket().set_read_timeout(nonzero(timeout));
     set_timer(config.ping_interval)?;
     let mut awaiting_pong = false;
     loop {
@@ -636,26 +785,28 @@ fn serve(
             awaiting_pong = false;
             set_timer(config.ping_interval)?;
         }
-        let reply = match (message, route) {
-            (Message::Text(text), Route::Reply) => {
-                traffic.received(text.len());
-                Message::text(chat::ws_reply_text(text.as_str()))
-            }
-            (Message::Binary(data), Route::Reply) => {
-                traffic.received(data.len());
-                Message::binary(chat::ws_reply_binary(&data))
-            }
-            (message @ (Message::Text(_) | Message::Binary(_)), _) => {
-                traffic.received(message.len());
-                message
-            }
+        if !matches!(message, Message::Text(_) | Message::Binary(_)) {
             // Pings are answered and close handshakes completed by tungstenite.
-            _ => continue,
-        };
-        debug!("ws message, {} bytes in", reply.len());
-        let len = reply.len();
-        ws.send(reply)?;
-        traffic.sent(len);
+            continue;
+        }
+        traffic.received(message.len());
+        debug!("ws message, {} bytes in", message.len());
+        match on_message(message) {
+            Action::Reply(reply) => {
+                let len = reply.len();
+                ws.send(reply)?;
+                traffic.sent(len);
+            }
+            Action::Nothing => {}
+            Action::Close(code, reason) => {
+                debug!("closing a connection: {reason}");
+                let _ = ws.close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                return Err(ConnError::Refused(u16::from(code)));
+            }
+        }
     }
 }
 
@@ -676,7 +827,7 @@ fn close_after_error(mut ws: WebSocket<Duplex>, peer: &Peer, error: WsError) -> 
     };
     // A failure here means the peer is gone; the steps below then end at once.
     let _ = ws.close(Some(frame));
-    let socket = &peer.socket;
+    let socket = peer.socket();
     if socket.shutdown(Shutdown::Write).is_ok()
         && socket.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
     {
@@ -697,11 +848,24 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("/ws"), Some(Route::Reply));
-        assert_eq!(route("/echo"), Some(Route::Echo));
-        assert_eq!(route("/metrics"), Some(Route::Metrics));
-        assert_eq!(route("/"), None);
-        assert_eq!(route("/ws/"), None);
+        assert_eq!(route("/ws"), Ok(Route::Reply));
+        assert_eq!(route("/echo"), Ok(Route::Echo));
+        assert_eq!(route("/metrics"), Ok(Route::Metrics));
+        assert_eq!(route("/"), Ok(Route::Page));
+        assert_eq!(route("/chat"), Ok(Route::Chat("geral".into(), "".into())));
+        assert_eq!(
+            route("/chat?name=Jo%C3%A3o+Silva&room=sala%201"),
+            Ok(Route::Chat("sala 1".into(), "João Silva".into()))
+        );
+        assert_eq!(
+            route("/chat?room=%zz"),
+            Ok(Route::Chat("%zz".into(), "".into()))
+        );
+        assert_eq!(
+            route(&format!("/chat?room={}", "x".repeat(65))).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(route("/ws/").map_err(|e| e.0), Err(404));
     }
 
     #[test]

@@ -126,7 +126,10 @@ fn other_paths_get_404_and_no_upgrade() {
     let addr = ws_server(WsConfig::default());
     let answer = raw_exchange(addr, upgrade_request("/nope").as_bytes());
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
-    let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let answer = raw_exchange(
+        addr,
+        b"GET /favicon.ico HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
 }
 

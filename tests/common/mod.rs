@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::time::Instant;
 
+use papo::chat::Hub;
 use papo::grpc::{GrpcConfig, GrpcServer};
 use papo::metrics::Metrics;
 use papo::ws::{WsConfig, WsHandle, WsServer};
@@ -30,7 +31,8 @@ pub fn ws_server(config: WsConfig) -> SocketAddr {
 /// Starts an in-process WebSocket server on a free port, with its handle and counters.
 pub fn ws_server_with(config: WsConfig) -> TestWs {
     let metrics = Arc::new(Metrics::new());
-    let server = WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics)).expect("bind ws");
+    let server =
+        WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), Hub::new()).expect("bind ws");
     let addr = server.local_addr().expect("local addr");
     let handle = server.handle();
     thread::spawn(move || server.run());
@@ -47,7 +49,8 @@ pub fn grpc_server() -> GrpcServer {
 }
 
 pub fn grpc_server_with(config: GrpcConfig) -> GrpcServer {
-    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new())).expect("start grpc")
+    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), Hub::new())
+        .expect("start grpc")
 }
 
 /// Polls `check` until it holds, failing the test after `limit`.

@@ -1,0 +1,332 @@
+//! Writing to WebSocket peers without ever waiting on them.
+//!
+//! A peer's socket is read only by its own connection thread, which blocks in
+//! `read`. Every write (tungstenite's replies and pongs, chat fan-out from
+//! other threads, close frames) goes through [`Peer::send`]: under the peer's
+//! lock it writes what the socket takes right now (`MSG_DONTWAIT`) and queues
+//! the rest, whole frames only, so frames never interleave. The one
+//! `ws-flush` thread of the process waits (`poll`) on the sockets that have
+//! queued bytes and writes them as they drain; a peer that takes nothing for
+//! the write timeout, or whose queue is full, is cut off. An idle peer costs
+//! nothing here: no thread, no timer, no wake-up.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bounds of one peer's outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundLimits {
+    /// Frames queued at most.
+    pub frames: usize,
+    /// Bytes queued at most (a single frame larger than this still fits alone).
+    pub bytes: usize,
+    /// Longest time the socket may take no bytes while some are queued.
+    pub write_timeout: Duration,
+}
+
+/// Why [`Peer::send`] did not queue a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is at its bound: the peer reads too slowly.
+    Full,
+    /// The connection is closing or broken.
+    Closed,
+}
+
+#[derive(Default)]
+struct Outbound {
+    frames: VecDeque<Arc<[u8]>>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    bytes: usize,
+    /// When the socket last took bytes, while some are queued.
+    progress: Option<Instant>,
+    /// In the flusher's set.
+    registered: bool,
+    /// Shut the socket once the queue is written.
+    closing: bool,
+    broken: bool,
+}
+
+/// An upgraded connection's socket and its outbound queue.
+pub struct Peer {
+    socket: TcpStream,
+    out: Mutex<Outbound>,
+    limits: OutboundLimits,
+}
+
+/// What a flush step left behind.
+enum Flushed {
+    /// Queue empty: the peer leaves the flusher's set.
+    Done,
+    /// Bytes remain; give up at this instant if the socket takes none.
+    Waiting(Instant),
+    /// Closed or broken: leave the set.
+    Dead,
+}
+
+impl Peer {
+    pub fn new(socket: TcpStream, limits: OutboundLimits) -> Arc<Peer> {
+        Arc::new(Peer {
+            socket,
+            out: Mutex::new(Outbound::default()),
+            limits,
+        })
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Writes `frame` as far as the socket takes it now and queues the rest.
+    /// Never blocks on the peer.
+    pub fn send(self: &Arc<Self>, frame: Arc<[u8]>) -> Result<(), SendError> {
+        let mut out = lock(&self.out);
+        if out.closing || out.broken {
+            return Err(SendError::Closed);
+        }
+        if out.frames.is_empty() {
+            match send_now(&self.socket, &frame) {
+                Ok(n) if n == frame.len() => return Ok(()),
+                Ok(n) => out.written = n,
+                Err(e) => {
+                    debug!("peer write failed: {e}");
+                    out.broken = true;
+                    let _ = self.socket.shutdown(Shutdown::Both);
+                    return Err(SendError::Closed);
+                }
+            }
+        } else if out.frames.len() >= self.limits.frames
+            || out.bytes + frame.len() > self.limits.bytes
+        {
+            return Err(SendError::Full);
+        }
+        out.bytes += frame.len();
+        out.frames.push_back(frame);
+        self.ensure_flushing(out);
+        Ok(())
+    }
+
+    /// Ends the connection: drops what is queued (but a frame already half
+    /// written, which must be finished for the stream to stay valid), writes
+    /// `last` (a close frame), then shuts the socket, which wakes the
+    /// connection's thread. Never blocks on the peer.
+    pub fn close_with(self: &Arc<Self>, last: Arc<[u8]>) {
+        let mut out = lock(&self.out);
+        if out.closing || out.broken {
+            return;
+        }
+        out.closing = true;
+        let keep = usize::from(out.written > 0);
+        out.frames.truncate(keep);
+        out.bytes = out.frames.iter().map(|f| f.len()).sum();
+        out.frames.push_back(last);
+        self.ensure_flushing(out);
+    }
+
+    fn ensure_flushing(self: &Arc<Self>, mut out: MutexGuard<'_, Outbound>) {
+        out.progress.get_or_insert_with(Instant::now);
+        if !out.registered {
+            out.registered = true;
+            drop(out);
+            flusher().register(Arc::clone(self));
+        }
+    }
+
+    /// Writes queued bytes until the socket is full or the queue empty.
+    fn flush(&self) -> Flushed {
+        let mut out = lock(&self.out);
+        while let Some(front) = out.frames.front().cloned() {
+            match send_now(&self.socket, &front[out.written..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.progress = Some(Instant::now());
+                    out.written += n;
+                    if out.written == front.len() {
+                        out.frames.pop_front();
+                        out.bytes -= front.len();
+                        out.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    out.broken = true;
+                    let _ = self.socket.shutdown(Shutdown::Both);
+                    return Flushed::Dead;
+                }
+            }
+        }
+        if !out.frames.is_empty() {
+            let since = *out.progress.get_or_insert_with(Instant::now);
+            return Flushed::Waiting(since + self.limits.write_timeout);
+        }
+        out.progress = None;
+        out.registered = false;
+        if out.closing {
+            let _ = self.socket.shutdown(Shutdown::Both);
+            return Flushed::Dead;
+        }
+        Flushed::Done
+    }
+
+    /// The write deadline passed: cut the peer off.
+    fn abort(&self) {
+        let mut out = lock(&self.out);
+        warn!(
+            "dropping a WebSocket peer that took no data for {:?}",
+            self.limits.write_timeout
+        );
+        out.broken = true;
+        out.frames.clear();
+        out.bytes = 0;
+        out.registered = false;
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// One non-blocking `send(2)`; `MSG_NOSIGNAL` turns a closed peer into an
+/// error instead of SIGPIPE.
+fn send_now(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: the pointer and length describe `bytes`, alive for the call.
+    let n = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match n {
+        n if n >= 0 => Ok(n as usize),
+        _ => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// The process's one flusher thread.
+struct Flusher {
+    incoming: Mutex<Vec<Arc<Peer>>>,
+    wake: UnixStream,
+}
+
+static FLUSHER: OnceLock<Flusher> = OnceLock::new();
+
+fn flusher() -> &'static Flusher {
+    FLUSHER.get_or_init(|| {
+        let spawned = UnixStream::pair().and_then(|(wake, wakened)| {
+            wake.set_nonblocking(true)?;
+            wakened.set_nonblocking(true)?;
+            thread::Builder::new()
+                .name("ws-flush".into())
+                .stack_size(64 << 10)
+                .spawn(move || run(wakened))?;
+            Ok(wake)
+        });
+        match spawned {
+            Ok(wake) => Flusher {
+                incoming: Mutex::new(Vec::new()),
+                wake,
+            },
+            // Without its flusher, papo cannot bound slow peers: refuse to run.
+            Err(e) => {
+                log::error!("cannot start the ws-flush thread: {e}");
+                std::process::abort()
+            }
+        }
+    })
+}
+
+/// Starts the flusher thread now rather than at the first slow peer, so the
+/// server's thread count is settled from the start.
+pub fn start_flusher() {
+    flusher();
+}
+
+impl Flusher {
+    fn register(&self, peer: Arc<Peer>) {
+        lock(&self.incoming).push(peer);
+        // A full wake socket already holds a wake-up: nothing is lost.
+        let _ = (&self.wake).write(&[1]);
+    }
+}
+
+fn run(wakened: UnixStream) {
+    let mut peers: Vec<(Arc<Peer>, Instant)> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        for peer in lock(&flusher().incoming).drain(..) {
+            let deadline = Instant::now() + peer.limits.write_timeout;
+            peers.push((peer, deadline));
+        }
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: wakened.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(peers.iter().map(|(p, _)| libc::pollfd {
+            fd: p.socket.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }));
+        let timeout = peers
+            .iter()
+            .map(|(_, deadline)| deadline.saturating_duration_since(Instant::now()))
+            .min()
+            .map_or(-1, |d| i32::try_from(d.as_millis() + 1).unwrap_or(i32::MAX));
+        // SAFETY: `fds` is a live, correctly sized array of pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if fds[0].revents != 0 {
+            let mut sink = [0u8; 64];
+            while matches!((&wakened).read(&mut sink), Ok(n) if n > 0) {}
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < peers.len() {
+            let ready = fds[i + 1].revents != 0;
+            let (peer, deadline) = &mut peers[i];
+            let keep = if ready || now >= *deadline {
+                match peer.flush() {
+                    Flushed::Waiting(next) if now >= next => {
+                        peer.abort();
+                        false
+                    }
+                    Flushed::Waiting(next) => {
+                        *deadline = next;
+                        true
+                    }
+                    Flushed::Done | Flushed::Dead => false,
+                }
+            } else {
+                true
+            };
+            if keep {
+                i += 1;
+            } else {
+                // Keep `fds` in step with `peers` for the rest of this pass.
+                peers.swap_remove(i);
+                fds.swap_remove(i + 1);
+            }
+        }
+    }
+}
