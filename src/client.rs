@@ -80,6 +80,7 @@ pub struct GrpcClientConfig {
     pub addr: String,
     pub sender: String,
     pub text: String,
+    pub room: String,
     pub timeout: Duration,
 }
 
@@ -91,6 +92,7 @@ pub fn grpc_client(config: &GrpcClientConfig, out: &mut impl Write) -> Result<()
     let request = ChatMessage {
         sender: config.sender.clone(),
         text: config.text.clone(),
+        room: config.room.clone(),
         ..Default::default()
     };
     let response = client

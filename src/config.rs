@@ -437,6 +437,12 @@ pub const GRPC_CLIENT: Command = Command {
         Flag::value("addr", "ADDR", "127.0.0.1:50051", "Server address"),
         Flag::value("sender", "NAME", "Alice", "Message sender"),
         Flag::value("text", "TEXT", "Olá, gRPC!", "Message text"),
+        Flag::value(
+            "room",
+            "ROOM",
+            "geral",
+            "Chat room the message is also published to",
+        ),
         Flag::value("timeout", "DURATION", "5s", "Deadline of the call"),
     ],
 };
@@ -515,6 +521,7 @@ pub fn grpc_client_config(v: &Values) -> Result<GrpcClientConfig, CliError> {
         addr: v.string("addr").unwrap_or_default(),
         sender: v.string("sender").unwrap_or_default(),
         text: v.string("text").unwrap_or_default(),
+        room: v.string("room").unwrap_or_default(),
         timeout: v.duration("timeout")?,
     })
 }

@@ -1,0 +1,230 @@
+//! One chat, two protocols: WebSocket `/chat` members and gRPC streams in
+//! the same rooms, against a real `papo serve`.
+
+mod common;
+
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{papo, serve};
+use futures_util::{SinkExt, StreamExt};
+use grpcio::{ChannelBuilder, ClientDuplexReceiver, EnvBuilder, RpcStatusCode, WriteFlags};
+use papo::grpc::block_on;
+use papo::proto::chat::message::Kind;
+use papo::proto::chat::{Message as ChatMessage, SubscribeRequest};
+use papo::proto::chat_grpc::ChatServiceClient;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{connect, Message};
+
+type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn grpc_client(addr: &str) -> ChatServiceClient {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    ChatServiceClient::new(ChannelBuilder::new(env).connect(addr))
+}
+
+fn ws_member(addr: &str, room: &str, name: &str) -> Ws {
+    let (ws, _) = connect(format!("ws://{addr}/chat?room={room}&name={name}")).unwrap();
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
+}
+
+/// The next chat message a WebSocket member receives, decoded from JSON.
+fn ws_next(ws: &mut Ws) -> ChatMessage {
+    loop {
+        match ws.read().expect("ws read") {
+            Message::Text(json) => {
+                return protobuf_json_mapping::parse_from_str(json.as_str()).expect("JSON")
+            }
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+fn grpc_next(rx: &mut ClientDuplexReceiver<ChatMessage>) -> ChatMessage {
+    block_on(rx.next()).expect("stream open").expect("message")
+}
+
+fn kind(m: &ChatMessage) -> Kind {
+    m.kind.enum_value_or_default()
+}
+
+/// Reads until `count` chat messages (not events) have arrived.
+fn messages(mut next: impl FnMut() -> ChatMessage, count: usize) -> Vec<(u64, String, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let m = next();
+        if kind(&m) == Kind::MESSAGE {
+            seen.push((m.seq, m.sender, m.text));
+        }
+    }
+    seen
+}
+
+#[test]
+fn browsers_and_services_share_a_room_in_one_order() {
+    let server = serve(&[]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+
+    let mut ana = ws_member(&ws_addr, "sala", "ana");
+    let first = ws_next(&mut ana);
+    assert_eq!(
+        (kind(&first), first.members.clone()),
+        (Kind::JOIN, vec!["ana".to_owned()])
+    );
+
+    let client = grpc_client(&grpc_addr);
+    let (mut bob_tx, mut bob_rx) = client.chat().unwrap();
+    let hello = ChatMessage {
+        room: "sala".into(),
+        sender: "bob".into(),
+        ..Default::default()
+    };
+    block_on(bob_tx.send((hello, WriteFlags::default()))).unwrap();
+    let joined = grpc_next(&mut bob_rx);
+    assert_eq!(
+        (kind(&joined), joined.members.clone()),
+        (Kind::JOIN, vec!["ana".to_owned(), "bob".to_owned()])
+    );
+    let seen_by_ana = ws_next(&mut ana);
+    assert_eq!(
+        (kind(&seen_by_ana), seen_by_ana.seq),
+        (Kind::JOIN, joined.seq)
+    );
+
+    // Each side talks, and the seed's client publishes into the room too.
+    let text = |t: &str| ChatMessage {
+        text: t.into(),
+        ..Default::default()
+    };
+    block_on(bob_tx.send((text("oi do serviço"), WriteFlags::default()))).unwrap();
+    ana.send(Message::text(r#"{"text": "oi do navegador"}"#))
+        .unwrap();
+    let out = papo()
+        .args(["grpc-client", "--addr", &grpc_addr, "--room", "sala"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Resposta do servidor: Mensagem recebida: Olá, gRPC!\n"
+    );
+
+    let ana_saw = messages(|| ws_next(&mut ana), 3);
+    let bob_saw = messages(|| grpc_next(&mut bob_rx), 3);
+    assert_eq!(ana_saw, bob_saw, "both protocols see one order");
+    let mut texts: Vec<_> = ana_saw
+        .iter()
+        .map(|(_, who, t)| format!("{who}: {t}"))
+        .collect();
+    texts.sort();
+    assert_eq!(
+        texts,
+        [
+            "Alice: Olá, gRPC!",
+            "ana: oi do navegador",
+            "bob: oi do serviço"
+        ]
+    );
+    assert!(
+        ana_saw.windows(2).all(|w| w[1].0 > w[0].0),
+        "numbers increase: {ana_saw:?}"
+    );
+
+    // Bob leaves by closing his side; Ana is told.
+    block_on(bob_tx.close()).unwrap();
+    let left = ws_next(&mut ana);
+    assert_eq!(
+        (kind(&left), left.sender.as_str(), left.members.clone()),
+        (Kind::LEAVE, "bob", vec!["ana".to_owned()])
+    );
+}
+
+#[test]
+fn malformed_json_closes_that_member_with_1007_only() {
+    let server = serve(&["--no-grpc"]);
+    let ws_addr = server.ws.clone().unwrap();
+    let mut good = ws_member(&ws_addr, "r", "good");
+    let mut bad = ws_member(&ws_addr, "r", "bad");
+    bad.send(Message::text("{not json")).unwrap();
+    let code = loop {
+        match bad.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Invalid));
+    good.send(Message::text(r#"{"text":"still here"}"#))
+        .unwrap();
+    let saw = messages(|| ws_next(&mut good), 1);
+    assert_eq!(saw[0].2, "still here");
+}
+
+#[test]
+fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
+    let server = serve(&["--send-queue", "8"]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let mut fast = ws_member(&ws_addr, "busy", "fast");
+    let mut stuck_ws = ws_member(&ws_addr, "busy", "stuck-ws");
+    let client = grpc_client(&grpc_addr);
+    let request = SubscribeRequest {
+        room: "busy".into(),
+        name: "stuck-grpc".into(),
+        ..Default::default()
+    };
+    let mut stuck_grpc = client.subscribe(&request).unwrap();
+
+    // Neither stuck member reads while 2,000 messages of 4 KiB flow.
+    let sender = grpc_client(&grpc_addr);
+    let payload = "x".repeat(4096);
+    let reader = std::thread::spawn(move || {
+        let mut texts = Vec::new();
+        while texts.len() < 2000 {
+            let m = ws_next(&mut fast);
+            match kind(&m) {
+                Kind::MESSAGE => texts.push(m.seq),
+                Kind::LEAVE => assert!(m.sender.starts_with("stuck"), "{m:?}"),
+                Kind::JOIN => {}
+            }
+        }
+        texts
+    });
+    for _ in 0..2000 {
+        let m = ChatMessage {
+            room: "busy".into(),
+            sender: "svc".into(),
+            text: payload.clone(),
+            ..Default::default()
+        };
+        sender.send_message(&m).unwrap();
+    }
+    let seqs = reader.join().unwrap();
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "the fast member sees them in order"
+    );
+
+    // The stuck WebSocket member finds, after what it had buffered, a 1008 close.
+    let code = loop {
+        match stuck_ws.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Policy));
+    // The stuck gRPC subscriber's stream ends RESOURCE_EXHAUSTED.
+    let end = loop {
+        match block_on(stuck_grpc.next()) {
+            Some(Ok(_)) => continue,
+            Some(Err(grpcio::Error::RpcFailure(status))) => break status.code(),
+            other => panic!("unexpected end: {other:?}"),
+        }
+    };
+    assert_eq!(end, RpcStatusCode::RESOURCE_EXHAUSTED);
+}
