@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
+use std::sync::mpsc;
+
+use futures_util::{SinkExt, StreamExt};
+use grpcio::{CallOption, ChannelBuilder, EnvBuilder, WriteFlags};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+use crate::grpc::block_on;
+use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
 
@@ -111,4 +116,172 @@ pub fn describe(error: &grpcio::Error) -> String {
         grpcio::Error::RpcFailure(status) => format!("{:?}: {}", status.code(), status.message()),
         other => other.to_string(),
     }
+}
+
+/// `papo chat`: an interactive member of a room, over gRPC or WebSocket.
+#[derive(Debug, Clone)]
+pub struct ChatClientConfig {
+    pub room: String,
+    pub name: String,
+    /// `grpc` or `ws`.
+    pub via: String,
+    pub addr: String,
+    pub url: String,
+}
+
+/// One line for a chat message or event: `[HH:MM:SS] who: text`, UTC.
+pub fn format_chat_line(m: &ChatMessage) -> String {
+    let secs = m.timestamp_ms.div_euclid(1000).rem_euclid(86_400);
+    let time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    match m.kind.enum_value_or_default() {
+        Kind::MESSAGE => format!("[{time}] {}: {}", m.sender, m.text),
+        Kind::JOIN => format!(
+            "[{time}] * {} entrou (na sala: {})",
+            m.sender,
+            m.members.join(", ")
+        ),
+        Kind::LEAVE => format!(
+            "[{time}] * {} saiu (na sala: {})",
+            m.sender,
+            m.members.join(", ")
+        ),
+    }
+}
+
+/// Lines typed on stdin are said in the room; the room's messages are
+/// printed as they come. Ends at the end of stdin, leaving the room.
+pub fn chat_client(config: &ChatClientConfig, out: &mut impl Write) -> Result<(), String> {
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    match config.via.as_str() {
+        "grpc" => chat_via_grpc(config, lines, out),
+        "ws" => chat_via_ws(config, lines, out),
+        other => Err(format!("--via {other}: expected grpc or ws")),
+    }
+}
+
+fn chat_via_grpc(
+    config: &ChatClientConfig,
+    lines: mpsc::Receiver<String>,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let client = ChatServiceClient::new(ChannelBuilder::new(env).connect(&config.addr));
+    let failed = |e: grpcio::Error| format!("chat with {} failed: {}", config.addr, describe(&e));
+    let (mut tx, mut rx) = client.chat().map_err(failed)?;
+    let hello = ChatMessage {
+        room: config.room.clone(),
+        sender: config.name.clone(),
+        ..Default::default()
+    };
+    block_on(tx.send((hello, WriteFlags::default()))).map_err(failed)?;
+    thread::Builder::new()
+        .name("chat-send".into())
+        .spawn(move || {
+            for text in lines {
+                let m = ChatMessage {
+                    text,
+                    ..Default::default()
+                };
+                if block_on(tx.send((m, WriteFlags::default()))).is_err() {
+                    return;
+                }
+            }
+            let _ = block_on(tx.close());
+        })
+        .map_err(|e| e.to_string())?;
+    while let Some(next) = block_on(rx.next()) {
+        let m = next.map_err(failed)?;
+        writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The WebSocket side: tungstenite's client cannot read and write from two
+/// threads, so this loop reads with a short timeout and sends typed lines
+/// between reads (a client-side compromise; the server never polls).
+fn chat_via_ws(
+    config: &ChatClientConfig,
+    lines: mpsc::Receiver<String>,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let url = format!(
+        "{}?room={}&name={}",
+        config.url,
+        percent_encode(&config.room),
+        percent_encode(&config.name)
+    );
+    let (mut ws, _) = tungstenite::connect(url.as_str())
+        .map_err(|e| format!("cannot connect to {}: {e}", config.url))?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+    }
+    loop {
+        loop {
+            match lines.try_recv() {
+                Ok(text) => {
+                    let m = ChatMessage {
+                        text,
+                        ..Default::default()
+                    };
+                    let json =
+                        protobuf_json_mapping::print_to_string(&m).map_err(|e| e.to_string())?;
+                    ws.send(Message::text(json))
+                        .map_err(|e| format!("send failed: {e}"))?;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    let _ = ws.close(None);
+                    return Ok(());
+                }
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(json)) => {
+                let m: ChatMessage = protobuf_json_mapping::parse_from_str(json.as_str())
+                    .map_err(|e| e.to_string())?;
+                writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
+                out.flush().map_err(|e| e.to_string())?;
+            }
+            Ok(Message::Close(frame)) => {
+                return Err(match frame {
+                    Some(f) => format!(
+                        "the server closed the connection: {} {}",
+                        u16::from(f.code),
+                        f.reason
+                    ),
+                    None => "the server closed the connection".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(format!("connection lost: {e}")),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

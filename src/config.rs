@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::client::{GrpcClientConfig, WsClientConfig};
+use crate::client::{ChatClientConfig, GrpcClientConfig, WsClientConfig};
 use crate::grpc::GrpcConfig;
 use crate::ws::WsConfig;
 
@@ -447,8 +447,35 @@ pub const GRPC_CLIENT: Command = Command {
     ],
 };
 
+pub const CHAT: Command = Command {
+    name: "chat",
+    about: "Join a chat room from the terminal: typed lines are sent, the room's messages printed.",
+    flags: &[
+        Flag::value("room", "ROOM", "geral", "Room to join"),
+        Flag::value("name", "NAME", "terminal", "Your name in the room"),
+        Flag::value(
+            "via",
+            "PROTOCOL",
+            "grpc",
+            "grpc (ChatService.Chat) or ws (/chat)",
+        ),
+        Flag::value(
+            "addr",
+            "ADDR",
+            "127.0.0.1:50051",
+            "gRPC server address (--via grpc)",
+        ),
+        Flag::value(
+            "url",
+            "URL",
+            "ws://127.0.0.1:8080/chat",
+            "WebSocket chat URL (--via ws)",
+        ),
+    ],
+};
+
 /// Every subcommand, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT];
+pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT];
 
 /// `papo serve`, resolved.
 #[derive(Debug, Clone)]
@@ -513,6 +540,22 @@ pub fn ws_client_config(v: &Values) -> Result<WsClientConfig, CliError> {
         url: v.string("url").unwrap_or_default(),
         count: v.parsed("count")?,
         interval: v.duration("interval")?,
+    })
+}
+
+pub fn chat_client_config(v: &Values) -> Result<ChatClientConfig, CliError> {
+    let via = v.string("via").unwrap_or_default();
+    if via != "grpc" && via != "ws" {
+        return Err(
+            CliError::Usage(format!("--via {via}: expected grpc or ws")).in_command(CHAT.name)
+        );
+    }
+    Ok(ChatClientConfig {
+        room: v.string("room").unwrap_or_default(),
+        name: v.string("name").unwrap_or_default(),
+        via,
+        addr: v.string("addr").unwrap_or_default(),
+        url: v.string("url").unwrap_or_default(),
     })
 }
 

@@ -96,6 +96,8 @@ fn run(args: &[String]) -> Result<(), Failure> {
         }
         "grpc-client" => client::grpc_client(&config::grpc_client_config(&values)?, stdout)
             .map_err(Failure::Runtime),
+        "chat" => client::chat_client(&config::chat_client_config(&values)?, stdout)
+            .map_err(Failure::Runtime),
         other => Err(Failure::Usage(format!("unknown command '{other}'"))),
     }
 }
