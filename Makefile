@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE := --release
 PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
 
-.PHONY: all prereqs build run run-ws run-grpc ws-client grpc-client \
+.PHONY: all prereqs test-prereqs build run run-ws run-grpc ws-client grpc-client chat \
         test fmt-check lint unit proto proto-check autobahn clean
 
 all: build
@@ -31,9 +31,20 @@ ws-client: prereqs
 grpc-client: prereqs
 	$(CARGO) run $(RELEASE) -- grpc-client
 
+chat: prereqs
+	$(CARGO) run $(RELEASE) -- chat
+
 # The whole suite: formatting, lints, generated-code freshness, unit and
 # integration tests, then Autobahn conformance.
-test: prereqs fmt-check lint proto-check unit autobahn
+test: prereqs test-prereqs fmt-check lint proto-check unit autobahn
+
+# The browser test drives Debian's chromium headless.
+test-prereqs:
+	@command -v chromium >/dev/null 2>&1 || command -v "$$CHROMIUM" >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "test-prereqs: installing chromium" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "test-prereqs: the browser test needs chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
 
 fmt-check:
 	$(CARGO) fmt --check

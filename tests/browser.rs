@@ -1,0 +1,314 @@
+//! The chat page in a real browser: headless Chromium, driven over the
+//! DevTools protocol with tungstenite, against a real `papo serve`.
+//!
+//! Needs Debian's `chromium` (installed by `make test-prereqs`); set
+//! `CHROMIUM` to use another binary.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{papo, serve};
+use futures_util::StreamExt;
+use grpcio::{ChannelBuilder, EnvBuilder};
+use papo::grpc::block_on;
+use papo::proto::chat::message::Kind;
+use papo::proto::chat::SubscribeRequest;
+use papo::proto::chat_grpc::ChatServiceClient;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{connect, Message};
+
+struct Browser {
+    child: Child,
+    profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+fn launch(url: &str) -> (Browser, u16) {
+    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = std::env::temp_dir().join(format!("papo-chromium-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    std::fs::create_dir_all(&profile).unwrap();
+    let child = Command::new(&binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1000,640",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {binary} ({e}): install Debian's chromium (make test-prereqs)")
+        });
+    let browser = Browser { child, profile };
+    // Chromium writes the port it picked to DevToolsActivePort.
+    let start = Instant::now();
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(browser.profile.join("DevToolsActivePort")) {
+            if let Some(port) = text.lines().next().and_then(|l| l.parse().ok()) {
+                break port;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "chromium did not open its DevTools port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (browser, port)
+}
+
+/// Reads a JSON string literal starting at `s` (just after its opening quote).
+fn json_string(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(
+                        u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .unwrap_or('?'),
+                    );
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The string value of `"key": "…"` in a JSON text.
+fn field(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\""))?;
+    let rest = &json[at + key.len() + 2..];
+    let quote = rest.find('"')?;
+    Some(json_string(&rest[quote + 1..]))
+}
+
+/// A DevTools session on one page.
+struct DevTools {
+    ws: tungstenite::WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl DevTools {
+    fn attach(port: u16) -> DevTools {
+        let start = Instant::now();
+        let target = loop {
+            let mut answer = Vec::new();
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::Write;
+                // DevTools answers HTTP/1.1 only, and keeps the connection open.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                // The Host header is where Chromium points the page's WebSocket URL.
+                let request = format!("GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+                let _ = s.write_all(request.as_bytes());
+                let _ = s.read_to_end(&mut answer);
+            }
+            let list = String::from_utf8_lossy(&answer);
+            let page = list.split('{').find(|t| t.contains("\"type\": \"page\""));
+            if let Some(url) = page.and_then(|t| field(t, "webSocketDebuggerUrl")) {
+                break url;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no page target: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (ws, _) = connect(target.as_str()).expect("devtools websocket");
+        DevTools { ws, next_id: 0 }
+    }
+
+    /// Sends a command and returns its response's JSON text.
+    fn call(&mut self, method: &str, params: &str) -> String {
+        self.next_id += 1;
+        let id = self.next_id;
+        let command = format!(r#"{{"id":{id},"method":"{method}","params":{params}}}"#);
+        self.ws.send(Message::text(command)).unwrap();
+        let marker = format!("\"id\":{id},");
+        loop {
+            if let Message::Text(text) = self.ws.read().unwrap() {
+                if text.as_str().starts_with(&format!("{{{marker}"))
+                    || text.as_str().contains(&marker)
+                {
+                    return text.as_str().to_owned();
+                }
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression that yields a string.
+    fn eval(&mut self, expression: &str) -> String {
+        let expression = expression.replace('\\', "\\\\").replace('"', "\\\"");
+        let reply = self.call(
+            "Runtime.evaluate",
+            &format!(r#"{{"expression":"{expression}","returnByValue":true}}"#),
+        );
+        field(&reply, "value").unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, what: &str, expression: &str, expected: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let value = self.eval(expression);
+            if expected(&value) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: page shows {value:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn screenshot(&mut self, path: &PathBuf) -> usize {
+        let reply = self.call("Page.captureScreenshot", r#"{"format":"png"}"#);
+        let png = base64_decode(&field(&reply, "data").expect("screenshot data"));
+        std::fs::write(path, &png).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        png.len()
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+        .map(value)
+        .collect();
+    digits
+        .chunks(4)
+        .flat_map(|c| {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &d)| n | (u32::from(d) << (18 - 6 * i)));
+            let bytes = n.to_be_bytes();
+            bytes[1..c.len()].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn the_chat_page_talks_with_grpc_in_a_real_browser() {
+    let server = serve(&[]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let client = ChatServiceClient::new(ChannelBuilder::new(env).connect(&grpc));
+    let request = SubscribeRequest {
+        room: "web".into(),
+        name: "observador".into(),
+        ..Default::default()
+    };
+    let mut observer = client.subscribe(&request).unwrap();
+
+    let (_browser, port) = launch(&format!("http://{ws}/?room=web&name=Navegador"));
+    let mut page = DevTools::attach(port);
+    page.wait_for(
+        "connected",
+        "document.getElementById('state').textContent",
+        |s| s == "conectado",
+    );
+    page.wait_for(
+        "members listed",
+        "document.getElementById('members').innerText",
+        |s| s.contains("Navegador") && s.contains("observador"),
+    );
+
+    // A message from the seed's gRPC client shows up in the page.
+    let out = papo()
+        .args([
+            "grpc-client",
+            "--addr",
+            &grpc,
+            "--room",
+            "web",
+            "--text",
+            "Olá do gRPC",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    page.wait_for(
+        "gRPC message shown",
+        "document.getElementById('log').innerText",
+        |s| s.contains("Alice") && s.contains("Olá do gRPC"),
+    );
+
+    // A message typed into the page, sent with Enter, reaches the gRPC subscriber.
+    page.eval("document.getElementById('text').focus(), 'ok'");
+    page.call("Input.insertText", r#"{"text":"Olá do navegador"}"#);
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            &format!(r#"{{"type":"{kind}","key":"Enter","code":"Enter","windowsVirtualKeyCode":13,"text":"\r"}}"#),
+        );
+    }
+    let start = Instant::now();
+    loop {
+        let m = block_on(observer.next())
+            .expect("stream open")
+            .expect("message");
+        if m.kind.enum_value_or_default() == Kind::MESSAGE && m.sender == "Navegador" {
+            assert_eq!(m.text, "Olá do navegador");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+    page.wait_for(
+        "own message shown",
+        "document.getElementById('log').innerText",
+        |s| s.contains("Olá do navegador"),
+    );
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let desktop = dir.join("chat-page.png");
+    assert!(page.screenshot(&desktop) > 5_000, "screenshot nearly empty");
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        r#"{"width":390,"height":740,"deviceScaleFactor":1,"mobile":true}"#,
+    );
+    assert!(page.screenshot(&dir.join("chat-page-phone.png")) > 5_000);
+    eprintln!("screenshots in {}", dir.display());
+}
