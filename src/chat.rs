@@ -134,6 +134,12 @@ impl Room {
     /// is announced in turn (a loop, not recursion: a thousand drops must not
     /// grow a connection thread's small stack). Returns the message's number.
     fn publish(&mut self, message: Message) -> u64 {
+        self.publish_with(message, None)
+    }
+
+    /// [`Room::publish`], where member `special.0` gets `special.1` instead:
+    /// the same event, numbered alike, with more in it.
+    fn publish_with(&mut self, message: Message, mut special: Option<(u64, Message)>) -> u64 {
         let mut pending = VecDeque::from([message]);
         let mut first_seq = 0;
         while let Some(mut message) = pending.pop_front() {
@@ -142,35 +148,48 @@ impl Room {
             message.room = self.name.clone();
             message.seq = self.seq;
             message.timestamp_ms = now_ms();
+            let own_copy = special.take().map(|(id, mut own)| {
+                own.room = message.room.clone();
+                own.seq = message.seq;
+                own.timestamp_ms = message.timestamp_ms;
+                (id, Delivery::new(own))
+            });
             let delivery = Delivery::new(message);
             let mut dropped = Vec::new();
-            self.members
-                .retain(|m| match m.subscriber.deliver(&delivery) {
+            self.members.retain(|m| {
+                let delivery = match &own_copy {
+                    Some((id, own)) if *id == m.id => own,
+                    _ => &delivery,
+                };
+                match m.subscriber.deliver(delivery) {
                     Ok(()) => true,
                     Err(refused) => {
                         dropped.push((m.name.clone(), refused, Arc::clone(&m.subscriber)));
                         false
                     }
-                });
+                }
+            });
             for (name, refused, subscriber) in dropped {
                 if refused == Refused::Full {
                     warn!("room {}: dropping {name:?}: its queue is full", self.name);
                     subscriber.evicted();
                 }
                 if !name.is_empty() {
-                    pending.push_back(self.event(Kind::LEAVE, &name));
+                    pending.push_back(Room::event(Kind::LEAVE, &name));
                 }
             }
         }
         first_seq
     }
 
-    /// A JOIN or LEAVE event, with the members as they are now.
-    fn event(&self, kind: Kind, name: &str) -> Message {
+    /// A JOIN or LEAVE event. It names only who came or went: listing the
+    /// whole room in every event would make a room of n members cost n²
+    /// bytes to fill. The member who joins gets the list once, in its own
+    /// copy of its JOIN event (see [`Hub::join`]).
+    fn event(kind: Kind, name: &str) -> Message {
         Message {
             sender: name.to_owned(),
             kind: kind.into(),
-            members: self.names(),
             ..Default::default()
         }
     }
@@ -225,8 +244,9 @@ impl Hub {
                 subscriber,
             });
             if !name.is_empty() {
-                let event = room.event(Kind::JOIN, name);
-                room.publish(event);
+                let mut own = Room::event(Kind::JOIN, name);
+                own.members = room.names();
+                room.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
             }
         }
         debug!("room {room}: {name:?} joined");
@@ -262,8 +282,7 @@ impl Hub {
         let before = room.members.len();
         room.members.retain(|m| m.id != id);
         if room.members.len() < before && !name.is_empty() {
-            let event = room.event(Kind::LEAVE, name);
-            room.publish(event);
+            room.publish(Room::event(Kind::LEAVE, name));
         }
         if room.members.is_empty() {
             let mut rooms = lock(&self.rooms);
@@ -392,8 +411,11 @@ mod tests {
             .map(|m| m.kind.enum_value_or_default())
             .collect();
         assert_eq!(kinds, [Kind::JOIN, Kind::JOIN, Kind::MESSAGE, Kind::LEAVE]);
-        assert_eq!(seen[1].members, ["ana", "bob"]);
-        assert_eq!(seen[3].members, ["ana"]);
+        // Each member gets the list once, with its own JOIN; events name who.
+        assert_eq!(seen[0].members, ["ana"]);
+        assert_eq!((seen[1].sender.as_str(), seen[1].members.len()), ("bob", 0));
+        assert_eq!((seen[3].sender.as_str(), seen[3].members.len()), ("bob", 0));
+        assert_eq!(lock(&bob.messages)[0].members, ["ana", "bob"]);
         assert_eq!(
             (
                 seen[2].sender.as_str(),
@@ -452,6 +474,17 @@ mod tests {
     }
 
     #[test]
+    fn a_room_of_n_costs_linear_bytes_to_fill() {
+        let hub = Hub::new();
+        let first = Inbox::new(10_000);
+        let _members: Vec<_> = std::iter::once(hub.join("big", "m0", first.clone()))
+            .chain((1..300).map(|i| hub.join("big", &format!("m{i}"), Inbox::new(10_000))))
+            .collect();
+        let listed: usize = lock(&first.messages).iter().map(|m| m.members.len()).sum();
+        assert_eq!(listed, 1, "only its own JOIN lists members");
+    }
+
+    #[test]
     fn fans_out_to_a_thousand_subscribers() {
         let hub = Hub::new();
         let inboxes: Vec<_> = (0..1000).map(|_| Inbox::new(2000)).collect();
@@ -484,10 +517,7 @@ mod tests {
             .find(|m| m.kind.enum_value_or_default() == Kind::LEAVE)
             .cloned()
             .expect("the drop is announced");
-        assert_eq!(
-            (leave.sender.as_str(), leave.members.clone()),
-            ("stuck", vec!["fine".to_owned()])
-        );
+        assert_eq!(leave.sender, "stuck");
         let seqs = fine.seqs();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
         // A dropped member no longer speaks in the room.
@@ -513,8 +543,17 @@ mod tests {
                 });
             }
         });
-        let last = lock(&watcher.messages).last().cloned().unwrap();
-        assert_eq!(last.members, ["watcher"]);
+        // Replaying the events from the watcher's snapshot leaves only it.
+        let mut present: Vec<String> = Vec::new();
+        for m in lock(&watcher.messages).iter() {
+            match m.kind.enum_value_or_default() {
+                Kind::JOIN if !m.members.is_empty() => present = m.members.clone(),
+                Kind::JOIN => present.push(m.sender.clone()),
+                Kind::LEAVE => present.retain(|n| *n != m.sender),
+                Kind::MESSAGE => {}
+            }
+        }
+        assert_eq!(present, ["watcher"]);
         assert_eq!(hub.rooms(), ["r"]);
         assert!(watcher.seqs().windows(2).all(|w| w[1] == w[0] + 1));
     }

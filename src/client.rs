@@ -135,16 +135,15 @@ pub fn format_chat_line(m: &ChatMessage) -> String {
     let time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
     match m.kind.enum_value_or_default() {
         Kind::MESSAGE => format!("[{time}] {}: {}", m.sender, m.text),
-        Kind::JOIN => format!(
-            "[{time}] * {} entrou (na sala: {})",
-            m.sender,
-            m.members.join(", ")
-        ),
-        Kind::LEAVE => format!(
-            "[{time}] * {} saiu (na sala: {})",
-            m.sender,
-            m.members.join(", ")
-        ),
+        Kind::JOIN if !m.members.is_empty() => {
+            format!(
+                "[{time}] * {} entrou (na sala: {})",
+                m.sender,
+                m.members.join(", ")
+            )
+        }
+        Kind::JOIN => format!("[{time}] * {} entrou", m.sender),
+        Kind::LEAVE => format!("[{time}] * {} saiu", m.sender),
     }
 }
 
