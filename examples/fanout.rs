@@ -98,7 +98,7 @@ fn main() {
         let mut ws = member(&url, &format!("m{i}"));
         let ready = Arc::clone(&ready);
         let latencies = latencies.clone();
-        let (keep_tx, keep_rx) = mpsc::channel::<Ws>();
+        let (keep_tx, keep_rx) = mpsc::channel::<()>();
         sockets.push(keep_rx);
         thread::Builder::new()
             .stack_size(64 << 10)
@@ -117,7 +117,10 @@ fn main() {
                     }
                 }
                 let _ = latencies.send(seen);
-                let _ = keep_tx.send(ws); // stays open for the idle phase
+                let _ = keep_tx.send(());
+                // Idle, like an open browser tab: blocked in read, answering
+                // the server's keepalive pings, until the process ends.
+                while ws.read().is_ok() {}
             })
             .expect("spawn");
     }
@@ -144,7 +147,7 @@ fn main() {
         pct(0.99),
         all.last().copied().unwrap_or(0)
     );
-    let open: Vec<Ws> = sockets.iter().filter_map(|r| r.recv().ok()).collect();
+    let open: Vec<()> = sockets.iter().filter_map(|r| r.recv().ok()).collect();
     let before = cpu_ticks(pid);
     thread::sleep(Duration::from_secs(idle_secs));
     let ticks = cpu_ticks(pid) - before;
