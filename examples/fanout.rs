@@ -137,7 +137,7 @@ fn main() {
             .expect("send");
         thread::sleep(Duration::from_millis(20));
     }
-    let mut all: Vec<u64> = collected.iter().flatten().collect();
+    let mut all: Vec<u64> = collected.iter().take(members).flatten().collect();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     println!(

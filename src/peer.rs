@@ -101,6 +101,8 @@ impl Peer {
             match send_now(&self.socket, &frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
                 Ok(n) => out.written = n,
+                // The socket is full: all of the frame waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.written = 0,
                 Err(e) => {
                     debug!("peer write failed: {e}");
                     out.broken = true;
@@ -141,7 +143,12 @@ impl Peer {
         if !out.registered {
             out.registered = true;
             drop(out);
-            flusher().register(Arc::clone(self));
+            match FLUSHER.get() {
+                Some(flusher) => flusher.register(Arc::clone(self)),
+                // Only a server that never bound has no flusher: cut off
+                // rather than let the queue wait forever.
+                None => self.abort(),
+            }
         }
     }
 
@@ -230,36 +237,29 @@ struct Flusher {
 }
 
 static FLUSHER: OnceLock<Flusher> = OnceLock::new();
+static FLUSHER_START: Mutex<()> = Mutex::new(());
 
-fn flusher() -> &'static Flusher {
-    FLUSHER.get_or_init(|| {
-        let spawned = UnixStream::pair().and_then(|(wake, wakened)| {
-            wake.set_nonblocking(true)?;
-            wakened.set_nonblocking(true)?;
-            thread::Builder::new()
-                .name("ws-flush".into())
-                .stack_size(64 << 10)
-                .spawn(move || run(wakened))?;
-            Ok(wake)
-        });
-        match spawned {
-            Ok(wake) => Flusher {
-                incoming: Mutex::new(Vec::new()),
-                wake,
-            },
-            // Without its flusher, papo cannot bound slow peers: refuse to run.
-            Err(e) => {
-                log::error!("cannot start the ws-flush thread: {e}");
-                std::process::abort()
-            }
-        }
-    })
-}
-
-/// Starts the flusher thread now rather than at the first slow peer, so the
-/// server's thread count is settled from the start.
-pub fn start_flusher() {
-    flusher();
+/// Starts the process's flusher thread unless it runs already. Servers call
+/// it when they bind, so a failure is an error at start-up, and the thread
+/// count is settled from the start.
+pub fn start_flusher() -> io::Result<()> {
+    let _once = lock(&FLUSHER_START);
+    if FLUSHER.get().is_some() {
+        return Ok(());
+    }
+    let (wake, wakened) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    wakened.set_nonblocking(true)?;
+    // Set before the thread runs: it reads FLUSHER for new registrations.
+    let _ = FLUSHER.set(Flusher {
+        incoming: Mutex::new(Vec::new()),
+        wake,
+    });
+    thread::Builder::new()
+        .name("ws-flush".into())
+        .stack_size(64 << 10)
+        .spawn(move || run(wakened))?;
+    Ok(())
 }
 
 impl Flusher {
@@ -274,7 +274,8 @@ fn run(wakened: UnixStream) {
     let mut peers: Vec<(Arc<Peer>, Instant)> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
-        for peer in lock(&flusher().incoming).drain(..) {
+        let Some(flusher) = FLUSHER.get() else { return };
+        for peer in lock(&flusher.incoming).drain(..) {
             let deadline = Instant::now() + peer.limits.write_timeout;
             peers.push((peer, deadline));
         }

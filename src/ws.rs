@@ -338,7 +338,7 @@ impl WsServer {
         if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        crate::peer::start_flusher();
+        crate::peer::start_flusher()?;
         Ok(WsServer {
             listener,
             shared: Arc::new(Shared {

@@ -135,8 +135,13 @@ fn browsers_and_services_share_a_room_in_one_order() {
         "numbers increase: {ana_saw:?}"
     );
 
-    // Bob leaves by closing his side; Ana is told.
-    block_on(bob_tx.close()).unwrap();
+    // Bob leaves by closing his side; Ana is told. (grpcio reports
+    // RpcFinished(None) when the server ends the call, as it should, before
+    // the close is acknowledged: that is success too.)
+    match block_on(bob_tx.close()) {
+        Ok(()) | Err(grpcio::Error::RpcFinished(None)) => {}
+        Err(e) => panic!("close failed: {e}"),
+    }
     let left = ws_next(&mut ana);
     assert_eq!((kind(&left), left.sender.as_str()), (Kind::LEAVE, "bob"));
 }
