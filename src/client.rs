@@ -64,18 +64,21 @@ fn read_data(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> Result<String, St
         {
             Message::Text(text) => return Ok(text.as_str().to_owned()),
             Message::Binary(data) => return Ok(String::from_utf8_lossy(&data).into_owned()),
-            Message::Close(frame) => {
-                return Err(match frame {
-                    Some(f) => format!(
-                        "the server closed the connection: {} {}",
-                        u16::from(f.code),
-                        f.reason
-                    ),
-                    None => "the server closed the connection".to_owned(),
-                })
-            }
+            Message::Close(frame) => return Err(closed_by_server(frame)),
             _ => continue,
         }
+    }
+}
+
+/// The server's close frame as one line.
+fn closed_by_server(frame: Option<CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!(
+            "the server closed the connection: {} {}",
+            u16::from(f.code),
+            f.reason
+        ),
+        None => "the server closed the connection".to_owned(),
     }
 }
 
@@ -253,16 +256,7 @@ fn chat_via_ws(
                 writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
                 out.flush().map_err(|e| e.to_string())?;
             }
-            Ok(Message::Close(frame)) => {
-                return Err(match frame {
-                    Some(f) => format!(
-                        "the server closed the connection: {} {}",
-                        u16::from(f.code),
-                        f.reason
-                    ),
-                    None => "the server closed the connection".into(),
-                })
-            }
+            Ok(Message::Close(frame)) => return Err(closed_by_server(frame)),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if matches!(
