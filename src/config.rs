@@ -474,8 +474,113 @@ pub const CHAT: Command = Command {
     ],
 };
 
+pub const BENCH_WS: Command = Command {
+    name: "bench ws",
+    about: "Load a /ws-style endpoint: N connections x M messages, every reply checked.",
+    flags: &[
+        Flag::value(
+            "url",
+            "URL",
+            "ws://127.0.0.1:8080/ws",
+            "Endpoint replying 'Recebido: <msg>'",
+        ),
+        Flag::value("conns", "N", "1", "Connections, one thread each"),
+        Flag::value("msgs", "M", "1000", "Messages per connection"),
+        Flag::value("size", "BYTES", "32", "Message size"),
+        Flag::value(
+            "inflight",
+            "P",
+            "1",
+            "Messages in flight per connection (1: ping-pong)",
+        ),
+    ],
+};
+
+pub const BENCH_GRPC: Command = Command {
+    name: "bench grpc",
+    about:
+        "Load ChatService.SendMessage: C concurrent callers, R requests in all, replies checked.",
+    flags: &[
+        Flag::value("addr", "ADDR", "127.0.0.1:50051", "gRPC server"),
+        Flag::value("conc", "C", "1", "Concurrent callers, one thread each"),
+        Flag::value("reqs", "R", "1000", "Requests in all"),
+        Flag::value("size", "BYTES", "32", "Text size"),
+        Flag::value(
+            "channels",
+            "K",
+            "1",
+            "Channels (connections) the callers share",
+        ),
+    ],
+};
+
+pub const BENCH_TCP: Command = Command {
+    name: "bench tcp",
+    about: "The floor: the same ping-pong over raw TCP against 'papo bench tcp-echo-server'.",
+    flags: &[
+        Flag::value("addr", "ADDR", "127.0.0.1:9000", "TCP echo server"),
+        Flag::value("conns", "N", "1", "Connections, one thread each"),
+        Flag::value("msgs", "M", "1000", "Messages per connection"),
+        Flag::value("size", "BYTES", "32", "Message size"),
+    ],
+};
+
+pub const BENCH_TCP_ECHO: Command = Command {
+    name: "bench tcp-echo-server",
+    about: "A minimal std::net thread-per-connection TCP echo server (the floor).",
+    flags: &[Flag::value(
+        "addr",
+        "ADDR",
+        "127.0.0.1:9000",
+        "Listen address (port 0 picks one)",
+    )],
+};
+
+pub const BENCH_FANOUT: Command = Command {
+    name: "bench fanout",
+    about: "One sender, N WebSocket members in a room: latency from send to each receipt.",
+    flags: &[
+        Flag::value("url", "URL", "ws://127.0.0.1:8080/chat", "Chat endpoint"),
+        Flag::value(
+            "members",
+            "N",
+            "100",
+            "Members in the room, one thread each",
+        ),
+        Flag::value("msgs", "M", "20", "Messages sent"),
+        Flag::value("interval", "DURATION", "20ms", "Pause between messages"),
+    ],
+};
+
+pub const BENCH_IDLE: Command = Command {
+    name: "bench idle",
+    about: "Open N idle connections and read the server's RSS, threads and CPU from /proc.",
+    flags: &[
+        Flag::value("url", "URL", "ws://127.0.0.1:8080/ws", "WebSocket endpoint"),
+        Flag::value("conns", "N", "1000", "Idle connections"),
+        Flag::value("pid", "PID", "0", "The server's process id"),
+        Flag::value(
+            "hold",
+            "DURATION",
+            "5s",
+            "How long to hold them idle while measuring CPU",
+        ),
+    ],
+};
+
 /// Every subcommand, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT];
+pub const COMMANDS: &[&Command] = &[
+    &SERVE,
+    &WS_CLIENT,
+    &GRPC_CLIENT,
+    &CHAT,
+    &BENCH_WS,
+    &BENCH_GRPC,
+    &BENCH_TCP,
+    &BENCH_TCP_ECHO,
+    &BENCH_FANOUT,
+    &BENCH_IDLE,
+];
 
 /// `papo serve`, resolved.
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 //! `ws` is a thread-per-connection tungstenite server on `std::net`, `grpc` a
 //! gRPC C-core server; both answer through the transport-free `chat` core.
 
+pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod config;

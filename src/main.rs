@@ -1,12 +1,13 @@
 //! `papo`: the command line. Parses flags, then hands over to the library.
 
-use std::io;
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
 use log::{info, warn};
 
+use papo::bench;
 use papo::chat::Hub;
 use papo::client;
 use papo::config::{self, CliError, ServeConfig, COMMANDS};
@@ -81,6 +82,11 @@ fn run(args: &[String]) -> Result<(), Failure> {
         }
         _ => {}
     }
+    // `papo bench MODE …` names a command of two words.
+    let (name, rest) = match (name.as_str(), rest.split_first()) {
+        ("bench", Some((mode, rest))) => (format!("bench {mode}"), rest),
+        _ => (name.clone(), rest),
+    };
     let Some(cmd) = COMMANDS.iter().find(|c| c.name == name) else {
         return Err(Failure::Usage(format!(
             "unknown command '{name}'\n\n{}",
@@ -98,8 +104,57 @@ fn run(args: &[String]) -> Result<(), Failure> {
             .map_err(Failure::Runtime),
         "chat" => client::chat_client(&config::chat_client_config(&values)?, stdout)
             .map_err(Failure::Runtime),
+        bench_mode if bench_mode.starts_with("bench ") => run_bench(bench_mode, &values, stdout),
         other => Err(Failure::Usage(format!("unknown command '{other}'"))),
     }
+}
+
+fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(), Failure> {
+    let text = match mode {
+        "bench ws" => bench::ws(
+            &v.string("url").unwrap_or_default(),
+            v.parsed("conns")?,
+            v.parsed("msgs")?,
+            v.size("size")?,
+            v.parsed("inflight")?,
+        )
+        .map(|mut r| r.render()),
+        "bench grpc" => bench::grpc(
+            &v.string("addr").unwrap_or_default(),
+            v.parsed("conc")?,
+            v.parsed("reqs")?,
+            v.size("size")?,
+            v.parsed("channels")?,
+        )
+        .map(|mut r| r.render()),
+        "bench tcp" => bench::tcp(
+            &v.string("addr").unwrap_or_default(),
+            v.parsed("conns")?,
+            v.parsed("msgs")?,
+            v.size("size")?,
+        )
+        .map(|mut r| r.render()),
+        "bench tcp-echo-server" => {
+            bench::tcp_echo_server(&v.string("addr").unwrap_or_default()).map(|()| String::new())
+        }
+        "bench fanout" => bench::fanout(
+            &v.string("url").unwrap_or_default(),
+            v.parsed("members")?,
+            v.parsed("msgs")?,
+            v.duration("interval")?,
+        )
+        .map(|mut r| r.render()),
+        "bench idle" => bench::idle(
+            &v.string("url").unwrap_or_default(),
+            v.parsed("conns")?,
+            v.parsed("pid")?,
+            v.duration("hold")?,
+        ),
+        other => return Err(Failure::Usage(format!("unknown command '{other}'"))),
+    };
+    let text = text.map_err(Failure::Runtime)?;
+    out.write_all(text.as_bytes())
+        .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 fn usage() -> String {
