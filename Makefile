@@ -6,7 +6,7 @@ RELEASE := --release
 PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
 
 .PHONY: all prereqs test-prereqs build run run-ws run-grpc ws-client grpc-client chat \
-        test fmt-check lint unit proto proto-check autobahn clean
+        test fmt-check lint unit proto proto-check autobahn bench clean
 
 all: build
 
@@ -68,6 +68,10 @@ proto-check: prereqs
 
 autobahn: build
 	PAPO_BIN=$(PAPO) bash tests/autobahn/run.sh
+
+# The seed's comparison table, measured on this machine (a few minutes).
+bench: build
+	python3 benches/suite.py $(PAPO)
 
 clean:
 	$(CARGO) clean

@@ -115,6 +115,46 @@ struct Room {
     name: String,
     seq: u64,
     members: Vec<MemberEntry>,
+    /// Members dropped for a full queue, to be logged after unlocking.
+    dropped: Vec<String>,
+}
+
+/// A locked room that, when unlocked, logs the members it dropped.
+struct RoomGuard<'a>(Option<MutexGuard<'a, Room>>);
+
+fn lock_room(room: &Mutex<Room>) -> RoomGuard<'_> {
+    RoomGuard(Some(lock(room)))
+}
+
+impl std::ops::Deref for RoomGuard<'_> {
+    type Target = Room;
+    fn deref(&self) -> &Room {
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl std::ops::DerefMut for RoomGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Room {
+        self.0
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl Drop for RoomGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut room) = self.0.take() else {
+            return;
+        };
+        let dropped = std::mem::take(&mut room.dropped);
+        let name = room.name.clone();
+        drop(room);
+        for member in dropped {
+            warn!("room {name}: dropped {member:?}: its queue is full");
+        }
+    }
 }
 
 impl Room {
@@ -171,7 +211,9 @@ impl Room {
             });
             for (name, refused, subscriber) in dropped {
                 if refused == Refused::Full {
-                    warn!("room {}: dropping {name:?}: its queue is full", self.name);
+                    // Logged once the room's lock is released: a slow log
+                    // must not stall the room.
+                    self.dropped.push(name.clone());
                     subscriber.evicted();
                 }
                 if !name.is_empty() {
@@ -233,11 +275,12 @@ impl Hub {
                     name: room.to_owned(),
                     seq: 0,
                     members: Vec::new(),
+                    dropped: Vec::new(),
                 }))
             }))
         };
         {
-            let mut room = lock(&room_arc);
+            let mut room = lock_room(&room_arc);
             room.members.push(MemberEntry {
                 id,
                 name: name.to_owned(),
@@ -264,7 +307,7 @@ impl Hub {
         let Some(room) = lock(&self.rooms).get(room).cloned() else {
             return 0;
         };
-        let mut room = lock(&room);
+        let mut room = lock_room(&room);
         room.publish(Message {
             sender: sender.to_owned(),
             text: text.to_owned(),
@@ -278,7 +321,7 @@ impl Hub {
     }
 
     fn leave(&self, room_arc: &Arc<Mutex<Room>>, id: u64, name: &str) {
-        let mut room = lock(room_arc);
+        let mut room = lock_room(room_arc);
         let before = room.members.len();
         room.members.retain(|m| m.id != id);
         if room.members.len() < before && !name.is_empty() {
@@ -308,7 +351,7 @@ pub struct Member {
 impl Member {
     /// Publishes `text` to the member's room under the member's name.
     pub fn say(&self, text: &str) -> u64 {
-        let mut room = lock(&self.room);
+        let mut room = lock_room(&self.room);
         if !room.members.iter().any(|m| m.id == self.id) {
             return 0; // dropped for being slow: it no longer speaks here
         }

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""`make bench`: the seed's comparison table, measured.
+
+Starts `papo serve` (release build) and the TCP floor (`papo bench
+tcp-echo-server`) on loopback, runs `papo bench` in every mode, prints the
+table with each row's ratio to the floor and the goals, and writes
+benches/results.json and benches/chart.svg. Absolute numbers mean little
+without the machine: it is printed and saved with them.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAPO = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "papo")
+
+
+LOGS = []
+
+
+def start(args, pattern):
+    """Starts a papo process, its log to a file (a pipe nobody reads would
+    block it), and waits for the addresses the log announces."""
+    env = dict(os.environ, RUST_LOG="info")
+    log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-bench-", suffix=".log", delete=False)
+    LOGS.append(log.name)
+    proc = subprocess.Popen([PAPO] + args, stderr=log, env=env)
+    found = {}
+    deadline = time.time() + 30
+    while time.time() < deadline and len(found) < len(pattern):
+        time.sleep(0.05)
+        with open(log.name) as f:
+            text = f.read()
+        for key, rx in pattern.items():
+            m = re.search(rx, text)
+            if m:
+                found[key] = m.group(1)
+    if len(found) < len(pattern):
+        proc.kill()
+        sys.exit("bench: %s did not start" % " ".join(args))
+    return proc, found
+
+
+def bench(*args):
+    out = subprocess.run([PAPO, "bench"] + list(args), capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit("bench: papo bench %s failed: %s" % (" ".join(args), out.stderr.strip()))
+    line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    if result.get("errors", 0) != 0:
+        sys.exit("bench: errors in %s: %s" % (" ".join(args), line))
+    return result
+
+
+def machine():
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": os.uname().release}
+
+
+def chart(rows, path):
+    """Grouped bars of p50 and p99 latency (log scale) per protocol and load."""
+    import math
+    width, height, left, bottom, top = 760, 360, 70, 60, 40
+    bars = [(r["label"], r["p50_us"], r["p99_us"]) for r in rows]
+    lo, hi = 1.0, max(b[2] for b in bars) * 2
+    def y(v):
+        v = max(v, lo)
+        return top + (height - top - bottom) * (1 - math.log10(v / lo) / math.log10(hi / lo))
+    slot = (width - left - 20) / len(bars)
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (width, height),
+             '<rect width="100%" height="100%" fill="white"/>',
+             '<text x="%d" y="22" font-size="14">Latency per message, microseconds (log scale): p50 dark, p99 light</text>' % left]
+    for exp in range(0, int(math.log10(hi)) + 1):
+        v = 10 ** exp
+        parts.append('<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/>' % (left, width - 20, y(v), y(v)))
+        parts.append('<text x="%d" y="%.1f" text-anchor="end">%g</text>' % (left - 6, y(v) + 4, v))
+    for i, (label, p50, p99) in enumerate(bars):
+        x = left + i * slot + slot * 0.15
+        w = slot * 0.35
+        base = height - bottom
+        parts.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#2f6fed"><title>p50 %.0f us</title></rect>' % (x, y(p50), w, base - y(p50), p50))
+        parts.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#9db8f5"><title>p99 %.0f us</title></rect>' % (x + w, y(p99), w, base - y(p99), p99))
+        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x + w, base + 16, label))
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def main():
+    info = machine()
+    print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
+
+    # Idle cost first, on a fresh server.
+    server, addrs = start(["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"], {"ws": r"ws listening on ws://([^/]+)/ws"})
+    idle = bench("idle", "--url", "ws://%s/ws" % addrs["ws"], "--conns", "1000", "--pid", str(server.pid), "--hold", "10s")
+    server.terminate(); server.wait()
+
+    server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
+                          {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
+    floor, floor_addr = start(["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], {"tcp": r"tcp-echo listening on (\S+)"})
+    ws_url = "ws://%s/ws" % addrs["ws"]
+    results = {}
+    try:
+        for conns, msgs in ((1, 20000), (32, 2000)):
+            results[("tcp", conns)] = bench("tcp", "--addr", floor_addr["tcp"], "--conns", str(conns), "--msgs", str(msgs))
+            results[("ws", conns)] = bench("ws", "--url", ws_url, "--conns", str(conns), "--msgs", str(msgs))
+            results[("grpc", conns)] = bench("grpc", "--addr", addrs["grpc"], "--conc", str(conns),
+                                             "--reqs", str(conns * msgs // 2), "--channels", str(min(conns, 4)))
+        fanout = bench("fanout", "--url", "ws://%s/chat" % addrs["ws"], "--members", "1000", "--msgs", "100")
+    finally:
+        server.terminate(); floor.terminate()
+        server.wait(); floor.wait()
+
+    names = {"tcp": ("TCP floor", "raw bytes"), "ws": ("WebSocket /ws", "text frames"), "grpc": ("gRPC unary", "protobuf")}
+    print()
+    print("| %-14s | %-11s | %-22s | %-22s | %-22s |" % ("protocol", "encoding", "1 conn: msg/s", "1 conn: p50 / p99 us", "32 conns: msg/s, p50/p99 us"))
+    print("|" + "|".join("-" * n for n in (16, 13, 24, 24, 24)) + "|")
+    rows = []
+    for proto in ("tcp", "ws", "grpc"):
+        one, many = results[(proto, 1)], results[(proto, 32)]
+        t1, t32 = results[("tcp", 1)], results[("tcp", 32)]
+        print("| %-14s | %-11s | %8.0f (%.2fx)      | %6.1f / %-6.1f (%.2fx) | %7.0f (%.2fx), %.0f/%.0f |" % (
+            names[proto][0], names[proto][1], one["ops_per_sec"], one["ops_per_sec"] / t1["ops_per_sec"],
+            one["p50_us"], one["p99_us"], one["p50_us"] / t1["p50_us"],
+            many["ops_per_sec"], many["ops_per_sec"] / t32["ops_per_sec"], many["p50_us"], many["p99_us"]))
+        rows.append(dict(label="%s x1" % proto, **one))
+        rows.append(dict(label="%s x32" % proto, **many))
+    rows.append(dict(label="fanout 1000", **fanout))
+    print()
+    print("fan-out to 1,000 WebSocket members: p50 %.0f us, p99 %.0f us" % (fanout["p50_us"], fanout["p99_us"]))
+    print("idle WebSocket connection: %.1f KiB RSS, %.2f threads (server CPU %.2f s over %.0f s idle)" % (
+        idle["rss_kib_per_conn"], idle["threads_per_conn"], idle["server_cpu_s"], idle["seconds"]))
+
+    t1, t32 = results[("tcp", 1)], results[("tcp", 32)]
+    goals = [
+        ("WebSocket p50 at 1 conn <= 1.3x TCP", results[("ws", 1)]["p50_us"] / t1["p50_us"], "<=", 1.3),
+        ("gRPC unary p50 at 1 conn <= 6x TCP", results[("grpc", 1)]["p50_us"] / t1["p50_us"], "<=", 6.0),
+        ("WebSocket msg/s at 32 conns >= 0.9x TCP", results[("ws", 32)]["ops_per_sec"] / t32["ops_per_sec"], ">=", 0.9),
+        ("fan-out to 1,000 members p99 <= 10 ms", fanout["p99_us"] / 1000.0, "<=", 10.0),
+        ("idle connection <= 16 KiB RSS", idle["rss_kib_per_conn"], "<=", 16.0),
+        ("idle connection <= 1 thread", idle["threads_per_conn"], "<=", 1.0),
+    ]
+    print()
+    for name, value, op, limit in goals:
+        met = value <= limit if op == "<=" else value >= limit
+        print("goal %-42s measured %7.2f  %s" % (name, value, "met" if met else "MISSED"))
+
+    out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idle,
+           "goals": [{"goal": g, "measured": round(v, 3), "limit": l, "met": (v <= l if o == "<=" else v >= l)} for g, v, o, l in goals]}
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    chart(rows, os.path.join(HERE, "chart.svg"))
+    print("\nwrote benches/results.json and benches/chart.svg")
+    for name in LOGS:
+        with open(name) as f:
+            warnings = [l for l in f if " WARN " in l]
+        if warnings:
+            print("server warnings (%d), first: %s" % (len(warnings), warnings[0].strip()))
+        os.unlink(name)
+
+
+if __name__ == "__main__":
+    main()
