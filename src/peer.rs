@@ -93,12 +93,26 @@ impl Peer {
     /// Writes `frame` as far as the socket takes it now and queues the rest.
     /// Never blocks on the peer.
     pub fn send(self: &Arc<Self>, frame: Arc<[u8]>) -> Result<(), SendError> {
+        self.send_with(&frame, || frame.clone())
+    }
+
+    /// [`Peer::send`] for a borrowed frame: copied only if some of it must
+    /// wait, so an idle connection's replies cost no allocation here.
+    pub fn send_slice(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
+        self.send_with(frame, || frame.into())
+    }
+
+    fn send_with(
+        self: &Arc<Self>,
+        frame: &[u8],
+        owned: impl FnOnce() -> Arc<[u8]>,
+    ) -> Result<(), SendError> {
         let mut out = lock(&self.out);
         if out.closing || out.broken {
             return Err(SendError::Closed);
         }
         if out.frames.is_empty() {
-            match send_now(&self.socket, &frame) {
+            match send_now(&self.socket, frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
                 Ok(n) => out.written = n,
                 // The socket is full: all of the frame waits.
@@ -116,7 +130,7 @@ impl Peer {
             return Err(SendError::Full);
         }
         out.bytes += frame.len();
-        out.frames.push_back(frame);
+        out.frames.push_back(owned());
         self.ensure_flushing(out);
         Ok(())
     }

@@ -250,7 +250,7 @@ impl Read for Duplex {
 
 impl Write for Duplex {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.send(buf.into()) {
+        match self.0.send_slice(buf) {
             Ok(()) => Ok(buf.len()),
             Err(SendError::Full) => Err(io::Error::other(
                 "outbound queue full: the peer reads too slowly",
