@@ -46,7 +46,10 @@ def start(args, pattern):
 
 
 def bench(*args):
-    out = subprocess.run([PAPO, "bench"] + list(args), capture_output=True, text=True)
+    try:
+        out = subprocess.run([PAPO, "bench"] + list(args), capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        sys.exit("bench: papo bench %s took over 300 s" % " ".join(args))
     if out.returncode != 0:
         sys.exit("bench: papo bench %s failed: %s" % (" ".join(args), out.stderr.strip()))
     line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
