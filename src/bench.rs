@@ -399,7 +399,6 @@ pub fn fanout(
     let epoch = Instant::now();
     let room = format!("bench-{}", std::process::id());
     let joined = Arc::new(Barrier::new(members + 1));
-    let last_member = format!("m{}", members.saturating_sub(1));
     let cpu_before = process_cpu();
     let mut handles = Vec::with_capacity(members);
     for i in 0..members {
@@ -407,15 +406,24 @@ pub fn fanout(
         let (mut ws, _) = tungstenite::connect(member_url.as_str())
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         let joined = Arc::clone(&joined);
-        let last_member = last_member.clone();
         let handle = thread::Builder::new()
             .stack_size(128 << 10)
             .spawn(move || -> (Samples, u64) {
-                // Read the backlog of joins up to the last member's.
-                let marker = format!("\"sender\": \"{last_member}\"");
-                while let Ok(m) = ws.read() {
-                    if matches!(&m, Message::Text(t) if t.as_str().contains(&marker) && t.as_str().contains("JOIN")) {
+                // Connecting is not joining: a member's server thread may
+                // join after the next member's. So count the room instead:
+                // our own JOIN lists who was there, later JOINs add one.
+                let mut present = 0;
+                while present < members {
+                    let Ok(Message::Text(json)) = ws.read() else {
                         break;
+                    };
+                    let json = json.as_str();
+                    if let Some(list) = json.split("\"members\": [").nth(1) {
+                        present = list.split(']').next().unwrap_or("").matches(',').count() + 1;
+                    } else if json.contains("\"JOIN\"") {
+                        present += 1;
+                    } else if json.contains("\"LEAVE\"") {
+                        present = present.saturating_sub(1);
                     }
                 }
                 joined.wait();
