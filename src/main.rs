@@ -144,12 +144,16 @@ fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(),
             v.duration("interval")?,
         )
         .map(|mut r| r.render()),
-        "bench idle" => bench::idle(
-            &v.string("url").unwrap_or_default(),
-            v.parsed("conns")?,
-            v.parsed("pid")?,
-            v.duration("hold")?,
-        ),
+        "bench idle" => {
+            // One descriptor per connection, as many as the server holds.
+            let _ = signals::raise_fd_limit();
+            bench::idle(
+                &v.string("url").unwrap_or_default(),
+                v.parsed("conns")?,
+                v.parsed("pid")?,
+                v.duration("hold")?,
+            )
+        }
         other => return Err(Failure::Usage(format!("unknown command '{other}'"))),
     };
     let text = text.map_err(Failure::Runtime)?;
