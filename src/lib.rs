@@ -14,3 +14,11 @@ pub mod proto;
 pub mod queue;
 pub mod signals;
 pub mod ws;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks a mutex, taking over its data even if a thread panicked while holding
+/// it: every lock here guards plain bookkeeping that stays consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::chat::{self, Delivery, Hub, Member, Refused, Subscriber};
+use crate::lock;
 use crate::metrics::{CloseReason, Metrics};
 use crate::peer::{OutboundLimits, Peer, SendError};
 use crate::proto::chat::Message as ChatMessage;
@@ -221,10 +222,6 @@ impl From<WsError> for ConnError {
     fn from(e: WsError) -> Self {
         ConnError::WebSocket(e)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Frames a close frame for sending from any thread.
