@@ -13,6 +13,7 @@ use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
+use crate::client::{ws_connect, WsConn};
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
 
@@ -196,9 +197,9 @@ pub fn ws(
     let target = url.clone();
     let inflight = inflight.max(1);
     run_workers("ws", target, conns, move |_, start_line| {
-        let connected = tungstenite::connect(url.as_str());
+        let connected = ws_connect(&url);
         start_line.wait();
-        let (mut ws, _) = connected.map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        let mut ws = connected?;
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
             let _ = s.set_nodelay(true);
         }
@@ -352,8 +353,7 @@ pub fn idle(url: &str, conns: usize, pid: u32, hold: Duration) -> Result<String,
     };
     let (rss0, threads0) = (status("VmRSS:")?, status("Threads:")?);
     for _ in 0..conns {
-        let (mut ws, _) =
-            tungstenite::connect(url).map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        let mut ws = ws_connect(url)?;
         // Idle like a browser tab: blocked in read, answering keepalive
         // pings; the connections close when this process ends.
         thread::Builder::new()
@@ -395,8 +395,7 @@ pub fn fanout(
     let mut handles = Vec::with_capacity(members);
     for i in 0..members {
         let member_url = format!("{url}?room={room}&name=m{i}");
-        let (mut ws, _) = tungstenite::connect(member_url.as_str())
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        let mut ws = ws_connect(&member_url)?;
         let joined = Arc::clone(&joined);
         let handle = thread::Builder::new()
             .stack_size(128 << 10)
@@ -441,8 +440,7 @@ pub fn fanout(
     }
     joined.wait();
     let started = Instant::now();
-    let (mut sender, _) = tungstenite::connect(format!("{url}?room={room}&name=").as_str())
-        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let mut sender = ws_connect(&format!("{url}?room={room}&name="))?;
     for _ in 0..msgs {
         let sent_us = epoch.elapsed().as_micros();
         sender
@@ -481,9 +479,7 @@ fn text_field(json: &str) -> Option<&str> {
     Some(&json[start..start + len])
 }
 
-fn read_nonblocking(
-    ws: &mut tungstenite::WebSocket<MaybeTlsStream<TcpStream>>,
-) -> io::Result<Message> {
+fn read_nonblocking(ws: &mut WsConn) -> io::Result<Message> {
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_nonblocking(true)?;
     }
