@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,6 +63,10 @@ pub struct Peer {
     socket: TcpStream,
     out: Mutex<Outbound>,
     limits: OutboundLimits,
+    /// Set on every read from the socket, cleared by the keepalive.
+    heard: AtomicBool,
+    /// The keepalive gave up on the peer.
+    expired: AtomicBool,
 }
 
 /// What a flush step left behind.
@@ -80,11 +85,36 @@ impl Peer {
             socket,
             out: Mutex::new(Outbound::default()),
             limits,
+            heard: AtomicBool::new(true),
+            expired: AtomicBool::new(false),
         })
     }
 
     pub fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    /// Notes that the peer sent something. Called on every read: the load
+    /// keeps the flag's cache line clean while it is already set.
+    pub fn note_heard(&self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the peer sent anything since the last call.
+    pub fn take_heard(&self) -> bool {
+        self.heard.swap(false, Ordering::Relaxed)
+    }
+
+    /// Cuts off a peer that did not answer a ping; its blocked `read` ends.
+    pub fn expire(&self) {
+        self.expired.store(true, Ordering::Release);
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
     }
 
     /// Writes `frame` as far as the socket takes it now and queues the rest.
