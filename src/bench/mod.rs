@@ -9,6 +9,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod lean_ws;
+
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -16,6 +18,7 @@ use tungstenite::Message;
 use crate::client::{ws_connect, WsConn};
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
+use lean_ws::LeanWs;
 
 /// Latency samples in nanoseconds, reduced to percentiles.
 #[derive(Default)]
@@ -196,13 +199,10 @@ pub fn ws(
     let expected = crate::chat::ws_reply_text(&payload);
     let target = url.clone();
     let inflight = inflight.max(1);
-    run_workers("ws", target, conns, move |_, start_line| {
-        let connected = ws_connect(&url);
+    run_workers("ws", target, conns, move |i, start_line| {
+        let connected = LeanWs::connect(&url, payload.as_bytes(), i as u64);
         start_line.wait();
         let mut ws = connected?;
-        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-            let _ = s.set_nodelay(true);
-        }
         let mut samples = Samples::default();
         let mut errors = 0;
         let mut sent_at = std::collections::VecDeque::with_capacity(inflight);
@@ -210,24 +210,18 @@ pub fn ws(
         while samples.len() + (errors as usize) < msgs {
             while sent < msgs && sent_at.len() < inflight {
                 sent_at.push_back(Instant::now());
-                ws.send(Message::text(payload.as_str()))
-                    .map_err(|e| format!("send: {e}"))?;
+                ws.send().map_err(|e| format!("send: {e}"))?;
                 sent += 1;
             }
-            match ws.read().map_err(|e| format!("read: {e}"))? {
-                Message::Text(reply) => {
-                    let at = sent_at.pop_front().unwrap_or_else(Instant::now);
-                    if reply.as_str() == expected {
-                        samples.record(at.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                Message::Close(_) => return Err("the server closed the connection".into()),
-                _ => {}
+            let same = ws.receive(expected.as_bytes())?;
+            let at = sent_at.pop_front().unwrap_or_else(Instant::now);
+            if same {
+                samples.record(at.elapsed());
+            } else {
+                errors += 1;
             }
         }
-        let _ = ws.close(None);
+        ws.close();
         Ok((samples, errors))
     })
 }

@@ -1,0 +1,253 @@
+//! The bench's WebSocket client. tungstenite opens the connection; after
+//! that, frames are written and parsed here with one `send` and, as a rule,
+//! one `recv` per message, as lean as the floor's TCP client. Client and
+//! server share the machine's cores, so a heavier client would lower the
+//! WebSocket row for reasons of its own: this way the ratio to the floor
+//! measures the server.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tungstenite::stream::MaybeTlsStream;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A client connection sending one fixed text message again and again.
+pub struct LeanWs {
+    stream: TcpStream,
+    payload: Vec<u8>,
+    /// The outgoing frame; its mask and masked payload change per send.
+    frame: Vec<u8>,
+    /// Received bytes not yet parsed: `inbuf[start..end]`.
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A fragmented message being put together.
+    fragments: Vec<u8>,
+    /// xorshift state for the masks (RFC 6455 wants them unpredictable to
+    /// intermediaries, not cryptographically strong).
+    rng: u64,
+}
+
+/// One parsed frame: its FIN bit, opcode, and where its payload lies.
+#[derive(Debug, PartialEq)]
+pub struct FrameAt {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Parses the server frame at the start of `buf`: `Ok(None)` while it is
+/// incomplete.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameAt>, String> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    if b1 & 0x80 != 0 {
+        return Err("the server sent a masked frame".into());
+    }
+    let (len, header) = match b1 & 0x7f {
+        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 if buf.len() >= 10 => {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(be), 10)
+        }
+        126 | 127 => return Ok(None),
+        n => (u64::from(n), 2),
+    };
+    let len = usize::try_from(len).map_err(|_| "a frame too large for this machine")?;
+    if buf.len() - header < len {
+        return Ok(None);
+    }
+    Ok(Some(FrameAt {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        payload: header..header + len,
+    }))
+}
+
+/// Frames `payload` as a client frame (masked with `mask`) into `out`.
+pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
+impl LeanWs {
+    /// Opens a connection to `url` that will send `payload` as text.
+    pub fn connect(url: &str, payload: &[u8], seed: u64) -> Result<LeanWs, String> {
+        let ws = crate::client::ws_connect(url)?;
+        let MaybeTlsStream::Plain(socket) = ws.get_ref() else {
+            return Err(format!("{url}: only ws:// is supported"));
+        };
+        // The clone outlives tungstenite's handle; nothing is buffered in it,
+        // as the server sends nothing before the first message.
+        let stream = socket.try_clone().map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(LeanWs {
+            stream,
+            payload: payload.to_vec(),
+            frame: Vec::with_capacity(payload.len() + 14),
+            inbuf: vec![0; 64 << 10],
+            start: 0,
+            end: 0,
+            fragments: Vec::new(),
+            rng: (clock ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+        })
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng as u32).to_le_bytes()
+    }
+
+    /// Sends the message once.
+    pub fn send(&mut self) -> io::Result<()> {
+        let mask = self.mask();
+        client_frame(OP_TEXT, &self.payload, mask, &mut self.frame);
+        self.stream.write_all(&self.frame)
+    }
+
+    /// Reads the next data message and tells whether it equals `expected`.
+    /// Pings are answered; a close frame is an error.
+    pub fn receive(&mut self, expected: &[u8]) -> Result<bool, String> {
+        loop {
+            let Some(frame) = parse_frame(&self.inbuf[self.start..self.end])? else {
+                self.fill()?;
+                continue;
+            };
+            let payload = self.start + frame.payload.start..self.start + frame.payload.end;
+            self.start = payload.end;
+            match frame.opcode {
+                OP_TEXT | OP_BINARY if frame.fin && self.fragments.is_empty() => {
+                    return Ok(self.inbuf[payload] == *expected)
+                }
+                OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                    self.fragments.extend_from_slice(&self.inbuf[payload]);
+                    if frame.fin {
+                        let same = self.fragments == expected;
+                        self.fragments.clear();
+                        return Ok(same);
+                    }
+                }
+                OP_PING => {
+                    let mask = self.mask();
+                    let mut pong = Vec::with_capacity(payload.len() + 6);
+                    client_frame(OP_PONG, &self.inbuf[payload], mask, &mut pong);
+                    self.stream
+                        .write_all(&pong)
+                        .map_err(|e| format!("send: {e}"))?;
+                }
+                OP_PONG => {}
+                OP_CLOSE => return Err("the server closed the connection".into()),
+                op => return Err(format!("the server sent a frame with opcode {op}")),
+            }
+        }
+    }
+
+    /// Reads more bytes, first making room by moving the unparsed rest (or
+    /// growing for a frame larger than the buffer).
+    fn fill(&mut self) -> Result<(), String> {
+        if self.start > 0 {
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.inbuf.len() {
+            self.inbuf.resize(self.inbuf.len() * 2, 0);
+        }
+        match self.stream.read(&mut self.inbuf[self.end..]) {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(n) => {
+                self.end += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
+    /// Sends a close frame (1000) and ends the connection.
+    pub fn close(mut self) {
+        let mask = self.mask();
+        let mut close = Vec::with_capacity(8);
+        client_frame(OP_CLOSE, &1000u16.to_be_bytes(), mask, &mut close);
+        let _ = self.stream.write_all(&close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_tungstenite() {
+        use tungstenite::protocol::frame::FrameHeader;
+        for len in [0usize, 5, 125, 126, 65535, 65536] {
+            let payload = vec![b'x'; len];
+            let mut out = Vec::new();
+            client_frame(OP_TEXT, &payload, [1, 2, 3, 4], &mut out);
+            let mut cursor = io::Cursor::new(&out[..]);
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(length as usize, len);
+            assert_eq!(header.mask, Some([1, 2, 3, 4]));
+            let mut body = out[cursor.position() as usize..].to_vec();
+            for (i, b) in body.iter_mut().enumerate() {
+                *b ^= [1, 2, 3, 4][i % 4];
+            }
+            assert_eq!(body, payload);
+        }
+    }
+
+    #[test]
+    fn parses_server_frames() {
+        // Text "hi", FIN.
+        assert_eq!(
+            parse_frame(&[0x81, 2, b'h', b'i']).unwrap(),
+            Some(FrameAt {
+                fin: true,
+                opcode: OP_TEXT,
+                payload: 2..4
+            })
+        );
+        // Incomplete header, payload and extended length.
+        assert_eq!(parse_frame(&[0x81]).unwrap(), None);
+        assert_eq!(parse_frame(&[0x81, 3, b'h']).unwrap(), None);
+        assert_eq!(parse_frame(&[0x82, 126, 1]).unwrap(), None);
+        // 16-bit length.
+        let mut long = vec![0x02, 126, 0x01, 0x00];
+        long.resize(4 + 256, 0);
+        assert_eq!(
+            parse_frame(&long).unwrap(),
+            Some(FrameAt {
+                fin: false,
+                opcode: OP_BINARY,
+                payload: 4..260
+            })
+        );
+        // A masked frame from a server is a protocol error.
+        assert!(parse_frame(&[0x81, 0x82, 0, 0, 0, 0, 1, 2]).is_err());
+    }
+}
