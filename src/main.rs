@@ -110,7 +110,12 @@ fn run(args: &[String]) -> Result<(), Failure> {
 }
 
 fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(), Failure> {
-    let text = match mode {
+    // A report, and the replies it found wrong or missing.
+    let report = |r: bench::Report| {
+        let mut r = r;
+        (r.render(), r.errors)
+    };
+    let result = match mode {
         "bench ws" => bench::ws(
             &v.string("url").unwrap_or_default(),
             v.parsed("conns")?,
@@ -118,7 +123,7 @@ fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(),
             v.size("size")?,
             v.parsed("inflight")?,
         )
-        .map(|mut r| r.render()),
+        .map(report),
         "bench grpc" => bench::grpc(
             &v.string("addr").unwrap_or_default(),
             v.parsed("conc")?,
@@ -126,24 +131,23 @@ fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(),
             v.size("size")?,
             v.parsed("channels")?,
         )
-        .map(|mut r| r.render()),
+        .map(report),
         "bench tcp" => bench::tcp(
             &v.string("addr").unwrap_or_default(),
             v.parsed("conns")?,
             v.parsed("msgs")?,
             v.size("size")?,
         )
-        .map(|mut r| r.render()),
-        "bench tcp-echo-server" => {
-            bench::tcp_echo_server(&v.string("addr").unwrap_or_default()).map(|()| String::new())
-        }
+        .map(report),
+        "bench tcp-echo-server" => bench::tcp_echo_server(&v.string("addr").unwrap_or_default())
+            .map(|()| (String::new(), 0)),
         "bench fanout" => bench::fanout(
             &v.string("url").unwrap_or_default(),
             v.parsed("members")?,
             v.parsed("msgs")?,
             v.duration("interval")?,
         )
-        .map(|mut r| r.render()),
+        .map(report),
         "bench idle" => {
             // One descriptor per connection, as many as the server holds.
             let _ = signals::raise_fd_limit();
@@ -153,12 +157,19 @@ fn run_bench(mode: &str, v: &config::Values, out: &mut impl Write) -> Result<(),
                 v.parsed("pid")?,
                 v.duration("hold")?,
             )
+            .map(|text| (text, 0))
         }
         other => return Err(Failure::Usage(format!("unknown command '{other}'"))),
     };
-    let text = text.map_err(Failure::Runtime)?;
+    let (text, errors) = result.map_err(Failure::Runtime)?;
     out.write_all(text.as_bytes())
-        .map_err(|e| Failure::Runtime(e.to_string()))
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    match errors {
+        0 => Ok(()),
+        n => Err(Failure::Runtime(format!(
+            "{n} replies were wrong or missing"
+        ))),
+    }
 }
 
 fn usage() -> String {

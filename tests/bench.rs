@@ -176,3 +176,21 @@ fn bench_fails_clearly_against_nothing() {
         Some(2)
     );
 }
+
+#[test]
+fn bench_counts_wrong_replies_and_fails() {
+    // `/echo` answers `x…` where the seed's server answers `Recebido: x…`.
+    let server = serve(&[]);
+    let out = papo()
+        .args(["bench", "ws", "--url"])
+        .arg(format!("ws://{}/echo", server.ws.clone().unwrap()))
+        .args(["--conns", "2", "--msgs", "50"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.lines().find(|l| l.starts_with('{')).unwrap();
+    assert_eq!(number(json, "errors"), 100.0, "{json}");
+    assert_eq!(number(json, "ops"), 0.0, "{json}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("100 replies were wrong"));
+}

@@ -1,15 +1,15 @@
-//! The bench's WebSocket client. tungstenite opens the connection; after
-//! that, frames are written and parsed here with one `send` and, as a rule,
-//! one `recv` per message, as lean as the floor's TCP client. Client and
-//! server share the machine's cores, so a heavier client would lower the
-//! WebSocket row for reasons of its own: this way the ratio to the floor
-//! measures the server.
+//! The bench's WebSocket client: the handshake and frames written and parsed
+//! here, with one `send` and, as a rule, one `recv` per message, as lean as
+//! the floor's TCP client. Client and server share the machine's cores, so a
+//! heavier client would lower the WebSocket rows for reasons of its own: this
+//! way the ratios to the floor measure the server.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tungstenite::stream::MaybeTlsStream;
+use tungstenite::handshake::derive_accept_key;
 
 const OP_CONTINUATION: u8 = 0x0;
 const OP_TEXT: u8 = 0x1;
@@ -18,7 +18,7 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// A client connection sending one fixed text message again and again.
+/// A client connection that sends one fixed text message, again and again.
 pub struct LeanWs {
     stream: TcpStream,
     payload: Vec<u8>,
@@ -90,21 +90,28 @@ pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
 }
 
+/// `ws://host:port/path?query` as (`host:port`, `/path?query`).
+fn split_url(url: &str) -> Result<(&str, &str), String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
 impl LeanWs {
     /// Opens a connection to `url` that will send `payload` as text.
     pub fn connect(url: &str, payload: &[u8], seed: u64) -> Result<LeanWs, String> {
-        let ws = crate::client::ws_connect(url)?;
-        let MaybeTlsStream::Plain(socket) = ws.get_ref() else {
-            return Err(format!("{url}: only ws:// is supported"));
-        };
-        // The clone outlives tungstenite's handle; nothing is buffered in it,
-        // as the server sends nothing before the first message.
-        let stream = socket.try_clone().map_err(|e| e.to_string())?;
+        let (authority, path) = split_url(url)?;
+        let stream =
+            TcpStream::connect(authority).map_err(|e| format!("cannot connect to {url}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Ok(LeanWs {
+        let mut ws = LeanWs {
             stream,
             payload: payload.to_vec(),
             frame: Vec::with_capacity(payload.len() + 14),
@@ -113,7 +120,57 @@ impl LeanWs {
             end: 0,
             fragments: Vec::new(),
             rng: (clock ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
-        })
+        };
+        ws.handshake(authority, path)
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(ws)
+    }
+
+    /// The opening handshake; bytes the server sends right after its
+    /// response (a chat room's JOIN) stay in the buffer.
+    fn handshake(&mut self, authority: &str, path: &str) -> Result<(), String> {
+        let key = tungstenite::handshake::client::generate_key();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let head_end = loop {
+            if let Some(i) = self.inbuf[..self.end]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+            {
+                break i + 4;
+            }
+            if self.end == self.inbuf.len() {
+                return Err("response head too large".into());
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.inbuf[..head_end]);
+        let status = head.lines().next().unwrap_or("");
+        if !status.starts_with("HTTP/1.1 101") {
+            return Err(format!("no upgrade: {status}"));
+        }
+        let accept = derive_accept_key(key.as_bytes());
+        if !head.lines().any(|l| {
+            l.to_ascii_lowercase()
+                == format!("sec-websocket-accept: {}", accept.to_ascii_lowercase())
+        }) {
+            return Err("wrong Sec-WebSocket-Accept".into());
+        }
+        self.start = head_end;
+        Ok(())
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub fn set_nonblocking(&self) -> Result<(), String> {
+        self.stream.set_nonblocking(true).map_err(|e| e.to_string())
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -130,26 +187,47 @@ impl LeanWs {
         self.stream.write_all(&self.frame)
     }
 
-    /// Reads the next data message and tells whether it equals `expected`.
-    /// Pings are answered; a close frame is an error.
+    /// Blocks for the next data message and tells whether it equals
+    /// `expected`.
     pub fn receive(&mut self, expected: &[u8]) -> Result<bool, String> {
         loop {
+            if let Some(same) = self.next_message(|m| m == expected)? {
+                return Ok(same);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Hands every data message that has arrived to `each`, reading until
+    /// the (non-blocking) socket has no more.
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) -> Result<(), String> {
+        loop {
+            while self.next_message(&mut each)?.is_some() {}
+            if !self.fill()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next whole data message in the buffer, given to `f`; `None` when
+    /// more bytes are needed. Pings are answered; a close frame is an error.
+    fn next_message<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, String> {
+        loop {
             let Some(frame) = parse_frame(&self.inbuf[self.start..self.end])? else {
-                self.fill()?;
-                continue;
+                return Ok(None);
             };
             let payload = self.start + frame.payload.start..self.start + frame.payload.end;
             self.start = payload.end;
             match frame.opcode {
                 OP_TEXT | OP_BINARY if frame.fin && self.fragments.is_empty() => {
-                    return Ok(self.inbuf[payload] == *expected)
+                    return Ok(Some(f(&self.inbuf[payload])))
                 }
                 OP_TEXT | OP_BINARY | OP_CONTINUATION => {
                     self.fragments.extend_from_slice(&self.inbuf[payload]);
                     if frame.fin {
-                        let same = self.fragments == expected;
+                        let result = f(&self.fragments);
                         self.fragments.clear();
-                        return Ok(same);
+                        return Ok(Some(result));
                     }
                 }
                 OP_PING => {
@@ -168,8 +246,9 @@ impl LeanWs {
     }
 
     /// Reads more bytes, first making room by moving the unparsed rest (or
-    /// growing for a frame larger than the buffer).
-    fn fill(&mut self) -> Result<(), String> {
+    /// growing for a frame larger than the buffer). `false`: none yet on a
+    /// non-blocking socket.
+    fn fill(&mut self) -> Result<bool, String> {
         if self.start > 0 {
             self.inbuf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -182,9 +261,10 @@ impl LeanWs {
             Ok(0) => Err("the server closed the connection".into()),
             Ok(n) => {
                 self.end += n;
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(format!("read: {e}")),
         }
     }
@@ -195,6 +275,78 @@ impl LeanWs {
         let mut close = Vec::with_capacity(8);
         client_frame(OP_CLOSE, &1000u16.to_be_bytes(), mask, &mut close);
         let _ = self.stream.write_all(&close);
+    }
+}
+
+/// An epoll instance: how the fan-out bench reads a thousand members from a
+/// few threads.
+pub struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub fn new() -> Result<Epoll, String> {
+        // SAFETY: epoll_create1 takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("epoll: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for input; its events carry `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> Result<(), String> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        let rc =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc != 0 {
+            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, fd: RawFd) -> Result<(), String> {
+        // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for ready descriptors; returns their tokens.
+    pub fn wait(&self, tokens: &mut Vec<u64>, timeout: Duration) -> Result<(), String> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `events` is a writable array of the length passed.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                ms,
+            )
+        };
+        tokens.clear();
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(format!("epoll_wait: {e}")),
+            };
+        }
+        tokens.extend(events[..n as usize].iter().map(|e| e.u64));
+        Ok(())
     }
 }
 
@@ -249,5 +401,15 @@ mod tests {
         );
         // A masked frame from a server is a protocol error.
         assert!(parse_frame(&[0x81, 0x82, 0, 0, 0, 0, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn splits_urls() {
+        assert_eq!(
+            split_url("ws://127.0.0.1:80/chat?room=a").unwrap(),
+            ("127.0.0.1:80", "/chat?room=a")
+        );
+        assert_eq!(split_url("ws://h:1").unwrap(), ("h:1", "/"));
+        assert!(split_url("wss://h:1/ws").is_err());
     }
 }

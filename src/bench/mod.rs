@@ -18,7 +18,7 @@ use tungstenite::Message;
 use crate::client::{ws_connect, WsConn};
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
-use lean_ws::LeanWs;
+use lean_ws::{Epoll, LeanWs};
 
 /// Latency samples in nanoseconds, reduced to percentiles.
 #[derive(Default)]
@@ -374,8 +374,20 @@ pub fn idle(url: &str, conns: usize, pid: u32, hold: Duration) -> Result<String,
     ))
 }
 
+/// Threads that read the fan-out bench's members.
+const FANOUT_READERS: usize = 2;
+/// How long the fan-out bench waits without any delivery before it counts
+/// the missing ones as errors.
+const FANOUT_STALL: Duration = Duration::from_secs(10);
+
 /// `bench fanout`: one sender, `members` WebSocket members in a room;
 /// latency from send to each member's receipt.
+///
+/// The members are read by two epoll threads, not a thread each. On one
+/// machine, loopback delivers a message inside the server's `send`, and with
+/// a thread per member each send also paid for waking that thread: measured,
+/// 27% of the server's time went to waking the bench's own threads. A
+/// member on another machine costs the server no such wake-up.
 pub fn fanout(
     url: &str,
     members: usize,
@@ -384,54 +396,27 @@ pub fn fanout(
 ) -> Result<Report, String> {
     let epoch = Instant::now();
     let room = format!("bench-{}", std::process::id());
-    let joined = Arc::new(Barrier::new(members + 1));
     let cpu_before = process_cpu();
-    let mut handles = Vec::with_capacity(members);
+    let mut groups: Vec<Vec<Member>> = (0..FANOUT_READERS).map(|_| Vec::new()).collect();
     for i in 0..members {
-        let member_url = format!("{url}?room={room}&name=m{i}");
-        let mut ws = ws_connect(&member_url)?;
-        let joined = Arc::clone(&joined);
-        let handle = thread::Builder::new()
-            .stack_size(128 << 10)
-            .spawn(move || -> (Samples, u64) {
-                // Connecting is not joining: a member's server thread may
-                // join after the next member's. So count the room instead:
-                // our own JOIN lists who was there, later JOINs add one.
-                let mut present = 0;
-                while present < members {
-                    let Ok(Message::Text(json)) = ws.read() else {
-                        break;
-                    };
-                    let json = json.as_str();
-                    if let Some(list) = json.split("\"members\": [").nth(1) {
-                        present = list.split(']').next().unwrap_or("").matches(',').count() + 1;
-                    } else if json.contains("\"JOIN\"") {
-                        present += 1;
-                    } else if json.contains("\"LEAVE\"") {
-                        present = present.saturating_sub(1);
-                    }
-                }
-                joined.wait();
-                let mut samples = Samples::default();
-                let mut errors = 0;
-                while samples.len() + (errors as usize) < msgs {
-                    let Ok(m) = ws.read() else {
-                        errors += (msgs - samples.len()) as u64;
-                        break;
-                    };
-                    let Message::Text(json) = m else { continue };
-                    // A full JSON parse per delivery would make this client,
-                    // not the server, the bottleneck: read the one field.
-                    if let Some(Ok(sent_us)) = text_field(json.as_str()).map(str::parse::<u64>) {
-                        let now_us = epoch.elapsed().as_micros() as u64;
-                        samples.record(Duration::from_micros(now_us.saturating_sub(sent_us)));
-                    }
-                }
-                (samples, errors)
-            })
-            .map_err(|e| format!("cannot start a member thread: {e}"))?;
-        handles.push(handle);
+        let ws = LeanWs::connect(&format!("{url}?room={room}&name=m{i}"), b"", i as u64)?;
+        groups[i % FANOUT_READERS].push(Member {
+            ws,
+            present: 0,
+            samples: Samples::default(),
+        });
     }
+    let joined = Arc::new(Barrier::new(FANOUT_READERS + 1));
+    let readers: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            let joined = Arc::clone(&joined);
+            thread::Builder::new()
+                .name("bench-members".into())
+                .spawn(move || read_members(group, members, msgs, epoch, &joined))
+                .map_err(|e| format!("cannot start a reader thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
     joined.wait();
     let started = Instant::now();
     let mut sender = ws_connect(&format!("{url}?room={room}&name="))?;
@@ -446,10 +431,10 @@ pub fn fanout(
     }
     let mut samples = Samples::default();
     let mut errors = 0;
-    for h in handles {
-        let (s, e) = h
+    for reader in readers {
+        let (s, e) = reader
             .join()
-            .map_err(|_| "a member thread panicked".to_owned())?;
+            .map_err(|_| "a reader thread panicked".to_owned())??;
         samples.merge(s);
         errors += e;
     }
@@ -463,6 +448,99 @@ pub fn fanout(
         samples,
         client_cpu: process_cpu().saturating_sub(cpu_before),
     })
+}
+
+/// A fan-out member: its connection, how many it knows in the room, and
+/// its delivery latencies.
+struct Member {
+    ws: LeanWs,
+    present: usize,
+    samples: Samples,
+}
+
+/// One reader thread of the fan-out bench: waits until each of its members
+/// sees all `total` in the room (connecting is not joining: a member's server
+/// thread may join after the next member's), then records `msgs` deliveries
+/// per member.
+fn read_members(
+    mut group: Vec<Member>,
+    total: usize,
+    msgs: usize,
+    epoch: Instant,
+    joined: &Barrier,
+) -> Result<(Samples, u64), String> {
+    let epoll = Epoll::new()?;
+    for (i, member) in group.iter().enumerate() {
+        member.ws.set_nonblocking()?;
+        epoll.add(member.ws.fd(), i as u64)?;
+    }
+    let mut ready = Vec::new();
+    let mut filling = group.len();
+    // A member's own JOIN lists who was there; later JOINs add one.
+    let count_room = |member: &mut Member| {
+        member.ws.drain(|json| {
+            let json = String::from_utf8_lossy(json);
+            if let Some(list) = json.split("\"members\": [").nth(1) {
+                member.present = list.split(']').next().unwrap_or("").matches(',').count() + 1;
+            } else if json.contains("\"JOIN\"") {
+                member.present += 1;
+            } else if json.contains("\"LEAVE\"") {
+                member.present = member.present.saturating_sub(1);
+            }
+        })
+    };
+    while filling > 0 {
+        epoll.wait(&mut ready, FANOUT_STALL)?;
+        if ready.is_empty() {
+            return Err(format!(
+                "the room did not fill: {filling} members still wait"
+            ));
+        }
+        for &i in &ready {
+            let member = &mut group[i as usize];
+            let before = member.present >= total;
+            count_room(member)?;
+            if !before && member.present >= total {
+                filling -= 1;
+            }
+        }
+    }
+    joined.wait();
+    let mut waiting = group.len();
+    let mut errors = 0;
+    while waiting > 0 {
+        epoll.wait(&mut ready, FANOUT_STALL)?;
+        if ready.is_empty() {
+            break;
+        }
+        for &i in &ready {
+            let member = &mut group[i as usize];
+            let samples = &mut member.samples;
+            let drained = member.ws.drain(|json| {
+                // A full JSON parse per delivery would make this client,
+                // not the server, the bottleneck: read the one field.
+                let sent_us = std::str::from_utf8(json)
+                    .ok()
+                    .and_then(text_field)
+                    .and_then(|t| t.parse::<u64>().ok());
+                if let Some(sent_us) = sent_us {
+                    let now_us = epoch.elapsed().as_micros() as u64;
+                    samples.record(Duration::from_micros(now_us.saturating_sub(sent_us)));
+                }
+            });
+            if drained.is_err() || member.samples.len() >= msgs {
+                // Done: stop watching it, or a closed socket stays ready.
+                epoll.remove(member.ws.fd())?;
+                waiting -= 1;
+            }
+        }
+    }
+    let mut samples = Samples::default();
+    for member in group {
+        errors += msgs.saturating_sub(member.samples.len()) as u64;
+        samples.merge(member.samples);
+    }
+    Ok((samples, errors))
 }
 
 /// The `text` field of a chat message as papo prints it (`"text": "…"`),
