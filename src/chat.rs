@@ -35,14 +35,6 @@ pub fn ws_reply_text(text: &str) -> String {
     reply
 }
 
-/// The seed's WebSocket reply to a binary message: the same prefix, as bytes.
-pub fn ws_reply_binary(data: &[u8]) -> Vec<u8> {
-    let mut reply = Vec::with_capacity(WS_REPLY_PREFIX.len() + data.len());
-    reply.extend_from_slice(WS_REPLY_PREFIX.as_bytes());
-    reply.extend_from_slice(data);
-    reply
-}
-
 /// The seed's gRPC reply to `SendMessage`: `Mensagem recebida: <text>`.
 pub fn grpc_reply(text: &str) -> String {
     format!("Mensagem recebida: {text}")
@@ -423,7 +415,6 @@ mod tests {
             "Recebido: Olá, WebSocket!"
         );
         assert_eq!(ws_reply_text(""), "Recebido: ");
-        assert_eq!(ws_reply_binary(&[0, 255]), b"Recebido: \x00\xff");
         assert_eq!(grpc_reply("Olá, gRPC!"), "Mensagem recebida: Olá, gRPC!");
     }
 

@@ -43,6 +43,15 @@ pub enum SendError {
     Closed,
 }
 
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> io::Error {
+        match e {
+            SendError::Full => io::Error::other("outbound queue full: the peer reads too slowly"),
+            SendError::Closed => io::ErrorKind::BrokenPipe.into(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Outbound {
     frames: VecDeque<Arc<[u8]>>,

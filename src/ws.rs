@@ -27,7 +27,7 @@ use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response, Request};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
-use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::{Frame, FrameHeader};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
@@ -44,6 +44,8 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// and measured 1 MiB echoes take as long with 1 KiB as with 4 KiB, while an
 /// idle connection costs 4 KiB less.
 const READ_BUFFER: usize = 1024;
+/// Largest reply buffer a connection keeps between messages.
+const REPLY_BUFFER_KEPT: usize = 16 * 1024;
 /// How long a failed connection waits for the peer to read its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// At most one "connection refused" warning per this interval.
@@ -256,13 +258,8 @@ impl Read for Duplex {
 
 impl Write for Duplex {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.send_slice(buf) {
-            Ok(()) => Ok(buf.len()),
-            Err(SendError::Full) => Err(io::Error::other(
-                "outbound queue full: the peer reads too slowly",
-            )),
-            Err(SendError::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
-        }
+        self.0.send_slice(buf)?;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -805,7 +802,8 @@ fn http_response(status: u16, body: &str, headers: &str) -> Vec<u8> {
 
 /// What a connection does with one incoming data message.
 enum Action {
-    Reply(Message),
+    /// Answer with the message, of the same type, after a prefix.
+    Reply(&'static str, Message),
     Nothing,
     /// End the connection with this close code and reason.
     Close(CloseCode, String),
@@ -814,15 +812,27 @@ enum Action {
 /// The seed's `/ws` and the exact echo of `/echo`.
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
 fn reply_or_echo(route: &Route, message: Message) -> Action {
-    match (route, message) {
-        (Route::Reply, Message::Text(text)) => {
-            Action::Reply(Message::text(chat::ws_reply_text(text.as_str())))
-        }
-        (Route::Reply, Message::Binary(data)) => {
-            Action::Reply(Message::binary(chat::ws_reply_binary(&data)))
-        }
-        (_, message) => Action::Reply(message),
+    match route {
+        Route::Reply => Action::Reply(chat::WS_REPLY_PREFIX, message),
+        _ => Action::Reply("", message),
     }
+}
+
+/// Frames a reply (server frames are not masked): `prefix` and `payload` as
+/// one message of `opcode`, into `out`. Built here rather than by
+/// tungstenite so a reply costs no allocation: the frame goes whole through
+/// the peer's queue, as fan-out frames do.
+fn reply_frame(out: &mut Vec<u8>, opcode: Data, prefix: &str, payload: &[u8]) {
+    out.clear();
+    let len = prefix.len() + payload.len();
+    let header = FrameHeader {
+        opcode: OpCode::Data(opcode),
+        ..FrameHeader::default()
+    };
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(len as u64, out);
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// `/chat`: each text message is JSON of a chat `Message`; its text is said
@@ -852,7 +862,7 @@ fn chat_action(member: &Member, message: Message) -> Action {
 #[inline(never)] // Its frame, with the caller's, is what an idle connection holds.
 fn serve(
     mut ws: Box<WebSocket<Duplex>>,
-    peer: &Peer,
+    peer: &Arc<Peer>,
     shared: &Shared,
     mut on_message: impl FnMut(Message) -> Action,
 ) -> Result<(), ConnError> {
@@ -860,6 +870,7 @@ fn serve(
     // The handshake's deadline no longer applies.
     peer.socket().set_read_timeout(None)?;
     release_stack_below_here();
+    let mut reply = Vec::new();
     loop {
         let message = match ws.read() {
             Ok(message) => message,
@@ -879,10 +890,18 @@ fn serve(
         traffic.received(message.len());
         debug!("ws message, {} bytes in", message.len());
         match on_message(message) {
-            Action::Reply(reply) => {
-                let len = reply.len();
-                ws.send(reply)?;
-                traffic.sent(len);
+            Action::Reply(prefix, message) => {
+                let (opcode, payload) = match &message {
+                    Message::Text(text) => (Data::Text, text.as_bytes()),
+                    Message::Binary(data) => (Data::Binary, &data[..]),
+                    _ => continue,
+                };
+                reply_frame(&mut reply, opcode, prefix, payload);
+                peer.send_slice(&reply).map_err(io::Error::from)?;
+                traffic.sent(prefix.len() + payload.len());
+                if reply.capacity() > REPLY_BUFFER_KEPT {
+                    reply = Vec::new();
+                }
             }
             Action::Nothing => {}
             Action::Close(code, reason) => {
