@@ -391,7 +391,7 @@ pub const SERVE: Command = Command {
             "grpc-threads",
             "N",
             "0",
-            "gRPC completion-queue threads (0: one per CPU core)",
+            "gRPC completion-queue threads (0: half the CPU cores, at least one)",
         ),
         Flag::value(
             "grpc-max-streams",
