@@ -941,7 +941,9 @@ fn release_stack_below_here() {
         libc::pthread_attr_destroy(&mut attr);
         let here = std::ptr::addr_of!(attr) as usize;
         let low = (low as usize).next_multiple_of(PAGE);
-        let high = here.saturating_sub(256) & !(PAGE - 1);
+        // Below `here`: the rest of this frame, then madvise's, each with
+        // at most a 128-byte red zone.
+        let high = here.saturating_sub(512) & !(PAGE - 1);
         if got == 0 && high > low {
             libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED);
         }
