@@ -20,7 +20,7 @@ PAPO = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", 
 
 
 LOGS = []
-ROUNDS = 7
+ROUNDS = 11
 
 
 def median(results, key):
@@ -115,21 +115,27 @@ def main():
     info = machine()
     print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
 
-    # Idle cost first, on a fresh server.
-    server, addrs = start(["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"], {"ws": r"ws listening on ws://([^/]+)/ws"})
-    idle = bench("idle", "--url", "ws://%s/ws" % addrs["ws"], "--conns", "2000", "--pid", str(server.pid), "--hold", "10s")
-    server.terminate(); server.wait()
+    # Idle cost first, each on a fresh server.
+    idles = {}
+    for proto, args, pattern, scheme, hold in (
+            ("ws", ["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"], r"ws listening on ws://([^/]+)/ws", "ws://%s/ws", "10s"),
+            ("grpc", ["serve", "--no-ws", "--grpc-addr", "127.0.0.1:0"], r"grpc listening on (\S+)", "grpc://%s", "3s"),
+            ("tcp", ["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], r"tcp-echo listening on (\S+)", "tcp://%s", "3s")):
+        server, addrs = start(args, {"addr": pattern})
+        idles[proto] = bench("idle", "--url", scheme % addrs["addr"], "--conns", "2000", "--pid", str(server.pid), "--hold", hold)
+        server.terminate(); server.wait()
+    idle = idles["ws"]
 
     server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
                           {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
     floor, floor_addr = start(["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], {"tcp": r"tcp-echo listening on (\S+)"})
     ws_url = "ws://%s/ws" % addrs["ws"]
-    # Client and servers share the cores, and single runs on a shared
-    # machine vary by a quarter: each load runs ROUNDS times, the three
-    # servers in turn, and the median run of each stands for it.
+    # Client and servers share the cores, and single runs vary by a quarter
+    # with where the scheduler puts the threads: each load runs ROUNDS
+    # times, the three servers in turn, and the median run stands for it.
     runs = {}
     try:
-        for conns, msgs in ((1, 20000), (32, 10000)):
+        for conns, msgs in ((1, 10000), (32, 5000)):
             for _ in range(ROUNDS):
                 runs.setdefault(("tcp", conns), []).append(
                     bench("tcp", "--addr", floor_addr["tcp"], "--conns", str(conns), "--msgs", str(msgs)))
@@ -151,15 +157,18 @@ def main():
 
     names = {"tcp": ("TCP floor", "raw bytes"), "ws": ("WebSocket /ws", "text frames"), "grpc": ("gRPC unary", "protobuf")}
     print()
-    print("| %-14s | %-11s | %-22s | %-22s | %-22s |" % ("protocol", "encoding", "1 conn: msg/s", "1 conn: p50 / p99 us", "32 conns: msg/s, p50/p99 us"))
-    print("|" + "|".join("-" * n for n in (16, 13, 24, 24, 24)) + "|")
+    print("| %-14s | %-11s | %-22s | %-22s | %-26s | %-24s |" % (
+        "protocol", "encoding", "1 conn: msg/s", "1 conn: p50 / p99 us", "32 conns: msg/s, p50/p99 us", "idle conn: KiB, threads"))
+    print("|" + "|".join("-" * n for n in (16, 13, 24, 24, 28, 26)) + "|")
     rows = []
     for proto in ("tcp", "ws", "grpc"):
         one, many = results[(proto, 1)], results[(proto, 32)]
-        print("| %-14s | %-11s | %8.0f (%.2fx)      | %6.1f / %-6.1f (%.2fx) | %7.0f (%.2fx), %.0f/%.0f |" % (
+        kib = idles[proto]["rss_kib_per_conn"]
+        print("| %-14s | %-11s | %8.0f (%.2fx)      | %6.1f / %-6.1f (%.2fx) | %7.0f (%.2fx), %4.0f/%-5.0f | %5.1f (%.2fx), %.2f       |" % (
             names[proto][0], names[proto][1], one["ops_per_sec"], ratio(runs, proto, 1, "ops_per_sec"),
             one["p50_us"], one["p99_us"], ratio(runs, proto, 1, "p50_us"),
-            many["ops_per_sec"], ratio(runs, proto, 32, "ops_per_sec"), many["p50_us"], many["p99_us"]))
+            many["ops_per_sec"], ratio(runs, proto, 32, "ops_per_sec"), many["p50_us"], many["p99_us"],
+            kib, kib / idles["tcp"]["rss_kib_per_conn"], idles[proto]["threads_per_conn"]))
         rows.append(dict(label="%s x1" % proto, **one))
         rows.append(dict(label="%s x32" % proto, **many))
     rows.append(dict(label="fanout 1000", **fanout))
@@ -183,7 +192,7 @@ def main():
 
     rounds = {"%s_%d_%s" % (p, c, key): [round(a[key] / b[key], 3) for a, b in zip(runs[(p, c)], runs[("tcp", c)])]
               for p, c, key in (("ws", 1, "p50_us"), ("grpc", 1, "p50_us"), ("ws", 32, "ops_per_sec"))}
-    out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idle,
+    out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idles,
            "ratios_per_round": rounds,
            "goals": [{"goal": g, "measured": round(v, 3), "limit": l, "met": (v <= l if o == "<=" else v >= l)} for g, v, o, l in goals]}
     with open(os.path.join(HERE, "results.json"), "w") as f:

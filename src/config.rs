@@ -556,7 +556,12 @@ pub const BENCH_IDLE: Command = Command {
     name: "bench idle",
     about: "Open N idle connections and read the server's RSS, threads and CPU from /proc.",
     flags: &[
-        Flag::value("url", "URL", "ws://127.0.0.1:8080/ws", "WebSocket endpoint"),
+        Flag::value(
+            "url",
+            "URL",
+            "ws://127.0.0.1:8080/ws",
+            "ws://HOST:PORT/PATH (WebSocket), grpc://HOST:PORT (a gRPC channel each) or tcp://HOST:PORT",
+        ),
         Flag::value("conns", "N", "1000", "Idle connections"),
         Flag::value("pid", "PID", "0", "The server's process id"),
         Flag::value(

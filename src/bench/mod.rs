@@ -335,7 +335,9 @@ pub fn tcp_echo_server(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `bench idle`: the server's cost per idle WebSocket connection.
+/// `bench idle`: the server's cost per idle connection: WebSocket
+/// (`ws://`), gRPC (`grpc://`, one channel and so one HTTP/2 connection each)
+/// or raw TCP (`tcp://`, for the floor's echo server).
 pub fn idle(url: &str, conns: usize, pid: u32, hold: Duration) -> Result<String, String> {
     let status = |field: &str| -> Result<u64, String> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -346,14 +348,38 @@ pub fn idle(url: &str, conns: usize, pid: u32, hold: Duration) -> Result<String,
             .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
     };
     let (rss0, threads0) = (status("VmRSS:")?, status("Threads:")?);
-    for _ in 0..conns {
-        let mut ws = ws_connect(url)?;
-        // Idle like a browser tab: blocked in read, answering keepalive
-        // pings; the connections close when this process ends.
-        thread::Builder::new()
-            .stack_size(64 << 10)
-            .spawn(move || while ws.read().is_ok() {})
-            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+    // Whatever keeps each connection open until this function returns.
+    let mut held: Vec<Box<dyn Send>> = Vec::with_capacity(conns);
+    if let Some(addr) = url.strip_prefix("tcp://") {
+        for _ in 0..conns {
+            let stream =
+                TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            held.push(Box::new(stream));
+        }
+    } else if let Some(addr) = url.strip_prefix("grpc://") {
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        for i in 0..conns {
+            // A distinct argument per channel: C-core shares one connection
+            // among channels that are configured alike.
+            let channel = ChannelBuilder::new(Arc::clone(&env))
+                .raw_cfg_int(std::ffi::CString::from(c"papo.bench.channel"), i as i32)
+                .connect(addr);
+            if !crate::grpc::block_on(channel.wait_for_connected(Duration::from_secs(10))) {
+                return Err(format!("cannot connect to {addr}"));
+            }
+            held.push(Box::new(channel));
+        }
+        held.push(Box::new(env));
+    } else {
+        for _ in 0..conns {
+            let mut ws = ws_connect(url)?;
+            // Idle like a browser tab: blocked in read, answering keepalive
+            // pings; the connections close when this process ends.
+            thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || while ws.read().is_ok() {})
+                .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+        }
     }
     thread::sleep(Duration::from_secs(1));
     let cpu0 = cpu_of(&pid.to_string());
