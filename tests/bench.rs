@@ -151,6 +151,21 @@ fn every_bench_mode_reports_cleanly() {
         "one thread per idle connection: {idle}"
     );
     assert!(number(&idle, "rss_kib_per_conn") > 0.0, "{idle}");
+
+    // A gRPC connection costs no thread of its own.
+    let idle = bench(&[
+        "idle",
+        "--url",
+        &format!("grpc://{grpc}"),
+        "--conns",
+        "20",
+        "--pid",
+        &pid,
+        "--hold",
+        "1s",
+    ]);
+    // (C-core's own pool may add a thread meanwhile, not one per connection.)
+    assert!(number(&idle, "threads_per_conn") < 0.5, "{idle}");
 }
 
 #[test]
