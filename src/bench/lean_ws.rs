@@ -10,13 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+const TEXT: OpCode = OpCode::Data(Data::Text);
+const BINARY: OpCode = OpCode::Data(Data::Binary);
+const CONTINUATION: OpCode = OpCode::Data(Data::Continue);
 
 /// A client connection that sends one fixed text message, again and again.
 pub struct LeanWs {
@@ -39,54 +38,42 @@ pub struct LeanWs {
 #[derive(Debug, PartialEq)]
 pub struct FrameAt {
     pub fin: bool,
-    pub opcode: u8,
+    pub opcode: OpCode,
     pub payload: std::ops::Range<usize>,
 }
 
-/// Parses the server frame at the start of `buf`: `Ok(None)` while it is
-/// incomplete.
+/// Parses the server frame at the start of `buf` with tungstenite's header
+/// parser: `Ok(None)` while it is incomplete.
 pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameAt>, String> {
-    let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b1 & 0x80 != 0 {
+    let mut cursor = io::Cursor::new(buf);
+    let Some((header, len)) = FrameHeader::parse(&mut cursor).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if header.mask.is_some() {
         return Err("the server sent a masked frame".into());
     }
-    let (len, header) = match b1 & 0x7f {
-        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-        127 if buf.len() >= 10 => {
-            let mut be = [0u8; 8];
-            be.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(be), 10)
-        }
-        126 | 127 => return Ok(None),
-        n => (u64::from(n), 2),
-    };
+    let start = cursor.position() as usize;
     let len = usize::try_from(len).map_err(|_| "a frame too large for this machine")?;
-    if buf.len() - header < len {
+    if buf.len() - start < len {
         return Ok(None);
     }
     Ok(Some(FrameAt {
-        fin: b0 & 0x80 != 0,
-        opcode: b0 & 0x0f,
-        payload: header..header + len,
+        fin: header.is_final,
+        opcode: header.opcode,
+        payload: start..start + len,
     }))
 }
 
 /// Frames `payload` as a client frame (masked with `mask`) into `out`.
-pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+pub fn client_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     out.clear();
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
+    let header = FrameHeader {
+        opcode,
+        mask: Some(mask),
+        ..FrameHeader::default()
+    };
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
 }
 
@@ -183,7 +170,7 @@ impl LeanWs {
     /// Sends the message once.
     pub fn send(&mut self) -> io::Result<()> {
         let mask = self.mask();
-        client_frame(OP_TEXT, &self.payload, mask, &mut self.frame);
+        client_frame(TEXT, &self.payload, mask, &mut self.frame);
         self.stream.write_all(&self.frame)
     }
 
@@ -219,10 +206,10 @@ impl LeanWs {
             let payload = self.start + frame.payload.start..self.start + frame.payload.end;
             self.start = payload.end;
             match frame.opcode {
-                OP_TEXT | OP_BINARY if frame.fin && self.fragments.is_empty() => {
+                TEXT | BINARY if frame.fin && self.fragments.is_empty() => {
                     return Ok(Some(f(&self.inbuf[payload])))
                 }
-                OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                TEXT | BINARY | CONTINUATION => {
                     self.fragments.extend_from_slice(&self.inbuf[payload]);
                     if frame.fin {
                         let result = f(&self.fragments);
@@ -230,16 +217,23 @@ impl LeanWs {
                         return Ok(Some(result));
                     }
                 }
-                OP_PING => {
+                OpCode::Control(Control::Ping) => {
                     let mask = self.mask();
                     let mut pong = Vec::with_capacity(payload.len() + 6);
-                    client_frame(OP_PONG, &self.inbuf[payload], mask, &mut pong);
+                    client_frame(
+                        OpCode::Control(Control::Pong),
+                        &self.inbuf[payload],
+                        mask,
+                        &mut pong,
+                    );
                     self.stream
                         .write_all(&pong)
                         .map_err(|e| format!("send: {e}"))?;
                 }
-                OP_PONG => {}
-                OP_CLOSE => return Err("the server closed the connection".into()),
+                OpCode::Control(Control::Pong) => {}
+                OpCode::Control(Control::Close) => {
+                    return Err("the server closed the connection".into())
+                }
                 op => return Err(format!("the server sent a frame with opcode {op}")),
             }
         }
@@ -273,7 +267,12 @@ impl LeanWs {
     pub fn close(mut self) {
         let mask = self.mask();
         let mut close = Vec::with_capacity(8);
-        client_frame(OP_CLOSE, &1000u16.to_be_bytes(), mask, &mut close);
+        client_frame(
+            OpCode::Control(Control::Close),
+            &1000u16.to_be_bytes(),
+            mask,
+            &mut close,
+        );
         let _ = self.stream.write_all(&close);
     }
 }
@@ -360,7 +359,7 @@ mod tests {
         for len in [0usize, 5, 125, 126, 65535, 65536] {
             let payload = vec![b'x'; len];
             let mut out = Vec::new();
-            client_frame(OP_TEXT, &payload, [1, 2, 3, 4], &mut out);
+            client_frame(TEXT, &payload, [1, 2, 3, 4], &mut out);
             let mut cursor = io::Cursor::new(&out[..]);
             let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
             assert_eq!(length as usize, len);
@@ -380,7 +379,7 @@ mod tests {
             parse_frame(&[0x81, 2, b'h', b'i']).unwrap(),
             Some(FrameAt {
                 fin: true,
-                opcode: OP_TEXT,
+                opcode: TEXT,
                 payload: 2..4
             })
         );
@@ -395,7 +394,7 @@ mod tests {
             parse_frame(&long).unwrap(),
             Some(FrameAt {
                 fin: false,
-                opcode: OP_BINARY,
+                opcode: BINARY,
                 payload: 4..260
             })
         );
