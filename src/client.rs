@@ -1,13 +1,12 @@
-//! The seed's two clients. They print exactly what the seed's Go clients
-//! print; failures come back as one-line errors for `main` to report.
+//! papo's clients: the seed's two, which print exactly what the seed's Go
+//! clients print, and `papo chat`. Failures come back as one-line errors for
+//! `main` to report.
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
-
-use std::sync::mpsc;
 
 use futures_util::{SinkExt, StreamExt};
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, WriteFlags};
@@ -16,7 +15,7 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::grpc::block_on;
+use crate::executor::block_on;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
@@ -24,9 +23,9 @@ use crate::proto::chat_grpc::ChatServiceClient;
 /// A client WebSocket connection, as every papo client and the bench open it.
 pub type WsConn = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// Connects to a WebSocket URL with a 4 KiB read buffer. tungstenite's
-/// default 128 KiB is zeroed before every read: 17% of a bench client's CPU,
-/// and in a 1,000-member fan-out 128 MB of memset per message.
+/// Connects to a WebSocket URL with a 4 KiB read buffer: tungstenite zeroes
+/// its default 128 KiB before every read, which would make a bench client,
+/// not the server, the bottleneck (see the README's benchmarks).
 pub fn ws_connect(url: &str) -> Result<WsConn, String> {
     let config = WebSocketConfig::default().read_buffer_size(4 << 10);
     tungstenite::client::connect_with_config(url, Some(config), 3)
@@ -133,13 +132,33 @@ pub fn describe(error: &grpcio::Error) -> String {
     }
 }
 
+/// The protocol `papo chat` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `ChatService.Chat`, a bidirectional stream.
+    Grpc,
+    /// The `/chat` WebSocket endpoint, JSON messages.
+    Ws,
+}
+
+impl std::str::FromStr for Via {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Via, Self::Err> {
+        match s {
+            "grpc" => Ok(Via::Grpc),
+            "ws" => Ok(Via::Ws),
+            _ => Err("expected grpc or ws"),
+        }
+    }
+}
+
 /// `papo chat`: an interactive member of a room, over gRPC or WebSocket.
 #[derive(Debug, Clone)]
 pub struct ChatClientConfig {
     pub room: String,
     pub name: String,
-    /// `grpc` or `ws`.
-    pub via: String,
+    pub via: Via,
     pub addr: String,
     pub url: String,
 }
@@ -176,10 +195,9 @@ pub fn chat_client(config: &ChatClientConfig, out: &mut impl Write) -> Result<()
             }
         })
         .map_err(|e| e.to_string())?;
-    match config.via.as_str() {
-        "grpc" => chat_via_grpc(config, lines, out),
-        "ws" => chat_via_ws(config, lines, out),
-        other => Err(format!("--via {other}: expected grpc or ws")),
+    match config.via {
+        Via::Grpc => chat_via_grpc(config, lines, out),
+        Via::Ws => chat_via_ws(config, lines, out),
     }
 }
 

@@ -1,19 +1,22 @@
 //! papo: a blocking WebSocket + gRPC chat server.
 //!
 //! `ws` is a thread-per-connection tungstenite server on `std::net`, `grpc` a
-//! gRPC C-core server; both answer through the transport-free `chat` core.
+//! gRPC C-core server; both answer through the transport-free `chat` core,
+//! and `server` runs them together in one process.
 
-pub mod bench;
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod executor;
 pub mod grpc;
 pub mod metrics;
-pub mod peer;
 pub mod proto;
-pub mod queue;
-pub mod signals;
+pub mod server;
+pub mod sys;
 pub mod ws;
+
+mod peer;
+mod queue;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

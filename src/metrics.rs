@@ -11,7 +11,8 @@ fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// Why a WebSocket connection ended, as counted in `papo_ws_closed_total`.
+/// Why a WebSocket connection ended, as counted in
+/// `papo_ws_connections_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// Close handshake completed, or the peer went away cleanly.
@@ -91,10 +92,7 @@ impl Traffic {
     /// The stripe of the CPU this thread runs on (a thread moved meanwhile
     /// only shares a stripe for a moment: the counts stay exact).
     fn stripe(&self) -> &Stripe {
-        // SAFETY: sched_getcpu has no preconditions; glibc reads it from
-        // the thread's rseq area without a system call.
-        let cpu = unsafe { libc::sched_getcpu() };
-        &self.stripes[usize::try_from(cpu).unwrap_or(0) % STRIPES]
+        &self.stripes[crate::sys::current_cpu() % STRIPES]
     }
 
     /// (messages in, messages out, bytes in, bytes out), summed.

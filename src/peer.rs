@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::lock;
 use log::{debug, warn};
+
+use crate::chat::SendError;
+use crate::{lock, sys};
 
 /// Bounds of one peer's outbound queue.
 #[derive(Debug, Clone, Copy)]
@@ -30,26 +32,9 @@ pub struct OutboundLimits {
     pub frames: usize,
     /// Bytes queued at most (a single frame larger than this still fits alone).
     pub bytes: usize,
-    /// Longest time the socket may take no bytes while some are queued.
+    /// Longest time the socket may take no bytes while some are queued
+    /// (zero: no limit).
     pub write_timeout: Duration,
-}
-
-/// Why [`Peer::send`] did not queue a frame.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendError {
-    /// The queue is at its bound: the peer reads too slowly.
-    Full,
-    /// The connection is closing or broken.
-    Closed,
-}
-
-impl From<SendError> for io::Error {
-    fn from(e: SendError) -> io::Error {
-        match e {
-            SendError::Full => io::Error::other("outbound queue full: the peer reads too slowly"),
-            SendError::Closed => io::ErrorKind::BrokenPipe.into(),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -82,8 +67,9 @@ pub struct Peer {
 enum Flushed {
     /// Queue empty: the peer leaves the flusher's set.
     Done,
-    /// Bytes remain; give up at this instant if the socket takes none.
-    Waiting(Instant),
+    /// Bytes remain; give up at this instant if the socket takes none
+    /// (`None`: never, the write timeout is off).
+    Waiting(Option<Instant>),
     /// Closed or broken: leave the set.
     Dead,
 }
@@ -148,7 +134,7 @@ impl Peer {
             return Err(SendError::Closed);
         }
         if out.frames.is_empty() {
-            match send_now(&self.socket, frame) {
+            match sys::send_nonblocking(&self.socket, frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
                 Ok(n) => out.written = n,
                 // The socket is full: all of the frame waits.
@@ -206,7 +192,7 @@ impl Peer {
     fn flush(&self) -> Flushed {
         let mut out = lock(&self.out);
         while let Some(front) = out.frames.front().cloned() {
-            match send_now(&self.socket, &front[out.written..]) {
+            match sys::send_nonblocking(&self.socket, &front[out.written..]) {
                 Ok(0) => break,
                 Ok(n) => {
                     out.progress = Some(Instant::now());
@@ -227,7 +213,7 @@ impl Peer {
         }
         if !out.frames.is_empty() {
             let since = *out.progress.get_or_insert_with(Instant::now);
-            return Flushed::Waiting(since + self.limits.write_timeout);
+            return Flushed::Waiting(self.write_deadline(since));
         }
         out.progress = None;
         out.registered = false;
@@ -236,6 +222,12 @@ impl Peer {
             return Flushed::Dead;
         }
         Flushed::Done
+    }
+
+    /// When a peer that has taken no bytes since `since` is cut off.
+    fn write_deadline(&self, since: Instant) -> Option<Instant> {
+        let timeout = self.limits.write_timeout;
+        (!timeout.is_zero()).then(|| since + timeout)
     }
 
     /// The write deadline passed: cut the peer off.
@@ -250,33 +242,6 @@ impl Peer {
         out.bytes = 0;
         out.registered = false;
         let _ = self.socket.shutdown(Shutdown::Both);
-    }
-}
-
-/// One non-blocking `send(2)`; `MSG_NOSIGNAL` turns a closed peer into an
-/// error instead of SIGPIPE.
-fn send_now(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    if bytes.is_empty() {
-        return Ok(0);
-    }
-    // SAFETY: the pointer and length describe `bytes`, alive for the call.
-    let n = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    match n {
-        n if n >= 0 => Ok(n as usize),
-        _ => {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            }
-        }
     }
 }
 
@@ -321,44 +286,40 @@ impl Flusher {
 }
 
 fn run(wakened: UnixStream) {
-    let mut peers: Vec<(Arc<Peer>, Instant)> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut peers: Vec<(Arc<Peer>, Option<Instant>)> = Vec::new();
+    let mut fds: Vec<sys::PollFd> = Vec::new();
     loop {
         let Some(flusher) = FLUSHER.get() else { return };
         for peer in lock(&flusher.incoming).drain(..) {
-            let deadline = Instant::now() + peer.limits.write_timeout;
+            let deadline = peer.write_deadline(Instant::now());
             peers.push((peer, deadline));
         }
         fds.clear();
-        fds.push(libc::pollfd {
-            fd: wakened.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        fds.extend(peers.iter().map(|(p, _)| libc::pollfd {
-            fd: p.socket.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }));
+        fds.push(sys::poll_fd(wakened.as_raw_fd(), false));
+        fds.extend(
+            peers
+                .iter()
+                .map(|(p, _)| sys::poll_fd(p.socket.as_raw_fd(), true)),
+        );
+        let now = Instant::now();
         let timeout = peers
             .iter()
-            .map(|(_, deadline)| deadline.saturating_duration_since(Instant::now()))
-            .min()
-            .map_or(-1, |d| i32::try_from(d.as_millis() + 1).unwrap_or(i32::MAX));
-        // SAFETY: `fds` is a live, correctly sized array of pollfd.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if fds[0].revents != 0 {
+            .filter_map(|(_, deadline)| *deadline)
+            .map(|deadline| deadline.saturating_duration_since(now))
+            .min();
+        sys::poll(&mut fds, timeout);
+        if sys::is_ready(&fds[0]) {
             let mut sink = [0u8; 64];
             while matches!((&wakened).read(&mut sink), Ok(n) if n > 0) {}
         }
         let now = Instant::now();
         let mut i = 0;
         while i < peers.len() {
-            let ready = fds[i + 1].revents != 0;
+            let ready = sys::is_ready(&fds[i + 1]);
             let (peer, deadline) = &mut peers[i];
-            let keep = if ready || now >= *deadline {
+            let keep = if ready || deadline.is_some_and(|d| now >= d) {
                 match peer.flush() {
-                    Flushed::Waiting(next) if now >= next => {
+                    Flushed::Waiting(Some(next)) if now >= next => {
                         peer.abort();
                         false
                     }

@@ -11,6 +11,8 @@ use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
 
+use crate::chat::SendError;
+
 struct State<T> {
     items: VecDeque<T>,
     /// The sender closed the queue: the consumer ends after the last item.
@@ -29,15 +31,6 @@ impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         crate::lock(&self.state)
     }
-}
-
-/// Why an item was not queued.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendError {
-    /// The consumer is `capacity` items behind.
-    Full,
-    /// The consumer is gone.
-    Gone,
 }
 
 /// The producing half. Cheap to clone; every clone feeds the same queue.
@@ -67,12 +60,13 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Sender<T> {
-    /// Queues `item` without waiting.
+    /// Queues `item` without waiting: `Full` when the consumer is
+    /// `capacity` items behind, `Closed` when it is gone or the queue closed.
     pub fn try_send(&self, item: T) -> Result<(), SendError> {
         let waker = {
             let mut state = self.0.lock();
             if state.abandoned || state.closed {
-                return Err(SendError::Gone);
+                return Err(SendError::Closed);
             }
             if state.items.len() >= self.0.capacity {
                 return Err(SendError::Full);
@@ -134,9 +128,7 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        crate::grpc::block_on(f)
-    }
+    use crate::executor::block_on;
 
     #[test]
     fn delivers_in_order_and_refuses_past_capacity() {
@@ -147,7 +139,7 @@ mod tests {
         assert_eq!(block_on(rx.next()), Some(1));
         assert_eq!(tx.try_send(4), Ok(()));
         tx.close();
-        assert_eq!(tx.try_send(5), Err(SendError::Gone));
+        assert_eq!(tx.try_send(5), Err(SendError::Closed));
         assert_eq!(block_on(rx.by_ref().collect::<Vec<_>>()), vec![2, 4]);
     }
 
@@ -174,6 +166,6 @@ mod tests {
         let (tx, rx) = bounded::<u8>(4);
         drop(rx);
         assert!(tx.is_gone());
-        assert_eq!(tx.try_send(1), Err(SendError::Gone));
+        assert_eq!(tx.try_send(1), Err(SendError::Closed));
     }
 }

@@ -10,16 +10,11 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{papo, serve};
-use futures_util::StreamExt;
-use grpcio::{ChannelBuilder, EnvBuilder};
-use papo::grpc::block_on;
+use common::{chat_client, next_within, papo, serve};
 use papo::proto::chat::message::Kind;
 use papo::proto::chat::SubscribeRequest;
-use papo::proto::chat_grpc::ChatServiceClient;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{connect, Message};
 
@@ -234,8 +229,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     let server = serve(&[]);
     let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let client = ChatServiceClient::new(ChannelBuilder::new(env).connect(&grpc));
+    let client = chat_client(&grpc);
     let request = SubscribeRequest {
         room: "web".into(),
         name: "observador".into(),
@@ -287,7 +281,7 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     }
     let start = Instant::now();
     loop {
-        let m = block_on(observer.next())
+        let m = next_within(&mut observer, "the page's message on gRPC")
             .expect("stream open")
             .expect("message");
         if m.kind.enum_value_or_default() == Kind::MESSAGE && m.sender == "Navegador" {

@@ -4,26 +4,19 @@
 mod common;
 
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{papo, serve};
-use futures_util::{SinkExt, StreamExt};
-use grpcio::{ChannelBuilder, ClientDuplexReceiver, EnvBuilder, RpcStatusCode, WriteFlags};
-use papo::grpc::block_on;
+use common::{chat_client, next_within, papo, serve};
+use futures_util::SinkExt;
+use grpcio::{ClientDuplexReceiver, RpcStatusCode, WriteFlags};
+use papo::executor::block_on;
 use papo::proto::chat::message::Kind;
 use papo::proto::chat::{Message as ChatMessage, SubscribeRequest};
-use papo::proto::chat_grpc::ChatServiceClient;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{connect, Message};
 
 type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn grpc_client(addr: &str) -> ChatServiceClient {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    ChatServiceClient::new(ChannelBuilder::new(env).connect(addr))
-}
 
 /// A `/chat` member, returned once it is in the room: the 101 comes before
 /// the server thread joins, so its own JOIN is what says it is there.
@@ -52,7 +45,9 @@ fn ws_next(ws: &mut Ws) -> ChatMessage {
 }
 
 fn grpc_next(rx: &mut ClientDuplexReceiver<ChatMessage>) -> ChatMessage {
-    block_on(rx.next()).expect("stream open").expect("message")
+    next_within(rx, "a chat message")
+        .expect("stream open")
+        .expect("message")
 }
 
 fn kind(m: &ChatMessage) -> Kind {
@@ -78,7 +73,7 @@ fn browsers_and_services_share_a_room_in_one_order() {
 
     let mut ana = ws_member(&ws_addr, "sala", "ana");
 
-    let client = grpc_client(&grpc_addr);
+    let client = chat_client(&grpc_addr);
     let (mut bob_tx, mut bob_rx) = client.chat().unwrap();
     let hello = ChatMessage {
         room: "sala".into(),
@@ -173,7 +168,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
     let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
     let mut fast = ws_member(&ws_addr, "busy", "fast");
     let mut stuck_ws = ws_member(&ws_addr, "busy", "stuck-ws");
-    let client = grpc_client(&grpc_addr);
+    let client = chat_client(&grpc_addr);
     let request = SubscribeRequest {
         room: "busy".into(),
         name: "stuck-grpc".into(),
@@ -182,7 +177,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
     let mut stuck_grpc = client.subscribe(&request).unwrap();
 
     // Neither stuck member reads while 2,000 messages of 4 KiB flow.
-    let sender = grpc_client(&grpc_addr);
+    let sender = chat_client(&grpc_addr);
     let payload = "x".repeat(4096);
     let reader = std::thread::spawn(move || {
         let mut texts = Vec::new();
@@ -222,7 +217,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
     assert_eq!(code, Some(CloseCode::Policy));
     // The stuck gRPC subscriber's stream ends RESOURCE_EXHAUSTED.
     let end = loop {
-        match block_on(stuck_grpc.next()) {
+        match next_within(&mut stuck_grpc, "the stuck stream's end") {
             Some(Ok(_)) => continue,
             Some(Err(grpcio::Error::RpcFailure(status))) => break status.code(),
             other => panic!("unexpected end: {other:?}"),

@@ -202,3 +202,73 @@ fn help_and_usage_errors() {
         Some(2)
     );
 }
+
+/// One flag as `papo serve --help` or the README's table shows it:
+/// (`--flag VALUE`, env twin, default).
+type FlagRow = (String, String, String);
+
+fn help_rows() -> Vec<FlagRow> {
+    let out = run(&["serve", "--help"]);
+    let mut rows = Vec::new();
+    let mut lines = stdout(&out).lines().peekable();
+    while let Some(line) = lines.next() {
+        let line = line.trim_start();
+        if !line.starts_with("--") {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let mut flag = words.next().unwrap_or_default().to_owned();
+        if let Some(value) = words
+            .next()
+            .filter(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            flag = format!("{flag} {value}");
+        }
+        let detail = lines.next().unwrap_or_default().trim();
+        let detail = detail.trim_start_matches('[').trim_end_matches(']');
+        let env = detail
+            .strip_prefix("env ")
+            .and_then(|d| d.split(',').next())
+            .unwrap_or_else(|| panic!("no env twin for {flag}: {detail}"))
+            .to_owned();
+        let default = detail
+            .split(", ")
+            .find_map(|part| part.strip_prefix("default "))
+            .unwrap_or("")
+            .to_owned();
+        rows.push((flag, env, default));
+    }
+    rows
+}
+
+fn readme_rows() -> Vec<FlagRow> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("`papo serve`, every limit with its default:")
+        .nth(1)
+        .expect("the README's serve flag table");
+    let code = |cell: &str| cell.trim().trim_matches('`').to_owned();
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').collect();
+            // `off` (a switch) and `none` (a list) have no default in --help.
+            let default = match cells[3].trim() {
+                "off" | "none" => String::new(),
+                d => code(d.split(" (").next().unwrap_or(d)),
+            };
+            (code(cells[1]), code(cells[2]), default)
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_flag_table_matches_serve_help() {
+    let help = help_rows();
+    assert!(help.len() > 10, "{help:?}");
+    assert_eq!(readme_rows(), help);
+}

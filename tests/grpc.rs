@@ -1,29 +1,20 @@
-//! The gRPC server through a real channel: the seed's reply and the size limit.
+//! The gRPC server through a real channel: the seed's reply, the size limit,
+//! health, deadlines, stream caps and keepalive.
 
 mod common;
 
+use common::{chat_client, health_client, next_within};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
-use papo::grpc::{block_on, GrpcConfig};
+use grpcio::{CallOption, RpcStatusCode};
+use papo::grpc::GrpcConfig;
 use papo::proto::chat::Message;
 use papo::proto::chat_grpc::ChatServiceClient;
 use papo::proto::health::health_check_response::ServingStatus;
 use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use papo::proto::health_grpc::HealthClient;
-
-fn client(addr: &str) -> ChatServiceClient {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let channel = ChannelBuilder::new(env)
-        .max_send_message_len(64 << 20)
-        .connect(addr);
-    ChatServiceClient::new(channel)
-}
 
 fn send(client: &ChatServiceClient, sender: &str, text: &str) -> grpcio::Result<String> {
     let msg = Message {
@@ -38,7 +29,7 @@ fn send(client: &ChatServiceClient, sender: &str, text: &str) -> grpcio::Result<
 #[test]
 fn send_message_replies_like_the_seed() {
     let server = common::grpc_server();
-    let client = client(server.addr());
+    let client = chat_client(server.addr());
     for text in ["Olá, gRPC!", "", "日本語 🎉", &"x".repeat(100_000)] {
         assert_eq!(
             send(&client, "Alice", text).unwrap(),
@@ -54,7 +45,7 @@ fn send_message_replies_like_the_seed() {
 #[test]
 fn oversized_message_is_resource_exhausted_and_the_server_goes_on() {
     let server = common::grpc_server();
-    let client = client(server.addr());
+    let client = chat_client(server.addr());
     match send(&client, "Alice", &"x".repeat(5 << 20)) {
         Err(grpcio::Error::RpcFailure(status)) => {
             assert_eq!(status.code(), RpcStatusCode::RESOURCE_EXHAUSTED)
@@ -65,11 +56,6 @@ fn oversized_message_is_resource_exhausted_and_the_server_goes_on() {
         send(&client, "Alice", "ok").unwrap(),
         "Mensagem recebida: ok"
     );
-}
-
-fn health_client(addr: &str) -> HealthClient {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    HealthClient::new(ChannelBuilder::new(env).connect(addr))
 }
 
 fn health_request(service: &str) -> HealthCheckRequest {
@@ -104,19 +90,19 @@ fn watchers_see_not_serving_while_the_server_drains() {
     let server = common::grpc_server();
     let client = health_client(server.addr());
     let mut watch = client.watch(&health_request("")).unwrap();
-    let first = block_on(watch.next()).unwrap().unwrap();
+    let first = next_within(&mut watch, "a health status").unwrap().unwrap();
     assert_eq!(status_of(first), ServingStatus::SERVING);
     // The open Watch holds the drain until the deadline, then is cancelled.
     let started = Instant::now();
     let drained = thread::spawn(move || server.shutdown(Duration::from_millis(500)));
-    let update = block_on(watch.next()).unwrap().unwrap();
+    let update = next_within(&mut watch, "a health status").unwrap().unwrap();
     assert_eq!(status_of(update), ServingStatus::NOT_SERVING);
     assert!(
         !drained.join().unwrap(),
         "a watch was still running: drain must report it"
     );
     assert!(started.elapsed() >= Duration::from_millis(500));
-    assert!(block_on(watch.next()).is_none_or(|end| end.is_err()));
+    assert!(next_within(&mut watch, "a health status").is_none_or(|end| end.is_err()));
 }
 
 #[test]
@@ -125,8 +111,8 @@ fn deadlines_are_honoured() {
     let client = health_client(server.addr());
     let opt = CallOption::default().timeout(Duration::from_millis(300));
     let mut watch = client.watch_opt(&health_request(""), opt).unwrap();
-    assert!(block_on(watch.next()).unwrap().is_ok());
-    match block_on(watch.next()) {
+    assert!(next_within(&mut watch, "a health status").unwrap().is_ok());
+    match next_within(&mut watch, "a health status") {
         Some(Err(grpcio::Error::RpcFailure(status))) => {
             assert_eq!(status.code(), RpcStatusCode::DEADLINE_EXCEEDED)
         }
@@ -142,7 +128,7 @@ fn concurrent_streams_per_connection_are_capped() {
     });
     let client = health_client(server.addr());
     let mut watch = client.watch(&health_request("")).unwrap();
-    assert!(block_on(watch.next()).unwrap().is_ok());
+    assert!(next_within(&mut watch, "a health status").unwrap().is_ok());
     // The one stream is taken: a second call on the connection waits, and
     // its deadline passes.
     let opt = CallOption::default().timeout(Duration::from_millis(500));

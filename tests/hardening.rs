@@ -1,5 +1,6 @@
-//! Issue-3 behaviour of the WebSocket server: keepalive, write deadline,
-//! origin policy, metrics, and bad input that must not hurt anyone else.
+//! The WebSocket server as it meets the open internet: keepalive, the write
+//! deadline, the origin policy, metrics, and bad input (protocol violations,
+//! garbage, resets, floods) that must not hurt anyone else.
 
 mod common;
 
@@ -9,13 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
-    eventually, raw_exchange, serve, thread_names, threads, upgrade_request, ws_server_with,
+    eventually, protocol_violations, raw_exchange, raw_upgrade, raw_websocket, read_close_code,
+    serve, thread_names, threads, upgrade_request, ws_server_with, SOON,
 };
 use papo::ws::WsConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{connect, Message};
-
-const SOON: Duration = Duration::from_secs(10);
 
 fn echo(addr: SocketAddr) -> bool {
     let Ok((mut ws, _)) = connect(format!("ws://{addr}/ws")) else {
@@ -23,23 +23,6 @@ fn echo(addr: SocketAddr) -> bool {
     };
     ws.send(Message::text("ping?")).is_ok()
         && matches!(ws.read(), Ok(Message::Text(t)) if t.as_str() == "Recebido: ping?")
-}
-
-/// Completes a raw handshake on `path` with extra header lines; returns the
-/// socket and the status line.
-fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(SOON)).unwrap();
-    let request = upgrade_request(path).replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    (stream, status)
 }
 
 fn set_read_timeout(
@@ -130,6 +113,51 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
 }
 
 #[test]
+fn without_a_write_timeout_a_briefly_full_peer_is_kept() {
+    let server = ws_server_with(WsConfig {
+        write_timeout: Duration::ZERO,
+        ping_interval: Duration::ZERO,
+        ..WsConfig::default()
+    });
+    let (mut slow, status) = raw_upgrade(server.addr, "/echo", "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // A small receive buffer: the echoes back up into the server's queue.
+    let small: libc::c_int = 64 << 10;
+    // SAFETY: setsockopt on a socket this test owns, with a live int.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&slow),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &small as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let payload = vec![7u8; 60 * 1024];
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]); // zero mask: payload unchanged
+    frame.extend_from_slice(&payload);
+    let frames = 110; // 6.6 MiB: more than the sockets hold, less than the queue
+    for _ in 0..frames {
+        slow.write_all(&frame).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // "0: no limit" means the peer waits for the reader, not an instant cut.
+    for n in 0..frames {
+        // A binary frame with a 16-bit length: 60 KiB.
+        let mut head = [0u8; 4];
+        slow.read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("echo {n} of {frames}: {e}"));
+        assert_eq!(head, [0x82, 126, 0xf0, 0x00], "echo {n}");
+        let mut body = vec![0u8; payload.len()];
+        slow.read_exact(&mut body).unwrap();
+        assert!(body == payload, "echo {n} differs");
+    }
+    assert_eq!(server.metrics.ws_active.load(Ordering::Relaxed), 1);
+}
+
+#[test]
 fn cross_site_browsers_get_403_same_site_and_allowed_ones_upgrade() {
     let server = ws_server_with(WsConfig {
         allowed_origins: vec!["https://app.example".into()],
@@ -195,14 +223,9 @@ fn metrics_count_what_happened() {
 
 /// Sends `bytes` on a fresh WebSocket and returns the close code the server sends.
 fn close_code_after(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
-    let (mut stream, _) = raw_upgrade(addr, "/ws", "");
+    let mut stream = raw_websocket(addr);
     stream.write_all(bytes).ok()?;
-    let mut header = [0u8; 2];
-    stream.read_exact(&mut header).ok()?;
-    let mut payload = vec![0u8; (header[1] & 0x7f) as usize];
-    stream.read_exact(&mut payload).ok()?;
-    (header[0] & 0x0f == 0x8 && payload.len() >= 2)
-        .then(|| u16::from_be_bytes([payload[0], payload[1]]))
+    read_close_code(&mut stream)
 }
 
 #[test]
@@ -246,19 +269,8 @@ fn bad_input_never_hurts_others_and_threads_return_to_baseline() {
     let _ = g.read_to_end(&mut Vec::new());
     settle("garbage");
 
-    // Protocol violations, each closed with its code.
-    let masked = |first: u8, payload: &[u8]| {
-        let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-        f.extend_from_slice(payload);
-        f
-    };
-    let violations: [(&str, Vec<u8>, u16); 4] = [
-        ("invalid UTF-8", masked(0x81, b"\xc3\x28"), 1007),
-        ("an unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
-        ("a reserved opcode", masked(0x85, b""), 1002),
-        ("a fragmented ping", masked(0x09, b""), 1002),
-    ];
-    for (what, frame, code) in violations {
+    // Protocol violations, each closed with the code RFC 6455 names.
+    for (what, frame, code) in protocol_violations() {
         assert_eq!(close_code_after(ws, &frame), Some(code), "{what}");
         settle(what);
     }

@@ -3,13 +3,10 @@
 mod common;
 
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{serve, signal, wait_exit};
-use futures_util::StreamExt;
-use grpcio::{ChannelBuilder, ClientSStreamReceiver, EnvBuilder};
-use papo::grpc::block_on;
+use common::{health_client, next_within, serve, signal, wait_exit};
+use grpcio::ClientSStreamReceiver;
 use papo::proto::health::health_check_response::ServingStatus;
 use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use papo::proto::health_grpc::HealthClient;
@@ -18,15 +15,14 @@ use tungstenite::{connect, Message};
 
 /// Opens a health `Watch` and checks its first answer is SERVING.
 fn watch(addr: &str) -> (HealthClient, ClientSStreamReceiver<HealthCheckResponse>) {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let client = HealthClient::new(ChannelBuilder::new(env).connect(addr));
+    let client = health_client(addr);
     let mut stream = client.watch(&HealthCheckRequest::default()).unwrap();
     assert_eq!(next_status(&mut stream), Some(ServingStatus::SERVING));
     (client, stream)
 }
 
 fn next_status(stream: &mut ClientSStreamReceiver<HealthCheckResponse>) -> Option<ServingStatus> {
-    match block_on(stream.next()) {
+    match next_within(stream, "a health status") {
         Some(Ok(r)) => Some(r.status.enum_value_or(ServingStatus::UNKNOWN)),
         _ => None,
     }

@@ -1,5 +1,5 @@
 //! The WebSocket server against real sockets: the seed's replies, exact echo,
-//! HTTP errors, limits and protocol violations.
+//! HTTP errors and limits. Protocol violations: `hardening.rs`.
 
 mod common;
 
@@ -178,81 +178,6 @@ fn oversized_message_is_closed_with_1009_and_others_carry_on() {
     assert_eq!(
         roundtrip(&mut other, Message::text("still here")),
         Message::text("Recebido: still here")
-    );
-}
-
-/// Opens a raw WebSocket connection on `/ws`, past the 101 response.
-fn raw_websocket(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(upgrade_request("/ws").as_bytes())
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("101 response");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
-
-/// A client frame with a small payload; `mask` false makes it illegal.
-fn frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let key = [0x12u8, 0x34, 0x56, 0x78];
-    let mut out = vec![
-        first_byte,
-        payload.len() as u8 | if mask { 0x80 } else { 0 },
-    ];
-    if mask {
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
-}
-
-/// Reads the server's next frame and returns its close code, if it is a close frame.
-fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
-    let mut header = [0u8; 2];
-    stream.read_exact(&mut header).ok()?;
-    let len = (header[1] & 0x7f) as usize;
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).ok()?;
-    (header[0] & 0x0f == 0x8 && len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
-}
-
-#[test]
-fn protocol_violations_get_the_right_close_codes() {
-    let addr = ws_server(WsConfig::default());
-    let cases: [(&str, Vec<u8>, u16); 4] = [
-        (
-            "invalid UTF-8 in text",
-            frame(0x81, b"\xff\xfe", true),
-            1007,
-        ),
-        ("unmasked client frame", frame(0x81, b"hi", false), 1002),
-        ("reserved opcode", frame(0x83, b"", true), 1002),
-        ("fragmented ping", frame(0x09, b"", true), 1002),
-    ];
-    for (what, bytes, code) in cases {
-        let mut stream = raw_websocket(addr);
-        stream.write_all(&bytes).expect("write frame");
-        assert_eq!(read_close_code(&mut stream), Some(code), "{what}");
-    }
-    let mut ws = client(addr, "/ws");
-    assert_eq!(
-        roundtrip(&mut ws, Message::text("ok")),
-        Message::text("Recebido: ok")
     );
 }
 

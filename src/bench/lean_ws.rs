@@ -6,8 +6,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -274,78 +274,6 @@ impl LeanWs {
             &mut close,
         );
         let _ = self.stream.write_all(&close);
-    }
-}
-
-/// An epoll instance: how the fan-out bench reads a thousand members from a
-/// few threads.
-pub struct Epoll(OwnedFd);
-
-impl Epoll {
-    pub fn new() -> Result<Epoll, String> {
-        // SAFETY: epoll_create1 takes no pointers.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!("epoll: {}", io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Watches `fd` for input; its events carry `token`.
-    pub fn add(&self, fd: RawFd, token: u64) -> Result<(), String> {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc != 0 {
-            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    pub fn remove(&self, fd: RawFd) -> Result<(), String> {
-        // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                self.0.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for ready descriptors; returns their tokens.
-    pub fn wait(&self, tokens: &mut Vec<u64>, timeout: Duration) -> Result<(), String> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `events` is a writable array of the length passed.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                ms,
-            )
-        };
-        tokens.clear();
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::Interrupted => Ok(()),
-                _ => Err(format!("epoll_wait: {e}")),
-            };
-        }
-        tokens.extend(events[..n as usize].iter().map(|e| e.u64));
-        Ok(())
     }
 }
 

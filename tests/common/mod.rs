@@ -1,20 +1,27 @@
-//! Helpers shared by the integration tests. Every server binds port 0.
+//! Helpers shared by the integration tests: servers on free ports, raw
+//! WebSocket frames, gRPC clients, and waits that fail instead of hanging.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::pin::pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use papo::chat::Hub;
+use futures_util::{Stream, StreamExt};
+use grpcio::{Channel, ChannelBuilder, EnvBuilder};
+use papo::chat::{ChatConfig, Hub};
+use papo::executor::block_on_until;
 use papo::grpc::{GrpcConfig, GrpcServer};
 use papo::metrics::Metrics;
+use papo::proto::chat_grpc::ChatServiceClient;
+use papo::proto::health_grpc::HealthClient;
 use papo::ws::{WsConfig, WsHandle, WsServer};
+
+/// How long any single wait in a test may take before the test fails.
+pub const SOON: Duration = Duration::from_secs(10);
 
 /// An in-process WebSocket server.
 pub struct TestWs {
@@ -31,10 +38,10 @@ pub fn ws_server(config: WsConfig) -> SocketAddr {
 /// Starts an in-process WebSocket server on a free port, with its handle and counters.
 pub fn ws_server_with(config: WsConfig) -> TestWs {
     let metrics = Arc::new(Metrics::new());
-    let server =
-        WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), Hub::new()).expect("bind ws");
+    let hub = Hub::new(ChatConfig::default());
+    let server = WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), hub).expect("bind ws");
     let addr = server.local_addr().expect("local addr");
-    let handle = server.handle();
+    let handle = server.handle().expect("handle");
     thread::spawn(move || server.run());
     TestWs {
         addr,
@@ -49,8 +56,8 @@ pub fn grpc_server() -> GrpcServer {
 }
 
 pub fn grpc_server_with(config: GrpcConfig) -> GrpcServer {
-    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), Hub::new())
-        .expect("start grpc")
+    let hub = Hub::new(ChatConfig::default());
+    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), hub).expect("start grpc")
 }
 
 /// Polls `check` until it holds, failing the test after `limit`.
@@ -174,6 +181,100 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A channel to a gRPC server, allowed to send more than any server accepts.
+pub fn channel(addr: &str) -> Channel {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    ChannelBuilder::new(env)
+        .max_send_message_len(64 << 20)
+        .connect(addr)
+}
+
+pub fn chat_client(addr: &str) -> ChatServiceClient {
+    ChatServiceClient::new(channel(addr))
+}
+
+pub fn health_client(addr: &str) -> HealthClient {
+    HealthClient::new(channel(addr))
+}
+
+/// The next item of a gRPC stream (`None`: it ended), failing the test if
+/// none comes within [`SOON`].
+pub fn next_within<S: Stream + Unpin>(stream: &mut S, what: &str) -> Option<S::Item> {
+    let mut next = pin!(stream.next());
+    block_on_until(next.as_mut(), Some(Instant::now() + SOON))
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Completes a raw handshake on `path` with extra header lines; returns the
+/// socket (reads time out after [`SOON`]) and the response's status line.
+pub fn raw_upgrade(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(SOON)).expect("timeout");
+    let request = upgrade_request(path).replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (stream, status)
+}
+
+/// A raw WebSocket on `/ws`, past its `101`.
+pub fn raw_websocket(addr: SocketAddr) -> TcpStream {
+    let (stream, status) = raw_upgrade(addr, "/ws", "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    stream
+}
+
+/// A client frame with a small payload; `mask` false makes it illegal.
+pub fn client_frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let key = [0x12u8, 0x34, 0x56, 0x78];
+    let mut out = vec![
+        first_byte,
+        payload.len() as u8 | if mask { 0x80 } else { 0 },
+    ];
+    if mask {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads the server's next frame and returns its close code, if it is a
+/// close frame.
+pub fn read_close_code(stream: &mut TcpStream) -> Option<u16> {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).ok()?;
+    let len = (header[1] & 0x7f) as usize;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).ok()?;
+    (header[0] & 0x0f == 0x8 && len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+/// Frames that break RFC 6455, and the close code each must get.
+pub fn protocol_violations() -> [(&'static str, Vec<u8>, u16); 4] {
+    [
+        (
+            "invalid UTF-8 in text",
+            client_frame(0x81, b"\xff\xfe", true),
+            1007,
+        ),
+        (
+            "an unmasked client frame",
+            client_frame(0x81, b"hi", false),
+            1002,
+        ),
+        ("a reserved opcode", client_frame(0x83, b"", true), 1002),
+        ("a fragmented ping", client_frame(0x09, b"", true), 1002),
+    ]
 }
 
 /// A valid WebSocket upgrade request for `path`.

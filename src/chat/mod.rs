@@ -1,0 +1,245 @@
+//! The chat core shared by both transports, free of sockets so that unit
+//! tests exercise it directly.
+//!
+//! A [`Hub`] owns the rooms. A room is created by its first member and
+//! removed with its last. Publishing to a room takes the room's lock, gives
+//! the message the room's next sequence number and the server's clock, and
+//! hands it to every member's [`Subscriber`] before letting go: so every
+//! member sees the room in one total order. Handing over never blocks (a
+//! subscriber only queues), and a subscriber whose queue is full is dropped
+//! from the room on the spot: one stuck member never slows the others.
+mod room;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use log::debug;
+
+use crate::lock;
+use crate::proto::chat::message::Kind;
+use crate::proto::chat::Message;
+use room::{lock_room, MemberEntry, Room};
+
+/// Prefix of every reply on the seed's WebSocket endpoint.
+pub const WS_REPLY_PREFIX: &str = "Recebido: ";
+/// The room of a message that names none.
+pub const DEFAULT_ROOM: &str = "geral";
+/// Longest room or member name, in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// The seed's WebSocket reply to a text message: `Recebido: <msg>`.
+pub fn ws_reply_text(text: &str) -> String {
+    let mut reply = String::with_capacity(WS_REPLY_PREFIX.len() + text.len());
+    reply.push_str(WS_REPLY_PREFIX);
+    reply.push_str(text);
+    reply
+}
+
+/// The seed's gRPC reply to `SendMessage`: `Mensagem recebida: <text>`.
+pub fn grpc_reply(text: &str) -> String {
+    format!("Mensagem recebida: {text}")
+}
+
+/// A room name as given, or the default room; `Err` names what is wrong.
+pub fn room_name(room: &str) -> Result<&str, String> {
+    let room = room.trim();
+    match room {
+        "" => Ok(DEFAULT_ROOM),
+        r if r.len() > MAX_NAME => Err(format!("room name longer than {MAX_NAME} bytes")),
+        r => Ok(r),
+    }
+}
+
+/// A member name, checked like a room name (empty is allowed: an unseen listener).
+pub fn member_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.len() > MAX_NAME {
+        return Err(format!("name longer than {MAX_NAME} bytes"));
+    }
+    Ok(name)
+}
+
+/// A message as delivered: shared by every member of the room, with a slot
+/// where a transport caches its encoding so that fan-out encodes it once.
+pub struct Delivery {
+    pub message: Message,
+    encoded: OnceLock<Arc<[u8]>>,
+}
+
+impl Delivery {
+    fn new(message: Message) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            message,
+            encoded: OnceLock::new(),
+        })
+    }
+
+    /// The transport's encoding of the message, computed by the first caller.
+    pub fn encoded(&self, encode: impl FnOnce(&Message) -> Vec<u8>) -> Arc<[u8]> {
+        Arc::clone(self.encoded.get_or_init(|| encode(&self.message).into()))
+    }
+}
+
+/// Why a message was not queued for a member (or a frame for a peer).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is at its bound: the receiver is too slow.
+    Full,
+    /// The receiver is gone, or its connection is closing.
+    Closed,
+}
+
+/// Chat-level settings, shared by both transports.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// Messages queued for a slow member before it is dropped.
+    pub send_queue: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        crate::config::ServeConfig::default().chat
+    }
+}
+
+/// A member's way out: a bounded queue in front of a connection.
+pub trait Subscriber: Send + Sync {
+    /// Queues `delivery` without blocking.
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError>;
+    /// The hub dropped this subscriber because its queue was full. Called
+    /// once, under the room's lock: it must not block either.
+    fn evicted(&self);
+}
+
+/// Every room and its members.
+pub struct Hub {
+    config: ChatConfig,
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(config: ChatConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            config,
+            rooms: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Adds a member to `room` (created if need be) and announces it. The
+    /// member leaves when the returned [`Member`] is dropped.
+    pub fn join(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Member {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let room_arc = {
+            let mut rooms = lock(&self.rooms);
+            Arc::clone(rooms.entry(room.to_owned()).or_insert_with(|| {
+                Arc::new(Mutex::new(Room {
+                    name: room.to_owned(),
+                    seq: 0,
+                    members: Vec::new(),
+                    dropped: Vec::new(),
+                }))
+            }))
+        };
+        {
+            let mut room = lock_room(&room_arc);
+            room.members.push(MemberEntry {
+                id,
+                name: name.to_owned(),
+                subscriber,
+            });
+            if !name.is_empty() {
+                let mut own = Room::event(Kind::JOIN, name);
+                own.members = room.names();
+                room.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
+            }
+        }
+        debug!("room {room}: {name:?} joined");
+        Member {
+            hub: Arc::clone(self),
+            room: room_arc,
+            id,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Publishes `text` from `sender` to `room` if it has members; returns
+    /// the message's number in the room (0: nobody was there to hear it).
+    pub fn publish(&self, room: &str, sender: &str, text: &str) -> u64 {
+        let Some(room) = lock(&self.rooms).get(room).cloned() else {
+            return 0;
+        };
+        let mut room = lock_room(&room);
+        room.publish(Message {
+            sender: sender.to_owned(),
+            text: text.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// The names of the rooms that have members.
+    pub fn rooms(&self) -> Vec<String> {
+        lock(&self.rooms).keys().cloned().collect()
+    }
+
+    fn leave(&self, room_arc: &Arc<Mutex<Room>>, id: u64, name: &str) {
+        let mut room = lock_room(room_arc);
+        let before = room.members.len();
+        room.members.retain(|m| m.id != id);
+        if room.members.len() < before && !name.is_empty() {
+            room.publish(Room::event(Kind::LEAVE, name));
+        }
+        if room.members.is_empty() {
+            let mut rooms = lock(&self.rooms);
+            // Only if no one joined it again meanwhile (the map holds the only other reference).
+            if rooms
+                .get(&room.name)
+                .is_some_and(|r| Arc::ptr_eq(r, room_arc))
+            {
+                rooms.remove(&room.name);
+            }
+        }
+    }
+}
+
+/// A room membership; dropping it leaves the room.
+pub struct Member {
+    hub: Arc<Hub>,
+    room: Arc<Mutex<Room>>,
+    id: u64,
+    name: String,
+}
+
+impl Member {
+    /// Publishes `text` to the member's room under the member's name.
+    pub fn say(&self, text: &str) -> u64 {
+        let mut room = lock_room(&self.room);
+        if !room.members.iter().any(|m| m.id == self.id) {
+            return 0; // dropped for being slow: it no longer speaks here
+        }
+        room.publish(Message {
+            sender: self.name.clone(),
+            text: text.to_owned(),
+            ..Default::default()
+        })
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.hub.leave(&self.room, self.id, &self.name);
+    }
+}

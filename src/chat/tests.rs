@@ -1,0 +1,231 @@
+//! The chat core without sockets: order, fan-out, dropping slow members,
+//! and join/leave races.
+
+use super::*;
+use std::sync::atomic::AtomicBool;
+use std::thread;
+
+/// An in-memory subscriber with a bounded queue, as the transports have.
+struct Inbox {
+    capacity: usize,
+    messages: Mutex<Vec<Message>>,
+    evicted: AtomicBool,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            capacity,
+            messages: Mutex::new(Vec::new()),
+            evicted: AtomicBool::new(false),
+        })
+    }
+
+    fn texts(&self) -> Vec<String> {
+        lock(&self.messages)
+            .iter()
+            .filter(|m| m.kind.enum_value_or_default() == Kind::MESSAGE)
+            .map(|m| m.text.clone())
+            .collect()
+    }
+
+    fn seqs(&self) -> Vec<u64> {
+        lock(&self.messages).iter().map(|m| m.seq).collect()
+    }
+}
+
+impl Subscriber for Inbox {
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        let mut messages = lock(&self.messages);
+        if messages.len() >= self.capacity {
+            return Err(SendError::Full);
+        }
+        messages.push(delivery.message.clone());
+        Ok(())
+    }
+
+    fn evicted(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn seed_replies() {
+    assert_eq!(
+        ws_reply_text("Olá, WebSocket!"),
+        "Recebido: Olá, WebSocket!"
+    );
+    assert_eq!(ws_reply_text(""), "Recebido: ");
+    assert_eq!(grpc_reply("Olá, gRPC!"), "Mensagem recebida: Olá, gRPC!");
+}
+
+#[test]
+fn names_are_checked() {
+    assert_eq!(room_name(""), Ok("geral"));
+    assert_eq!(room_name(" sala "), Ok("sala"));
+    assert!(room_name(&"x".repeat(65)).is_err());
+    assert_eq!(member_name(""), Ok(""));
+    assert!(member_name(&"x".repeat(65)).is_err());
+}
+
+#[test]
+fn members_see_joins_messages_and_leaves_with_stamps() {
+    let hub = Hub::new(ChatConfig::default());
+    let ana = Inbox::new(100);
+    let a = hub.join("sala", "ana", ana.clone());
+    let bob = Inbox::new(100);
+    let b = hub.join("sala", "bob", bob.clone());
+    assert_eq!(a.say("oi"), 3);
+    drop(b);
+    let seen = lock(&ana.messages).clone();
+    let kinds: Vec<_> = seen
+        .iter()
+        .map(|m| m.kind.enum_value_or_default())
+        .collect();
+    assert_eq!(kinds, [Kind::JOIN, Kind::JOIN, Kind::MESSAGE, Kind::LEAVE]);
+    // Each member gets the list once, with its own JOIN; events name who.
+    assert_eq!(seen[0].members, ["ana"]);
+    assert_eq!((seen[1].sender.as_str(), seen[1].members.len()), ("bob", 0));
+    assert_eq!((seen[3].sender.as_str(), seen[3].members.len()), ("bob", 0));
+    assert_eq!(lock(&bob.messages)[0].members, ["ana", "bob"]);
+    assert_eq!(
+        (
+            seen[2].sender.as_str(),
+            seen[2].text.as_str(),
+            seen[2].room.as_str()
+        ),
+        ("ana", "oi", "sala")
+    );
+    assert_eq!(ana.seqs(), [1, 2, 3, 4]);
+    assert!(seen.iter().all(|m| m.timestamp_ms > 1_600_000_000_000));
+    // Bob saw the room from his join on, numbered as everyone else saw it.
+    assert_eq!(bob.seqs(), [2, 3]);
+    drop(a);
+    assert!(hub.rooms().is_empty(), "an empty room is removed");
+    assert_eq!(hub.publish("sala", "x", "nobody hears"), 0);
+}
+
+#[test]
+fn concurrent_senders_are_seen_in_one_order_by_everyone() {
+    let hub = Hub::new(ChatConfig::default());
+    let inboxes: Vec<_> = (0..4).map(|_| Inbox::new(10_000)).collect();
+    let members: Vec<_> = inboxes
+        .iter()
+        .enumerate()
+        .map(|(i, inbox)| hub.join("r", &format!("m{i}"), inbox.clone()))
+        .collect();
+    thread::scope(|s| {
+        for (i, member) in members.iter().enumerate() {
+            s.spawn(move || {
+                for n in 0..500 {
+                    member.say(&format!("{i}:{n}"));
+                }
+            });
+        }
+    });
+    let reference = inboxes[0].texts();
+    assert_eq!(reference.len(), 2000);
+    for inbox in &inboxes {
+        assert_eq!(inbox.texts(), reference, "every member sees the same order");
+        let seqs = inbox.seqs();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "gapless numbering"
+        );
+    }
+    // Each sender's own messages keep their order.
+    for i in 0..4 {
+        let mine: Vec<_> = reference
+            .iter()
+            .filter(|t| t.starts_with(&format!("{i}:")))
+            .cloned()
+            .collect();
+        let expected: Vec<_> = (0..500).map(|n| format!("{i}:{n}")).collect();
+        assert_eq!(mine, expected);
+    }
+}
+
+#[test]
+fn a_room_of_n_costs_linear_bytes_to_fill() {
+    let hub = Hub::new(ChatConfig::default());
+    let first = Inbox::new(10_000);
+    let _members: Vec<_> = std::iter::once(hub.join("big", "m0", first.clone()))
+        .chain((1..300).map(|i| hub.join("big", &format!("m{i}"), Inbox::new(10_000))))
+        .collect();
+    let listed: usize = lock(&first.messages).iter().map(|m| m.members.len()).sum();
+    assert_eq!(listed, 1, "only its own JOIN lists members");
+}
+
+#[test]
+fn fans_out_to_a_thousand_subscribers() {
+    let hub = Hub::new(ChatConfig::default());
+    let inboxes: Vec<_> = (0..1000).map(|_| Inbox::new(2000)).collect();
+    let _members: Vec<_> = inboxes
+        .iter()
+        .map(|i| hub.join("big", "", i.clone()))
+        .collect();
+    for n in 0..10 {
+        hub.publish("big", "svc", &format!("m{n}"));
+    }
+    let expected: Vec<_> = (0..10).map(|n| format!("m{n}")).collect();
+    assert!(inboxes.iter().all(|i| i.texts() == expected));
+}
+
+#[test]
+fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
+    let hub = Hub::new(ChatConfig::default());
+    let stuck = Inbox::new(3);
+    let fine = Inbox::new(1000);
+    let _s = hub.join("r", "stuck", stuck.clone());
+    let _f = hub.join("r", "fine", fine.clone());
+    for n in 0..50 {
+        hub.publish("r", "svc", &n.to_string());
+    }
+    assert!(stuck.evicted.load(Ordering::SeqCst));
+    let expected: Vec<_> = (0..50).map(|n| n.to_string()).collect();
+    assert_eq!(fine.texts(), expected);
+    let leave = lock(&fine.messages)
+        .iter()
+        .find(|m| m.kind.enum_value_or_default() == Kind::LEAVE)
+        .cloned()
+        .expect("the drop is announced");
+    assert_eq!(leave.sender, "stuck");
+    let seqs = fine.seqs();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    // A dropped member no longer speaks in the room.
+    assert_eq!(_s.say("still here?"), 0);
+}
+
+#[test]
+fn join_and_leave_races_leave_no_ghosts() {
+    let hub = Hub::new(ChatConfig::default());
+    let watcher = Inbox::new(1_000_000);
+    let _w = hub.join("r", "watcher", watcher.clone());
+    thread::scope(|s| {
+        for t in 0..4 {
+            let hub = &hub;
+            s.spawn(move || {
+                for n in 0..200 {
+                    let m = hub.join("r", &format!("t{t}-{n}"), Inbox::new(10_000));
+                    m.say("hi");
+                    drop(m);
+                    // Rooms come and go too.
+                    drop(hub.join(&format!("tmp{t}"), "x", Inbox::new(10)));
+                }
+            });
+        }
+    });
+    // Replaying the events from the watcher's snapshot leaves only it.
+    let mut present: Vec<String> = Vec::new();
+    for m in lock(&watcher.messages).iter() {
+        match m.kind.enum_value_or_default() {
+            Kind::JOIN if !m.members.is_empty() => present = m.members.clone(),
+            Kind::JOIN => present.push(m.sender.clone()),
+            Kind::LEAVE => present.retain(|n| *n != m.sender),
+            Kind::MESSAGE => {}
+        }
+    }
+    assert_eq!(present, ["watcher"]);
+    assert_eq!(hub.rooms(), ["r"]);
+    assert!(watcher.seqs().windows(2).all(|w| w[1] == w[0] + 1));
+}

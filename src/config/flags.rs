@@ -1,0 +1,344 @@
+//! papo's commands and flags: each flag's name, default and help, written
+//! once, and the typed configurations they resolve to.
+
+use std::time::Duration;
+
+use super::{parse, CliError, Command, Flag, Values};
+use crate::chat::ChatConfig;
+use crate::client::{ChatClientConfig, GrpcClientConfig, Via, WsClientConfig};
+use crate::grpc::GrpcConfig;
+use crate::ws::WsConfig;
+
+// `papo serve`
+
+pub const WS_ADDR: Flag = Flag::value(
+    "ws-addr",
+    "ADDR",
+    "127.0.0.1:8080",
+    "WebSocket listen address (0.0.0.0:8080: all interfaces; port 0 picks one)",
+);
+pub const GRPC_ADDR: Flag = Flag::value(
+    "grpc-addr",
+    "ADDR",
+    "127.0.0.1:50051",
+    "gRPC listen address (0.0.0.0:50051: all interfaces; port 0 picks one)",
+);
+pub const NO_WS: Flag = Flag::switch("no-ws", "Do not run the WebSocket server");
+pub const NO_GRPC: Flag = Flag::switch("no-grpc", "Do not run the gRPC server");
+pub const MAX_CONNECTIONS: Flag = Flag::value(
+    "max-connections",
+    "N",
+    "10000",
+    "WebSocket connections served at once; one more is answered 503",
+);
+pub const MAX_MESSAGE_SIZE: Flag = Flag::value(
+    "max-message-size",
+    "SIZE",
+    "4MiB",
+    "Largest message, both protocols (WebSocket close 1009, gRPC RESOURCE_EXHAUSTED)",
+);
+pub const HANDSHAKE_TIMEOUT: Flag = Flag::value(
+    "handshake-timeout",
+    "DURATION",
+    "5s",
+    "Time a new WebSocket connection has to send its whole request head",
+);
+pub const PING_INTERVAL: Flag = Flag::value(
+    "ping-interval",
+    "DURATION",
+    "30s",
+    "Ping a WebSocket peer after this long without hearing from it (0: never)",
+);
+pub const PONG_TIMEOUT: Flag = Flag::value(
+    "pong-timeout",
+    "DURATION",
+    "10s",
+    "Drop a WebSocket peer that stays silent this long after a ping",
+);
+pub const WRITE_TIMEOUT: Flag = Flag::value(
+    "write-timeout",
+    "DURATION",
+    "10s",
+    "Drop a WebSocket peer that accepts no data for this long (0: never)",
+);
+pub const STACK_SIZE: Flag = Flag::value(
+    "stack-size",
+    "SIZE",
+    "64KiB",
+    "Stack size of each WebSocket connection thread",
+);
+pub const SEND_QUEUE: Flag = Flag::value(
+    "send-queue",
+    "N",
+    "256",
+    "Messages queued for a slow peer or stream before it is dropped (1008 / RESOURCE_EXHAUSTED)",
+);
+pub const LISTEN_BACKLOG: Flag = Flag::value(
+    "listen-backlog",
+    "N",
+    "4096",
+    "Connections the kernel queues for the WebSocket accept loop",
+);
+pub const ALLOWED_ORIGIN: Flag = Flag::list(
+    "allowed-origin",
+    "ORIGIN",
+    "Browser origin allowed besides the server's own host ('*': any)",
+);
+pub const GRPC_THREADS: Flag = Flag::value(
+    "grpc-threads",
+    "N",
+    "0",
+    "gRPC completion-queue threads (0: half the CPU cores, at least one)",
+);
+pub const GRPC_MAX_STREAMS: Flag = Flag::value(
+    "grpc-max-streams",
+    "N",
+    "100",
+    "Concurrent gRPC calls per client connection",
+);
+pub const GRPC_KEEPALIVE_TIME: Flag = Flag::value(
+    "grpc-keepalive-time",
+    "DURATION",
+    "60s",
+    "Ping a gRPC client connection after this long without activity",
+);
+pub const GRPC_KEEPALIVE_TIMEOUT: Flag = Flag::value(
+    "grpc-keepalive-timeout",
+    "DURATION",
+    "20s",
+    "Close a gRPC client connection whose ping is not answered in time",
+);
+pub const DRAIN_TIMEOUT: Flag = Flag::value(
+    "drain-timeout",
+    "DURATION",
+    "5s",
+    "On SIGINT/SIGTERM, how long in-flight gRPC calls and closing WebSocket peers may take",
+);
+
+pub const SERVE: Command = Command {
+    name: "serve",
+    about: "Run the WebSocket and gRPC servers in one process, each on its own threads.",
+    flags: &[
+        &WS_ADDR,
+        &GRPC_ADDR,
+        &NO_WS,
+        &NO_GRPC,
+        &MAX_CONNECTIONS,
+        &MAX_MESSAGE_SIZE,
+        &HANDSHAKE_TIMEOUT,
+        &PING_INTERVAL,
+        &PONG_TIMEOUT,
+        &WRITE_TIMEOUT,
+        &STACK_SIZE,
+        &SEND_QUEUE,
+        &LISTEN_BACKLOG,
+        &ALLOWED_ORIGIN,
+        &GRPC_THREADS,
+        &GRPC_MAX_STREAMS,
+        &GRPC_KEEPALIVE_TIME,
+        &GRPC_KEEPALIVE_TIMEOUT,
+        &DRAIN_TIMEOUT,
+    ],
+};
+
+// The clients
+
+pub const WS_CLIENT_URL: Flag = Flag::value("url", "URL", "ws://127.0.0.1:8080/ws", "Server URL");
+pub const COUNT: Flag = Flag::value("count", "N", "5", "Messages to send");
+pub const INTERVAL: Flag = Flag::value("interval", "DURATION", "1s", "Pause between messages");
+
+pub const WS_CLIENT: Command = Command {
+    name: "ws-client",
+    about: "The seed's WebSocket client: send 'Mensagem 1'..'Mensagem N', print each reply.",
+    flags: &[&WS_CLIENT_URL, &COUNT, &INTERVAL],
+};
+
+pub const GRPC_SERVER: Flag = Flag::value("addr", "ADDR", "127.0.0.1:50051", "Server address");
+pub const SENDER: Flag = Flag::value("sender", "NAME", "Alice", "Message sender");
+pub const TEXT: Flag = Flag::value("text", "TEXT", "Olá, gRPC!", "Message text");
+pub const ROOM_TOO: Flag = Flag::value(
+    "room",
+    "ROOM",
+    "geral",
+    "Chat room the message is also published to",
+);
+pub const TIMEOUT: Flag = Flag::value("timeout", "DURATION", "5s", "Deadline of the call");
+
+pub const GRPC_CLIENT: Command = Command {
+    name: "grpc-client",
+    about: "The seed's gRPC client: call ChatService.SendMessage once, print the reply.",
+    flags: &[&GRPC_SERVER, &SENDER, &TEXT, &ROOM_TOO, &TIMEOUT],
+};
+
+pub const ROOM: Flag = Flag::value("room", "ROOM", "geral", "Room to join");
+pub const NAME: Flag = Flag::value("name", "NAME", "terminal", "Your name in the room");
+pub const VIA: Flag = Flag::value(
+    "via",
+    "PROTOCOL",
+    "grpc",
+    "grpc (ChatService.Chat) or ws (/chat)",
+);
+pub const CHAT_GRPC_ADDR: Flag = Flag::value(
+    "addr",
+    "ADDR",
+    "127.0.0.1:50051",
+    "gRPC server address (--via grpc)",
+);
+pub const CHAT_URL: Flag = Flag::value(
+    "url",
+    "URL",
+    "ws://127.0.0.1:8080/chat",
+    "WebSocket chat URL (--via ws)",
+);
+
+pub const CHAT: Command = Command {
+    name: "chat",
+    about: "Join a chat room from the terminal: typed lines are sent, the room's messages printed.",
+    flags: &[&ROOM, &NAME, &VIA, &CHAT_GRPC_ADDR, &CHAT_URL],
+};
+
+/// The library's commands, in the order `papo --help` lists them.
+pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT];
+
+/// `papo serve`, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub ws_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub ws: WsConfig,
+    pub grpc: GrpcConfig,
+    pub chat: ChatConfig,
+    /// How long shutdown waits for in-flight gRPC calls and closing peers.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    /// `papo serve` with no flags and no environment: the defaults above.
+    fn default() -> Self {
+        parse(&SERVE, &[], |_| None)
+            .and_then(|v| ServeConfig::from_values(&v))
+            .unwrap_or_else(|e| unreachable!("papo serve's defaults are valid: {e}"))
+    }
+}
+
+impl ServeConfig {
+    pub fn from_values(v: &Values) -> Result<ServeConfig, CliError> {
+        let max_message_size = v.size(&MAX_MESSAGE_SIZE)?;
+        let ws = WsConfig {
+            max_connections: v.parsed(&MAX_CONNECTIONS)?,
+            max_message_size,
+            handshake_timeout: v.duration(&HANDSHAKE_TIMEOUT)?,
+            ping_interval: v.duration(&PING_INTERVAL)?,
+            pong_timeout: v.duration(&PONG_TIMEOUT)?,
+            write_timeout: v.duration(&WRITE_TIMEOUT)?,
+            stack_size: v.size(&STACK_SIZE)?,
+            allowed_origins: v.list(&ALLOWED_ORIGIN)?,
+            listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
+        };
+        let grpc = GrpcConfig {
+            threads: v.parsed(&GRPC_THREADS)?,
+            max_message_size,
+            max_streams: v.parsed(&GRPC_MAX_STREAMS)?,
+            keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
+            keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,
+        };
+        let chat = ChatConfig {
+            send_queue: v.parsed(&SEND_QUEUE)?,
+        };
+        let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {
+            Ok(match v.switch(off)? {
+                true => None,
+                false => Some(v.string(addr)?),
+            })
+        };
+        let config = ServeConfig {
+            ws_addr: unless(&NO_WS, &WS_ADDR)?,
+            grpc_addr: unless(&NO_GRPC, &GRPC_ADDR)?,
+            ws,
+            grpc,
+            chat,
+            drain_timeout: v.duration(&DRAIN_TIMEOUT)?,
+        };
+        if config.ws_addr.is_none() && config.grpc_addr.is_none() {
+            return Err(CliError::Usage(
+                "nothing to serve: both --no-ws and --no-grpc given".into(),
+            )
+            .in_command(SERVE.name));
+        }
+        Ok(config)
+    }
+}
+
+impl WsClientConfig {
+    pub fn from_values(v: &Values) -> Result<WsClientConfig, CliError> {
+        Ok(WsClientConfig {
+            url: v.string(&WS_CLIENT_URL)?,
+            count: v.parsed(&COUNT)?,
+            interval: v.duration(&INTERVAL)?,
+        })
+    }
+}
+
+impl GrpcClientConfig {
+    pub fn from_values(v: &Values) -> Result<GrpcClientConfig, CliError> {
+        Ok(GrpcClientConfig {
+            addr: v.string(&GRPC_SERVER)?,
+            sender: v.string(&SENDER)?,
+            text: v.string(&TEXT)?,
+            room: v.string(&ROOM_TOO)?,
+            timeout: v.duration(&TIMEOUT)?,
+        })
+    }
+}
+
+impl ChatClientConfig {
+    pub fn from_values(v: &Values) -> Result<ChatClientConfig, CliError> {
+        Ok(ChatClientConfig {
+            room: v.string(&ROOM)?,
+            name: v.string(&NAME)?,
+            via: v.parsed::<Via>(&VIA)?,
+            addr: v.string(&CHAT_GRPC_ADDR)?,
+            url: v.string(&CHAT_URL)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_resolves_from_its_defaults() {
+        let defaults = |cmd: &Command| parse(cmd, &[], |_| None).unwrap();
+        let serve = ServeConfig::from_values(&defaults(&SERVE)).unwrap();
+        assert_eq!(serve.ws.max_message_size, 4 << 20);
+        assert_eq!(serve.grpc.max_message_size, 4 << 20);
+        assert_eq!(serve.ws_addr.as_deref(), Some("127.0.0.1:8080"));
+        WsClientConfig::from_values(&defaults(&WS_CLIENT)).unwrap();
+        GrpcClientConfig::from_values(&defaults(&GRPC_CLIENT)).unwrap();
+        let chat = ChatClientConfig::from_values(&defaults(&CHAT)).unwrap();
+        assert_eq!(chat.via, Via::Grpc);
+    }
+
+    #[test]
+    fn flag_names_are_unique_within_a_command() {
+        for cmd in COMMANDS {
+            let mut names: Vec<_> = cmd.flags.iter().map(|f| f.name).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), cmd.flags.len(), "papo {}", cmd.name);
+        }
+    }
+
+    #[test]
+    fn via_is_grpc_or_ws_only() {
+        let args = |via: &str| vec!["--via".to_owned(), via.to_owned()];
+        let v = parse(&CHAT, &args("ws"), |_| None).unwrap();
+        assert_eq!(ChatClientConfig::from_values(&v).unwrap().via, Via::Ws);
+        let v = parse(&CHAT, &args("smoke"), |_| None).unwrap();
+        assert!(matches!(
+            ChatClientConfig::from_values(&v),
+            Err(CliError::Usage(m)) if m.contains("--via")
+        ));
+    }
+}

@@ -1,0 +1,451 @@
+//! Command-line and environment configuration.
+//!
+//! Every flag `--some-flag` has an environment twin `PAPO_SOME_FLAG`; a flag on
+//! the command line wins over the environment, which wins over the default.
+//! The parser is small and table-driven: each flag is one constant holding
+//! its name, value placeholder, default and help (`flags`), code reads a
+//! value through that constant (a misspelt flag does not compile), and
+//! `--help` is generated from the same table that parses.
+
+mod flags;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use flags::*;
+
+/// One flag of a subcommand.
+#[derive(Debug)]
+pub struct Flag {
+    pub name: &'static str,
+    /// Placeholder for the value (`ADDR`, `SIZE`…); `None` makes it a switch.
+    pub value: Option<&'static str>,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// May be given more than once; the values are joined with commas.
+    pub repeat: bool,
+}
+
+impl Flag {
+    /// A flag that takes a value, with its default.
+    pub const fn value(
+        name: &'static str,
+        value: &'static str,
+        default: &'static str,
+        help: &'static str,
+    ) -> Flag {
+        Flag {
+            name,
+            value: Some(value),
+            default: Some(default),
+            help,
+            repeat: false,
+        }
+    }
+
+    /// An on/off flag, off by default.
+    pub const fn switch(name: &'static str, help: &'static str) -> Flag {
+        Flag {
+            name,
+            value: None,
+            default: None,
+            help,
+            repeat: false,
+        }
+    }
+
+    /// A repeatable flag collecting a comma-separated list, empty by default.
+    pub const fn list(name: &'static str, value: &'static str, help: &'static str) -> Flag {
+        Flag {
+            name,
+            value: Some(value),
+            default: None,
+            help,
+            repeat: true,
+        }
+    }
+}
+
+/// A subcommand: its name, one-line summary and flags.
+pub struct Command {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub flags: &'static [&'static Flag],
+}
+
+/// Why parsing stopped: the user asked for help, or got something wrong.
+#[derive(Debug, PartialEq)]
+pub enum CliError {
+    Help(String),
+    Usage(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Help(text) | CliError::Usage(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The environment variable twin of a flag: `ws-addr` -> `PAPO_WS_ADDR`.
+pub fn env_name(flag: &str) -> String {
+    format!("PAPO_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Resolved flag values of one subcommand, as strings until asked for a type.
+#[derive(Debug)]
+pub struct Values {
+    command: &'static str,
+    /// The command's flags: asking for another one is a bug, reported as such.
+    flags: &'static [&'static Flag],
+    values: HashMap<&'static str, String>,
+}
+
+impl Values {
+    fn raw(&self, flag: &Flag) -> Result<Option<&str>, CliError> {
+        if !self.flags.iter().any(|f| f.name == flag.name) {
+            return Err(CliError::Usage(format!(
+                "internal error: --{} is not a flag of 'papo {}'",
+                flag.name, self.command
+            )));
+        }
+        Ok(self.values.get(flag.name).map(String::as_str))
+    }
+
+    /// The value of a flag that has a default, or was given.
+    fn given(&self, flag: &Flag) -> Result<&str, CliError> {
+        Ok(self.raw(flag)?.unwrap_or_default())
+    }
+
+    fn invalid(&self, flag: &Flag, value: &str, why: impl fmt::Display) -> CliError {
+        CliError::Usage(format!(
+            "invalid value '{value}' for --{} ({}): {why}",
+            flag.name,
+            env_name(flag.name)
+        ))
+        .in_command(self.command)
+    }
+
+    pub fn string(&self, flag: &Flag) -> Result<String, CliError> {
+        self.given(flag).map(str::to_owned)
+    }
+
+    pub fn switch(&self, flag: &Flag) -> Result<bool, CliError> {
+        Ok(self.raw(flag)?.is_some())
+    }
+
+    /// A repeatable flag's values, split on commas, empty items dropped.
+    pub fn list(&self, flag: &Flag) -> Result<Vec<String>, CliError> {
+        Ok(self
+            .given(flag)?
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    pub fn parsed<T: std::str::FromStr>(&self, flag: &Flag) -> Result<T, CliError>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.given(flag)?;
+        raw.parse().map_err(|e| self.invalid(flag, raw, e))
+    }
+
+    pub fn size(&self, flag: &Flag) -> Result<usize, CliError> {
+        let raw = self.given(flag)?;
+        parse_size(raw).map_err(|e| self.invalid(flag, raw, e))
+    }
+
+    pub fn duration(&self, flag: &Flag) -> Result<Duration, CliError> {
+        let raw = self.given(flag)?;
+        parse_duration(raw).map_err(|e| self.invalid(flag, raw, e))
+    }
+}
+
+impl CliError {
+    /// A usage error, with where to find the command's usage.
+    pub fn in_command(self, command: &str) -> CliError {
+        match self {
+            CliError::Usage(msg) => {
+                CliError::Usage(format!("{msg}\nRun 'papo {command} --help' for usage."))
+            }
+            help => help,
+        }
+    }
+}
+
+/// Parses `args` (after the subcommand name) against `cmd`'s flags, filling
+/// the gaps from the environment (`env`) and then from the defaults.
+pub fn parse(
+    cmd: &Command,
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Values, CliError> {
+    let usage = |msg: String| CliError::Usage(msg).in_command(cmd.name);
+    let mut values = HashMap::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "-h" || arg == "--help" {
+            return Err(CliError::Help(help(cmd)));
+        }
+        let Some(body) = arg.strip_prefix("--") else {
+            return Err(usage(format!("unexpected argument '{arg}'")));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_owned())),
+            None => (body, None),
+        };
+        let Some(flag) = cmd.flags.iter().find(|f| f.name == name) else {
+            return Err(usage(format!("unknown flag '--{name}'")));
+        };
+        let value = match (flag.value, inline) {
+            (None, None) => String::new(),
+            (None, Some(_)) => return Err(usage(format!("--{name} takes no value"))),
+            (Some(_), Some(value)) => value,
+            (Some(_), None) => match rest.next() {
+                Some(value) => value.clone(),
+                None => return Err(usage(format!("--{name} needs a value"))),
+            },
+        };
+        match values.get_mut(flag.name) {
+            Some(list) if flag.repeat => {
+                let list: &mut String = list;
+                list.push(',');
+                list.push_str(&value);
+            }
+            _ => {
+                values.insert(flag.name, value);
+            }
+        }
+    }
+    for flag in cmd.flags {
+        if values.contains_key(flag.name) {
+            continue;
+        }
+        let var = env_name(flag.name);
+        let from_env = env(&var).filter(|v| !v.is_empty());
+        match (flag.value, from_env) {
+            (None, Some(v)) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => {
+                    values.insert(flag.name, String::new());
+                }
+                "0" | "false" | "no" | "off" => {}
+                _ => return Err(usage(format!("{var}={v}: expected true or false"))),
+            },
+            (Some(_), Some(v)) => {
+                values.insert(flag.name, v);
+            }
+            (_, None) => {
+                if let Some(default) = flag.default {
+                    values.insert(flag.name, default.to_owned());
+                }
+            }
+        }
+    }
+    Ok(Values {
+        command: cmd.name,
+        flags: cmd.flags,
+        values,
+    })
+}
+
+/// The `--help` text of a subcommand, generated from its flag table.
+pub fn help(cmd: &Command) -> String {
+    let mut out = format!(
+        "{}\n\nUsage: papo {} [FLAGS]\n\nFlags:\n",
+        cmd.about, cmd.name
+    );
+    for flag in cmd.flags {
+        let left = match flag.value {
+            Some(v) => format!("--{} {v}", flag.name),
+            None => format!("--{}", flag.name),
+        };
+        out.push_str(&format!("  {left:<28} {}\n", flag.help));
+        let mut detail = format!("env {}", env_name(flag.name));
+        if flag.repeat {
+            detail.push_str(", repeatable, comma-separated in the env");
+        }
+        if let Some(default) = flag.default {
+            detail.push_str(&format!(", default {default}"));
+        }
+        out.push_str(&format!("  {:<28} [{detail}]\n", ""));
+    }
+    out.push_str(&format!("  {:<28} Print this help\n", "-h, --help"));
+    out
+}
+
+/// Parses a byte size: `4096`, `64KiB`, `4MiB`, `1GiB` (also `K`, `M`, `G`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| "expected a size like 4096, 64KiB or 4MiB".to_owned())?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| "size too large".to_owned())
+}
+
+/// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "expected a duration like 500ms, 5s or 2m".to_owned())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| "duration too large".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: Flag = Flag::value("ws-addr", "ADDR", "127.0.0.1:8080", "Where to listen");
+    const NO_WS: Flag = Flag::switch("no-ws", "Do not listen");
+    const COUNT: Flag = Flag::value("count", "N", "5", "How many");
+    const ORIGIN: Flag = Flag::list("origin", "ORIGIN", "Allowed origins");
+    const DEMO: Command = Command {
+        name: "demo",
+        about: "A demo command.",
+        flags: &[&ADDR, &NO_WS, &COUNT, &ORIGIN],
+    };
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_then_env_then_flags() {
+        let v = parse(&DEMO, &[], no_env).unwrap();
+        assert_eq!(v.string(&ADDR).unwrap(), "127.0.0.1:8080");
+        assert!(!v.switch(&NO_WS).unwrap());
+
+        let env = |k: &str| match k {
+            "PAPO_WS_ADDR" => Some("0.0.0.0:1".to_owned()),
+            "PAPO_NO_WS" => Some("true".to_owned()),
+            _ => None,
+        };
+        let v = parse(&DEMO, &[], env).unwrap();
+        assert_eq!(v.string(&ADDR).unwrap(), "0.0.0.0:1");
+        assert!(v.switch(&NO_WS).unwrap());
+
+        let v = parse(&DEMO, &args(&["--ws-addr", "[::1]:2", "--count=7"]), env).unwrap();
+        assert_eq!(v.string(&ADDR).unwrap(), "[::1]:2");
+        assert_eq!(v.parsed::<u32>(&COUNT).unwrap(), 7);
+    }
+
+    #[test]
+    fn repeatable_flags_collect_lists() {
+        assert!(parse(&DEMO, &[], no_env)
+            .unwrap()
+            .list(&ORIGIN)
+            .unwrap()
+            .is_empty());
+        let v = parse(&DEMO, &args(&["--origin", "a", "--origin=b,c"]), no_env).unwrap();
+        assert_eq!(v.list(&ORIGIN).unwrap(), ["a", "b", "c"]);
+        let env = |k: &str| (k == "PAPO_ORIGIN").then(|| "x, y".to_owned());
+        assert_eq!(
+            parse(&DEMO, &[], env).unwrap().list(&ORIGIN).unwrap(),
+            ["x", "y"]
+        );
+        // A single-valued flag given twice keeps the last value.
+        let v = parse(&DEMO, &args(&["--count", "1", "--count", "2"]), no_env).unwrap();
+        assert_eq!(v.parsed::<u32>(&COUNT).unwrap(), 2);
+    }
+
+    #[test]
+    fn usage_errors_name_the_flag_and_its_env_twin() {
+        let err = parse(&DEMO, &args(&["--count", "many"]), no_env)
+            .unwrap()
+            .parsed::<u32>(&COUNT)
+            .unwrap_err();
+        let CliError::Usage(msg) = err else {
+            panic!("expected a usage error")
+        };
+        assert!(
+            msg.contains("--count") && msg.contains("PAPO_COUNT"),
+            "{msg}"
+        );
+
+        for bad in [&["--nope"][..], &["--ws-addr"], &["stray"], &["--no-ws=1"]] {
+            assert!(matches!(
+                parse(&DEMO, &args(bad), no_env),
+                Err(CliError::Usage(_))
+            ));
+        }
+        let env = |_: &str| Some("maybe".to_owned());
+        assert!(matches!(parse(&DEMO, &[], env), Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn a_flag_of_another_command_is_an_error_not_a_default() {
+        const OTHER: Flag = Flag::value("other", "N", "1", "Not a flag of DEMO");
+        let v = parse(&DEMO, &[], no_env).unwrap();
+        assert!(matches!(v.parsed::<u32>(&OTHER), Err(CliError::Usage(_))));
+        assert!(v.switch(&OTHER).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_env_and_default() {
+        let Err(CliError::Help(text)) = parse(&DEMO, &args(&["--help"]), no_env) else {
+            panic!("expected help")
+        };
+        for needle in [
+            "--ws-addr ADDR",
+            "PAPO_WS_ADDR",
+            "default 127.0.0.1:8080",
+            "--no-ws",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! `ChatService`: the seed's unary `SendMessage`, and the `Chat` and
+//! `Subscribe` streams through which services are members of chat rooms.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::future::{select, Either};
+use futures_util::{Sink, SinkExt, StreamExt};
+use grpcio::{
+    DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink,
+    UnarySink, WriteFlags,
+};
+use log::debug;
+
+use super::finish;
+use crate::chat::{self, Delivery, Hub, Member, SendError, Subscriber};
+use crate::metrics::Metrics;
+use crate::proto::chat::{Message, Response, SubscribeRequest};
+use crate::proto::chat_grpc::ChatService;
+use crate::queue;
+
+/// `ChatService`: the seed's `SendMessage`, and the chat's streams.
+#[derive(Clone)]
+pub struct ChatServer {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
+struct GrpcMember {
+    tx: queue::Sender<Message>,
+    evicted: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscriber for GrpcMember {
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        let message = delivery.message.clone();
+        let len = message.text.len();
+        self.tx.try_send(message)?;
+        self.metrics.grpc.sent(len);
+        Ok(())
+    }
+
+    fn evicted(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.tx.close();
+    }
+}
+
+impl GrpcMember {
+    /// How the stream ends once its queue is closed and drained.
+    fn end_status(&self) -> RpcStatus {
+        if self.evicted.load(Ordering::Acquire) {
+            RpcStatus::with_message(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "too slow: outbound queue full".into(),
+            )
+        } else {
+            RpcStatus::ok()
+        }
+    }
+}
+
+/// The room and member name a stream asks for, checked.
+fn membership(room: &str, name: &str) -> Result<(String, String), RpcStatus> {
+    let room = chat::room_name(room)
+        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
+    let name = chat::member_name(name)
+        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
+    Ok((room.to_owned(), name.to_owned()))
+}
+
+impl ChatServer {
+    fn member(
+        &self,
+        room: &str,
+        name: &str,
+    ) -> (Member, Arc<GrpcMember>, queue::Receiver<Message>) {
+        let (tx, rx) = queue::bounded(self.hub.config().send_queue);
+        let subscriber = Arc::new(GrpcMember {
+            tx,
+            evicted: AtomicBool::new(false),
+            metrics: Arc::clone(&self.metrics),
+        });
+        let member = self
+            .hub
+            .join(room, name, Arc::clone(&subscriber) as Arc<dyn Subscriber>);
+        (member, subscriber, rx)
+    }
+}
+
+impl ChatService for ChatServer {
+    fn send_message(&mut self, ctx: RpcContext, msg: Message, sink: UnarySink<Response>) {
+        debug!(
+            "grpc SendMessage from {:?}, {} bytes",
+            msg.sender,
+            msg.text.len()
+        );
+        self.metrics.grpc.received(msg.text.len());
+        let reply = membership(&msg.room, &msg.sender).map(|(room, sender)| {
+            self.hub.publish(&room, &sender, &msg.text);
+            let reply = chat::grpc_reply(&msg.text);
+            self.metrics.grpc.sent(reply.len());
+            Response {
+                reply,
+                ..Default::default()
+            }
+        });
+        finish(&ctx, sink, reply, &self.metrics);
+    }
+
+    fn chat(
+        &mut self,
+        ctx: RpcContext,
+        mut stream: RequestStream<Message>,
+        sink: DuplexSink<Message>,
+    ) {
+        let server = self.clone();
+        ctx.spawn(async move {
+            let metrics = Arc::clone(&server.metrics);
+            // The first message says who and where.
+            let first = match stream.next().await {
+                Some(Ok(first)) => first,
+                _ => return metrics.grpc_call(RpcStatusCode::CANCELLED.into()),
+            };
+            let (room, name) = match membership(&first.room, &first.sender) {
+                Ok(who) => who,
+                Err(status) => {
+                    let code = status.code();
+                    let _ = sink.fail(status).await;
+                    return metrics.grpc_call(code.into());
+                }
+            };
+            let (member, subscriber, rx) = server.member(&room, &name);
+            let closer = subscriber.tx.clone();
+            let listening = async move {
+                let mut incoming = Some(first);
+                while let Some(message) = incoming.take() {
+                    if !message.text.is_empty() {
+                        server.metrics.grpc.received(message.text.len());
+                        member.say(&message.text);
+                    }
+                    incoming = stream.next().await.and_then(Result::ok);
+                }
+                // The client is done talking: it leaves, and its stream ends.
+                drop(member);
+                closer.close();
+            };
+            let code = stream_out(sink, rx, &subscriber, listening).await;
+            metrics.grpc_call(code.into());
+        });
+    }
+
+    fn subscribe(
+        &mut self,
+        ctx: RpcContext,
+        req: SubscribeRequest,
+        sink: ServerStreamingSink<Message>,
+    ) {
+        let (room, name) = match membership(&req.room, &req.name) {
+            Ok(who) => who,
+            Err(status) => {
+                let metrics = Arc::clone(&self.metrics);
+                let code = status.code();
+                return ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                    metrics.grpc_call(code.into());
+                });
+            }
+        };
+        let (member, subscriber, rx) = self.member(&room, &name);
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let code = stream_out(sink, rx, &subscriber, std::future::pending()).await;
+            drop(member);
+            metrics.grpc_call(code.into());
+        });
+    }
+}
+
+/// A streaming sink papo feeds: grpcio's server-streaming and duplex sinks.
+trait OutSink: Sink<(Message, WriteFlags), Error = grpcio::Error> + Unpin {
+    fn end(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>>;
+}
+
+impl OutSink for ServerStreamingSink<Message> {
+    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
+        match status.code() {
+            RpcStatusCode::OK => self.close().await,
+            _ => self.fail(status).await,
+        }
+    }
+}
+
+impl OutSink for DuplexSink<Message> {
+    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
+        match status.code() {
+            RpcStatusCode::OK => self.close().await,
+            _ => self.fail(status).await,
+        }
+    }
+}
+
+/// Streams a member's queue out until it is closed (the member left or was
+/// dropped) or the client goes away, running `listening` alongside; then
+/// ends the call with the right status, which it returns.
+async fn stream_out(
+    mut sink: impl OutSink,
+    rx: queue::Receiver<Message>,
+    subscriber: &GrpcMember,
+    listening: impl Future<Output = ()>,
+) -> RpcStatusCode {
+    let mut outgoing = rx.map(|m| Ok((m, WriteFlags::default())));
+    let sending = sink.send_all(&mut outgoing);
+    let sent = match select(pin!(sending), pin!(listening)).await {
+        Either::Left((sent, _listening)) => sent,
+        // The client stopped talking: the queue was closed; drain it.
+        Either::Right(((), sending)) => sending.await,
+    };
+    drop(outgoing);
+    let status = subscriber.end_status();
+    let code = status.code();
+    match sent {
+        Ok(()) => match sink.end(status).await {
+            Ok(()) => code,
+            Err(_) => RpcStatusCode::CANCELLED,
+        },
+        Err(_) => RpcStatusCode::CANCELLED,
+    }
+}

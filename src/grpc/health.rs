@@ -1,0 +1,129 @@
+//! `grpc.health.v1.Health`, from the standard health proto: `Check`, and
+//! `Watch` streams told when the server stops serving.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::{SinkExt, StreamExt};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags};
+
+use super::finish;
+use crate::metrics::Metrics;
+use crate::proto::health::health_check_response::ServingStatus;
+use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use crate::proto::health_grpc;
+use crate::queue;
+
+/// Services `grpc.health.v1.Health` reports on; `""` is the whole server.
+const HEALTH_SERVICES: [&str; 3] = ["", "chat.ChatService", "grpc.health.v1.Health"];
+/// Status updates a watcher may fall behind by before it is dropped.
+const WATCH_QUEUE: usize = 8;
+
+/// Serving status and the `Watch` streams to tell when it changes.
+pub struct Health {
+    state: Mutex<HealthState>,
+}
+
+struct HealthState {
+    serving: bool,
+    watchers: Vec<(String, queue::Sender<HealthCheckResponse>)>,
+}
+
+fn health_response(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status.into(),
+        ..Default::default()
+    }
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health {
+            state: Mutex::new(HealthState {
+                serving: true,
+                watchers: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HealthState> {
+        crate::lock(&self.state)
+    }
+
+    fn status(serving: bool, service: &str) -> Option<ServingStatus> {
+        HEALTH_SERVICES.contains(&service).then_some(if serving {
+            ServingStatus::SERVING
+        } else {
+            ServingStatus::NOT_SERVING
+        })
+    }
+
+    /// Sets the status of every service and tells every watcher.
+    pub fn set_serving(&self, serving: bool) {
+        let mut state = self.lock();
+        state.serving = serving;
+        state
+            .watchers
+            .retain(|(service, tx)| match Health::status(serving, service) {
+                Some(status) => tx.try_send(health_response(status)).is_ok(),
+                None => !tx.is_gone(),
+            });
+    }
+}
+
+/// `grpc.health.v1.Health`, from the standard health proto.
+#[derive(Clone)]
+pub struct HealthServer {
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl health_grpc::Health for HealthServer {
+    fn check(
+        &mut self,
+        ctx: RpcContext,
+        req: HealthCheckRequest,
+        sink: UnarySink<HealthCheckResponse>,
+    ) {
+        let serving = self.health.lock().serving;
+        let reply = match Health::status(serving, &req.service) {
+            Some(status) => Ok(health_response(status)),
+            None => Err(RpcStatus::with_message(
+                RpcStatusCode::NOT_FOUND,
+                format!("unknown service '{}'", req.service),
+            )),
+        };
+        finish(&ctx, sink, reply, &self.metrics);
+    }
+
+    fn watch(
+        &mut self,
+        ctx: RpcContext,
+        req: HealthCheckRequest,
+        mut sink: ServerStreamingSink<HealthCheckResponse>,
+    ) {
+        let (tx, rx) = queue::bounded(WATCH_QUEUE);
+        {
+            let mut state = self.health.lock();
+            let first = Health::status(state.serving, &req.service)
+                .unwrap_or(ServingStatus::SERVICE_UNKNOWN);
+            // A fresh queue has room for the first status.
+            let _ = tx.try_send(health_response(first));
+            state.watchers.retain(|(_, tx)| !tx.is_gone());
+            state.watchers.push((req.service, tx));
+        }
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let mut updates = rx.map(|status| Ok((status, WriteFlags::default())));
+            let ended = match sink.send_all(&mut updates).await {
+                Ok(()) => sink.close().await,
+                Err(e) => Err(e),
+            };
+            let code = match ended {
+                Ok(()) => RpcStatusCode::OK,
+                Err(grpcio::Error::RpcFinished(Some(status))) => status.code(),
+                Err(_) => RpcStatusCode::CANCELLED,
+            };
+            metrics.grpc_call(code.into());
+        });
+    }
+}

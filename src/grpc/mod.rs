@@ -1,0 +1,200 @@
+//! The gRPC server: gRPC C-core through grpcio. Handlers run on grpcio's
+//! completion-queue threads, so they only compute and hand the reply back;
+//! nothing here blocks.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod` | limits, starting and draining the server, counting calls |
+//! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
+//! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
+
+mod chat;
+mod health;
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use grpcio::{
+    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
+    ServerCredentials, UnarySink,
+};
+use log::{debug, info, warn};
+
+use crate::chat::Hub;
+use crate::executor::block_on_until;
+use crate::metrics::Metrics;
+use crate::proto::{chat_grpc, health_grpc};
+use chat::ChatServer;
+use health::{Health, HealthServer};
+
+/// Limits of the gRPC server.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// Completion-queue (poll) threads (0: half the CPU cores, at least one).
+    pub threads: usize,
+    /// Largest message received or sent; larger ones fail with RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
+    /// Concurrent calls per client connection.
+    pub max_streams: u32,
+    /// Idle time after which a client connection is pinged.
+    pub keepalive_time: Duration,
+    /// Time a keepalive ping has to be answered.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        crate::config::ServeConfig::default().grpc
+    }
+}
+
+/// Why the gRPC server did not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The address is not `HOST:PORT`.
+    BadAddress(String),
+    /// C-core could not create the server.
+    Create(grpcio::Error),
+    /// The address is in use or not available.
+    Bind(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::BadAddress(addr) => {
+                write!(f, "invalid gRPC address '{addr}': expected HOST:PORT")
+            }
+            StartError::Create(e) => write!(f, "cannot create the gRPC server: {e}"),
+            StartError::Bind(addr) => write!(
+                f,
+                "cannot listen for gRPC on {addr}: address in use or not available"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Hands a unary reply to grpcio and counts how the call ended.
+fn finish<T>(
+    ctx: &RpcContext,
+    sink: UnarySink<T>,
+    reply: Result<T, RpcStatus>,
+    metrics: &Arc<Metrics>,
+) {
+    let metrics = Arc::clone(metrics);
+    let code = reply
+        .as_ref()
+        .map_or_else(|s| s.code(), |_| RpcStatusCode::OK);
+    let sent = match reply {
+        Ok(reply) => sink.success(reply),
+        Err(status) => sink.fail(status),
+    };
+    ctx.spawn(async move {
+        match sent.await {
+            Ok(()) => metrics.grpc_call(code.into()),
+            Err(e) => {
+                debug!("grpc reply not delivered: {e}");
+                metrics.grpc_call(RpcStatusCode::CANCELLED.into());
+            }
+        }
+    });
+}
+
+/// A started gRPC server; dropping it shuts the server down at once.
+pub struct GrpcServer {
+    server: grpcio::Server,
+    health: Arc<Health>,
+    addr: String,
+}
+
+/// Half the CPU cores, at least one: the WebSocket threads and fan-out need
+/// the other half, and each extra poll thread adds hand-offs, as C-core
+/// matches an incoming call to the completion queues in turn (the README's
+/// benchmarks measure it).
+fn default_poll_threads() -> usize {
+    thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl GrpcServer {
+    /// Binds `addr` (`host:port`, port 0 picks a free one) and starts serving.
+    pub fn start(
+        addr: &str,
+        config: &GrpcConfig,
+        metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
+    ) -> Result<GrpcServer, StartError> {
+        let (host, _) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| StartError::BadAddress(addr.to_owned()))?;
+        let threads = match config.threads {
+            0 => default_poll_threads(),
+            n => n,
+        };
+        let env = Arc::new(Environment::new(threads));
+        let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
+        // C-core sets SO_REUSEPORT by default, which would let a second papo
+        // silently share a port that is already in use.
+        let args = ChannelBuilder::new(Arc::clone(&env))
+            .reuse_port(false)
+            .max_receive_message_len(max_len)
+            .max_send_message_len(max_len)
+            .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
+            .keepalive_time(config.keepalive_time)
+            .keepalive_timeout(config.keepalive_timeout)
+            // Idle connections are the ones keepalive exists for.
+            .keepalive_permit_without_calls(true)
+            .build_args();
+        let health = Arc::new(Health::new());
+        let chat = ChatServer {
+            hub,
+            metrics: Arc::clone(&metrics),
+        };
+        let health_server = HealthServer {
+            health: Arc::clone(&health),
+            metrics,
+        };
+        let mut server = ServerBuilder::new(env)
+            .channel_args(args)
+            .register_service(chat_grpc::create_chat_service(chat))
+            .register_service(health_grpc::create_health(health_server))
+            .build()
+            .map_err(StartError::Create)?;
+        let port = server
+            .add_listening_port(addr, ServerCredentials::insecure())
+            .map_err(|_| StartError::Bind(addr.to_owned()))?;
+        server.start();
+        let addr = format!("{host}:{port}");
+        info!("grpc listening on {addr}");
+        Ok(GrpcServer {
+            server,
+            health,
+            addr,
+        })
+    }
+
+    /// The bound address, with the port the system picked for port 0.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Reports NOT_SERVING, stops taking calls, and lets the calls in flight
+    /// finish for up to `drain`; those still running then are cancelled.
+    /// Returns whether every call finished in time.
+    pub fn shutdown(mut self, drain: Duration) -> bool {
+        self.health.set_serving(false);
+        let mut stopped = pin!(self.server.shutdown());
+        if block_on_until(stopped.as_mut(), Some(Instant::now() + drain)).is_some() {
+            info!("grpc drained");
+            return true;
+        }
+        warn!("grpc calls still running after {drain:?}: cancelling them");
+        self.server.cancel_all_calls();
+        let _ = block_on_until(stopped, None);
+        false
+    }
+}

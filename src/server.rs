@@ -1,0 +1,120 @@
+//! `papo serve`: both servers in one process, until a signal drains them.
+//!
+//! gRPC runs on its completion-queue threads, WebSocket on an accept thread
+//! plus one thread per connection. Shutdown signals are blocked in every
+//! thread and taken by one `signals` thread with `sigwait`, so shutdown is
+//! ordinary code on the main thread: stop accepting, close, drain.
+
+use std::io;
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+use log::{info, warn};
+
+use crate::chat::Hub;
+use crate::config::ServeConfig;
+use crate::grpc::GrpcServer;
+use crate::metrics::Metrics;
+use crate::sys::{self, SignalSet};
+use crate::ws::WsServer;
+
+/// Descriptors kept free besides one per WebSocket connection: listeners,
+/// gRPC connections, log files.
+const FD_HEADROOM: u64 = 64;
+
+/// What the main thread waits for while the servers run.
+enum Event {
+    Signal(i32),
+    WsStopped(io::Result<()>),
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Runs both servers until SIGINT or SIGTERM, then drains them. A second
+/// signal during the drain exits at once with status 128 + its number.
+pub fn serve(config: ServeConfig) -> Result<(), String> {
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM])
+        .map_err(|e| format!("cannot block shutdown signals: {e}"))?;
+    match sys::raise_fd_limit() {
+        Ok(limit)
+            if config.ws_addr.is_some()
+                && limit < config.ws.max_connections as u64 + FD_HEADROOM =>
+        {
+            warn!(
+                "open-file limit {limit} is below --max-connections {} plus headroom: \
+                 connections past it will fail to be accepted",
+                config.ws.max_connections
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+    let metrics = Arc::new(Metrics::new());
+    // One hub: browsers and services meet in the same rooms.
+    let hub = Hub::new(config.chat.clone());
+    let grpc = match &config.grpc_addr {
+        Some(addr) => Some(
+            GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics), Arc::clone(&hub))
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let (events, next_event) = mpsc::channel();
+    let mut ws = None;
+    if let Some(addr) = &config.ws_addr {
+        let listening = |e: io::Error| format!("cannot listen for WebSocket on {addr}: {e}");
+        let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics), hub)
+            .map_err(listening)?;
+        let handle = server.handle().map_err(listening)?;
+        let events = events.clone();
+        let accept = thread::Builder::new()
+            .name("ws-accept".into())
+            .spawn(move || {
+                let _ = events.send(Event::WsStopped(server.run()));
+            })
+            .map_err(|e| format!("cannot start the WebSocket thread: {e}"))?;
+        ws = Some((handle, accept));
+    }
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let first = signals.wait();
+            let _ = events.send(Event::Signal(first));
+            let second = signals.wait();
+            warn!("{} again: exiting at once", signal_name(second));
+            std::process::exit(128 + second);
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    match next_event.recv() {
+        Ok(Event::Signal(signal)) => info!(
+            "{}: shutting down (again to exit at once), draining for up to {:?}",
+            signal_name(signal),
+            config.drain_timeout
+        ),
+        Ok(Event::WsStopped(Err(e))) => return Err(format!("WebSocket server failed: {e}")),
+        Ok(Event::WsStopped(Ok(()))) | Err(_) => {}
+    }
+    let drain = config.drain_timeout;
+    thread::scope(|scope| {
+        if let Some(grpc) = grpc {
+            scope.spawn(move || grpc.shutdown(drain));
+        }
+        if let Some((handle, accept)) = ws {
+            let open = handle.shutdown(drain);
+            if open > 0 {
+                warn!("{open} WebSocket connections still open after {drain:?}");
+            }
+            let _ = accept.join();
+        }
+    });
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! One connection's life on its own thread: the upgrade, the message loop,
+//! and how it ends (close codes, and the reason counted in the metrics).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use tungstenite::handshake::server::{create_response, write_response};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+use super::http::{self, Endpoint, Head, Route};
+use super::keepalive::Watched;
+use super::member::{self, WsMember};
+use super::{Shared, CLOSE_GRACE, READ_BUFFER, REPLY_BUFFER_KEPT};
+use crate::chat::{SendError, WS_REPLY_PREFIX};
+use crate::lock;
+use crate::metrics::CloseReason;
+use crate::peer::{OutboundLimits, Peer};
+use crate::sys;
+
+/// Why a connection ended other than by a normal close.
+#[derive(Debug)]
+pub(super) enum ConnError {
+    /// The request was answered with an HTTP status and no upgrade.
+    Rejected(u16),
+    /// The peer sent nothing usable before the handshake deadline.
+    HandshakeTimeout,
+    /// The peer did not answer a ping in time.
+    PongTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// Closed by the server with this code: the peer sent what the endpoint
+    /// does not take (bad JSON on `/chat`, …).
+    BadInput(u16),
+    Io(io::Error),
+    WebSocket(WsError),
+}
+
+impl ConnError {
+    pub fn reason(&self) -> CloseReason {
+        match self {
+            ConnError::Rejected(_) => CloseReason::Rejected,
+            ConnError::HandshakeTimeout => CloseReason::HandshakeTimeout,
+            ConnError::PongTimeout => CloseReason::PongTimeout,
+            ConnError::Shutdown => CloseReason::Shutdown,
+            ConnError::BadInput(_) => CloseReason::ProtocolError,
+            ConnError::WebSocket(
+                WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_),
+            ) => CloseReason::ProtocolError,
+            ConnError::Io(_) | ConnError::WebSocket(_) => CloseReason::IoError,
+        }
+    }
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Rejected(status) => write!(f, "answered HTTP {status}"),
+            ConnError::HandshakeTimeout => f.write_str("handshake timed out"),
+            ConnError::PongTimeout => f.write_str("no pong in time"),
+            ConnError::Shutdown => f.write_str("server shutting down"),
+            ConnError::BadInput(code) => write!(f, "closed with {code}"),
+            ConnError::Io(e) => write!(f, "{e}"),
+            ConnError::WebSocket(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+impl From<WsError> for ConnError {
+    fn from(e: WsError) -> Self {
+        ConnError::WebSocket(e)
+    }
+}
+
+/// Frames a close frame for sending from any thread.
+pub(super) fn close_frame(code: CloseCode, reason: &str) -> Arc<[u8]> {
+    encode(Frame::close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
+}
+
+/// A frame's bytes, to be sent whole through a peer's queue.
+pub(super) fn encode(frame: Frame) -> Arc<[u8]> {
+    let mut bytes = Vec::with_capacity(frame.len());
+    // Formatting into a Vec cannot fail.
+    let _ = frame.format(&mut bytes);
+    bytes.into()
+}
+
+/// The socket as tungstenite sees it: reads go straight to the socket (only
+/// the connection's thread reads), writes go through the peer's queue,
+/// whole buffers at a time, so frames of other threads never interleave.
+struct Duplex(Arc<Peer>);
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.socket().read(buf)?;
+        if n > 0 {
+            self.0.note_heard();
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_slice(buf).map_err(queue_error)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A write the peer's queue refused, as tungstenite's writer sees it.
+fn queue_error(e: SendError) -> io::Error {
+    match e {
+        SendError::Full => io::Error::other("outbound queue full: the peer reads too slowly"),
+        SendError::Closed => io::ErrorKind::BrokenPipe.into(),
+    }
+}
+
+/// Serves one connection: reads the request head, answers plain HTTP, or
+/// upgrades and runs the endpoint's message loop.
+pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), ConnError> {
+    let Some(Upgraded { ws, peer, endpoint }) = upgrade(stream, shared)? else {
+        return Ok(());
+    };
+    let _registration = Registration::new(shared, &peer);
+    if shared.stopping.load(Ordering::Acquire) {
+        peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
+        return Err(ConnError::Shutdown);
+    }
+    let served = match endpoint {
+        Endpoint::Reply => message_loop(ws, &peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
+        Endpoint::Echo => message_loop(ws, &peer, shared, |m| Action::Reply("", m)),
+        Endpoint::Chat { room, name } => {
+            let subscriber = WsMember {
+                peer: Arc::clone(&peer),
+                metrics: Arc::clone(&shared.metrics),
+            };
+            let member = shared.hub.join(&room, &name, Arc::new(subscriber));
+            message_loop(ws, &peer, shared, |m| member::on_message(&member, m))
+        }
+    };
+    match served {
+        Err(_) if shared.stopping.load(Ordering::Acquire) => Err(ConnError::Shutdown),
+        result => result,
+    }
+}
+
+/// A connection past its opening handshake.
+struct Upgraded {
+    /// Boxed: moved through three frames, it would hold a copy in each.
+    ws: Box<WebSocket<Duplex>>,
+    peer: Arc<Peer>,
+    endpoint: Endpoint,
+}
+
+/// The HTTP part of a connection: reads and routes the request head, and
+/// either answers it (`None`) or upgrades it. Kept out of line: its frames
+/// are the deepest a connection ever uses, and they are gone, and their
+/// pages released, before the message loop starts.
+#[inline(never)]
+fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded>, ConnError> {
+    let config = &shared.config;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(nonzero(config.write_timeout))?;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (request, leftover) = match http::read_request_head(&mut stream, deadline)? {
+        Head::Request(request, leftover) => (request, leftover),
+        Head::Invalid(status, why) => return http::reject(&mut stream, status, why, ""),
+    };
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let endpoint = match http::route(target) {
+        Ok(Route::Http(route)) => {
+            http::serve_http(&mut stream, route, &shared.metrics)?;
+            return Ok(None);
+        }
+        Ok(Route::WebSocket(endpoint)) => endpoint,
+        Err((status, why)) => return http::reject(&mut stream, status, &why, ""),
+    };
+    if !http::origin_allowed(
+        http::header(&request, "Origin"),
+        http::header(&request, "Host"),
+        &config.allowed_origins,
+    ) {
+        return http::reject(&mut stream, 403, "origin not allowed\n", "");
+    }
+    let response = match create_response(&request) {
+        Ok(response) => response,
+        Err(e) => {
+            let upgrade = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            let why = format!("a WebSocket upgrade is required: {e}\n");
+            return http::reject(&mut stream, 426, &why, upgrade);
+        }
+    };
+    let mut head = Vec::with_capacity(160);
+    write_response(&mut head, &response)?;
+    stream.write_all(&head)?;
+
+    let limits = OutboundLimits {
+        frames: shared.hub.config().send_queue,
+        bytes: config.max_message_size.saturating_mul(2),
+        write_timeout: config.write_timeout,
+    };
+    let peer = Peer::new(stream, limits);
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    let ws = Box::new(WebSocket::from_partially_read(
+        Duplex(Arc::clone(&peer)),
+        leftover,
+        Role::Server,
+        Some(ws_config),
+    ));
+    Ok(Some(Upgraded { ws, peer, endpoint }))
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Keeps a peer where the keepalive and shutdown find it, while it is served.
+struct Registration<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Registration<'a> {
+    fn new(shared: &'a Shared, peer: &Arc<Peer>) -> Registration<'a> {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&shared.peers).insert(id, Watched::new(Arc::clone(peer)));
+        Registration { shared, id }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.peers).remove(&self.id);
+    }
+}
+
+/// What a connection does with one incoming data message.
+pub(super) enum Action {
+    /// Answer with the message, of the same type, after a prefix.
+    Reply(&'static str, Message),
+    Nothing,
+    /// End the connection with this close code and reason.
+    Close(CloseCode, String),
+}
+
+/// Frames a reply (server frames are not masked): `prefix` and `payload` as
+/// one message of `opcode`, into `out`. Built here rather than by
+/// tungstenite so a reply costs no allocation: the frame goes whole through
+/// the peer's queue, as fan-out frames do.
+fn reply_frame(out: &mut Vec<u8>, opcode: Data, prefix: &str, payload: &[u8]) {
+    out.clear();
+    let len = prefix.len() + payload.len();
+    let header = FrameHeader {
+        opcode: OpCode::Data(opcode),
+        ..FrameHeader::default()
+    };
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(len as u64, out);
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The message loop of one upgraded connection. It blocks in `read` with no
+/// timeout: the keepalive thread watches for silence, and shutdown or a
+/// pong timeout shuts the socket, which ends the `read`. An idle peer costs
+/// one blocked thread, and no wake-up at all.
+#[inline(never)] // Its frame, with the caller's, is what an idle connection holds.
+fn message_loop(
+    mut ws: Box<WebSocket<Duplex>>,
+    peer: &Arc<Peer>,
+    shared: &Shared,
+    mut on_message: impl FnMut(Message) -> Action,
+) -> Result<(), ConnError> {
+    let traffic = &shared.metrics.ws;
+    // The handshake's deadline no longer applies.
+    peer.socket().set_read_timeout(None)?;
+    // The handshake ran deeper than this loop ever will.
+    sys::release_stack_below_here();
+    let mut reply = Vec::new();
+    loop {
+        let message = match ws.read() {
+            Ok(message) => message,
+            Err(_) if peer.expired() => return Err(ConnError::PongTimeout),
+            Err(WsError::ConnectionClosed) => return Ok(()),
+            Err(e) => return Err(close_after_error(ws, peer, e)),
+        };
+        if let Message::Pong(_) = message {
+            // The keepalive's ping found the connection silent: whatever
+            // stack its last burst of messages touched can go back.
+            sys::release_stack_below_here();
+        }
+        if !matches!(message, Message::Text(_) | Message::Binary(_)) {
+            // Pings are answered and close handshakes completed by tungstenite.
+            continue;
+        }
+        traffic.received(message.len());
+        debug!("ws message, {} bytes in", message.len());
+        match on_message(message) {
+            Action::Reply(prefix, message) => {
+                let (opcode, payload) = match &message {
+                    Message::Text(text) => (Data::Text, text.as_bytes()),
+                    Message::Binary(data) => (Data::Binary, &data[..]),
+                    _ => continue,
+                };
+                reply_frame(&mut reply, opcode, prefix, payload);
+                peer.send_slice(&reply).map_err(queue_error)?;
+                traffic.sent(prefix.len() + payload.len());
+                if reply.capacity() > REPLY_BUFFER_KEPT {
+                    reply = Vec::new();
+                }
+            }
+            Action::Nothing => {}
+            Action::Close(code, reason) => {
+                debug!("closing a connection: {reason}");
+                let _ = ws.close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                return Err(ConnError::BadInput(u16::from(code)));
+            }
+        }
+    }
+}
+
+/// Fails the connection as RFC 6455 asks: a close frame with the code that
+/// names the error, then the TCP connection is closed at once. Reading on for
+/// a moment keeps unread input from turning the close into a reset that could
+/// destroy the close frame before the peer reads it.
+fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError) -> ConnError {
+    let (code, reason) = match &error {
+        WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
+        WsError::Capacity(_) => (CloseCode::Size, "message too big"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        _ => return error.into(),
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    // A failure here means the peer is gone; the steps below then end at once.
+    let _ = ws.close(Some(frame));
+    let socket = peer.socket();
+    if socket.shutdown(Shutdown::Write).is_ok()
+        && socket.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
+    {
+        let mut sink = [0u8; 1024];
+        // Bounded: at most 64 KiB, and each read returns or times out.
+        for _ in 0..64 {
+            if !matches!((&*socket).read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+    error.into()
+}

@@ -1,0 +1,317 @@
+//! The HTTP side of the WebSocket port: reading a request head within its
+//! size and time bounds, routing it, plain responses, and the origin policy.
+//!
+//! papo reads the head itself rather than inside tungstenite so that it can
+//! answer plain HTTP (`/metrics`, `404`, `426`, …) and bound the head before
+//! anything is upgraded.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use tungstenite::error::ProtocolError;
+use tungstenite::handshake::machine::TryParse;
+use tungstenite::handshake::server::Request;
+use tungstenite::Error as WsError;
+
+use super::conn::ConnError;
+use super::MAX_REQUEST_HEAD;
+use crate::chat;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// Answered with plain HTTP.
+    Http(HttpRoute),
+    /// Upgraded to a WebSocket.
+    WebSocket(Endpoint),
+}
+
+/// The plain-HTTP routes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HttpRoute {
+    /// `/`: the chat page.
+    ChatPage,
+    /// `/metrics`: Prometheus text.
+    Metrics,
+}
+
+/// The WebSocket endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    /// `/ws`: the seed's server, replying `Recebido: <msg>`.
+    Reply,
+    /// `/echo`: exact echo, for conformance tools.
+    Echo,
+    /// `/chat?room=R&name=N`: a member of room R, JSON in and out.
+    Chat { room: String, name: String },
+}
+
+/// An HTTP status and the plain-text body that explains it.
+pub type HttpError = (u16, String);
+
+/// Routes a request target.
+pub fn route(target: &str) -> Result<Route, HttpError> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match path {
+        "/ws" => Ok(Route::WebSocket(Endpoint::Reply)),
+        "/echo" => Ok(Route::WebSocket(Endpoint::Echo)),
+        "/chat" => {
+            let room = query_param(query, "room").unwrap_or_default();
+            let name = query_param(query, "name").unwrap_or_default();
+            let bad = |e: String| (400, format!("{e}\n"));
+            let room = chat::room_name(&room).map_err(bad)?.to_owned();
+            let name = chat::member_name(&name).map_err(bad)?.to_owned();
+            Ok(Route::WebSocket(Endpoint::Chat { room, name }))
+        }
+        "/" | "/index.html" => Ok(Route::Http(HttpRoute::ChatPage)),
+        "/metrics" => Ok(Route::Http(HttpRoute::Metrics)),
+        _ => Err((
+            404,
+            "not found: try / (chat page), /chat, /ws, /echo or /metrics\n".into(),
+        )),
+    }
+}
+
+/// A query parameter, percent-decoded (`+` is a space, as forms send it).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request head as read: parsed, with the bytes that came after it, or
+/// answered with an HTTP error.
+pub enum Head {
+    Request(Box<Request>, Vec<u8>),
+    Invalid(u16, &'static str),
+}
+
+/// Reads an HTTP request head, returning it with any bytes read past its end.
+/// The whole head must arrive before `deadline`, however slowly it dribbles.
+pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<Head, ConnError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConnError::HandshakeTimeout);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ConnError::HandshakeTimeout)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match Request::try_parse(&buf) {
+            Ok(Some((len, request))) => {
+                return Ok(Head::Request(Box::new(request), buf.split_off(len)))
+            }
+            Ok(None) if buf.len() >= MAX_REQUEST_HEAD => {
+                return Ok(Head::Invalid(431, "request head too large\n"))
+            }
+            Ok(None) => {}
+            Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
+                return Ok(Head::Invalid(405, "only GET is served here\n"))
+            }
+            Err(_) => return Ok(Head::Invalid(400, "malformed HTTP request\n")),
+        }
+    }
+}
+
+/// A request header's value, if it is text.
+pub fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answers with an HTTP error and ends the connection.
+pub fn reject<T>(
+    stream: &mut TcpStream,
+    status: u16,
+    body: &str,
+    headers: &str,
+) -> Result<T, ConnError> {
+    stream.write_all(&response(status, body, headers))?;
+    Err(ConnError::Rejected(status))
+}
+
+/// The chat page: one self-contained file, embedded in the binary.
+const CHAT_PAGE: &str = include_str!("../page.html");
+
+/// Answers a plain-HTTP route.
+pub fn serve_http(
+    stream: &mut TcpStream,
+    route: HttpRoute,
+    metrics: &crate::metrics::Metrics,
+) -> io::Result<()> {
+    let page = match route {
+        HttpRoute::ChatPage => ok("text/html; charset=utf-8", CHAT_PAGE),
+        HttpRoute::Metrics => ok(
+            "text/plain; version=0.0.4; charset=utf-8",
+            &metrics.render(),
+        ),
+    };
+    stream.write_all(&page)
+}
+
+fn ok(content_type: &str, body: &str) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    response
+}
+
+/// A plain-text response with `status`; `headers` are extra header lines.
+pub fn response(status: u16, body: &str, headers: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The origin policy. Requests without `Origin` come from non-browser clients
+/// and are accepted. A browser always sends it, and accepting any origin
+/// would let every web page a user visits open a WebSocket to this server
+/// with the user's cookies and network position (cross-site WebSocket
+/// hijacking): so a browser must come from a page of this server's own host,
+/// or from an origin explicitly allowed.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|h| h.trim().eq_ignore_ascii_case(origin_host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(room: &str, name: &str) -> Result<Route, HttpError> {
+        Ok(Route::WebSocket(Endpoint::Chat {
+            room: room.into(),
+            name: name.into(),
+        }))
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/ws"), Ok(Route::WebSocket(Endpoint::Reply)));
+        assert_eq!(route("/echo"), Ok(Route::WebSocket(Endpoint::Echo)));
+        assert_eq!(route("/metrics"), Ok(Route::Http(HttpRoute::Metrics)));
+        assert_eq!(route("/"), Ok(Route::Http(HttpRoute::ChatPage)));
+        assert_eq!(route("/chat"), chat("geral", ""));
+        assert_eq!(
+            route("/chat?name=Jo%C3%A3o+Silva&room=sala%201"),
+            chat("sala 1", "João Silva")
+        );
+        assert_eq!(route("/chat?room=%zz"), chat("%zz", ""));
+        assert_eq!(
+            route(&format!("/chat?room={}", "x".repeat(65))).map_err(|e| e.0),
+            Err(400)
+        );
+        assert_eq!(route("/ws/").map_err(|e| e.0), Err(404));
+    }
+
+    #[test]
+    fn responses_are_well_formed() {
+        let text = String::from_utf8(response(404, "nope\n", "")).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("Content-Length: 5\r\n"));
+        assert!(text.ends_with("\r\n\r\nnope\n"));
+    }
+
+    #[test]
+    fn origin_policy() {
+        let none: &[String] = &[];
+        let host = Some("chat.example:8080");
+        // Non-browser clients send no Origin.
+        assert!(origin_allowed(None, host, none));
+        // Same host, any scheme.
+        assert!(origin_allowed(Some("http://chat.example:8080"), host, none));
+        assert!(origin_allowed(
+            Some("https://CHAT.example:8080"),
+            host,
+            none
+        ));
+        // Another site, another port, or an opaque origin.
+        assert!(!origin_allowed(Some("http://evil.example"), host, none));
+        assert!(!origin_allowed(
+            Some("http://chat.example:9090"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(Some("null"), host, none));
+        assert!(!origin_allowed(
+            Some("http://chat.example:8080"),
+            None,
+            none
+        ));
+        // Allowed explicitly, or all.
+        let allowed = ["https://app.example".to_owned()];
+        assert!(origin_allowed(Some("https://app.example"), host, &allowed));
+        assert!(!origin_allowed(Some("http://app.example"), host, &allowed));
+        assert!(origin_allowed(Some("null"), host, &["*".to_owned()]));
+    }
+}

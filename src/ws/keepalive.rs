@@ -1,0 +1,80 @@
+//! Keepalive for every connection, from one `ws-keepalive` thread: a peer
+//! silent for `ping_interval` is pinged, and cut off if still silent
+//! `pong_timeout` later.
+//!
+//! A read timeout per connection would do the same at the price of a kernel
+//! timer armed and disarmed on every read (see the README's benchmarks).
+//! Here every read sets the peer's "heard" flag, and an idle connection costs
+//! one flag test per tick.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::frame::Frame;
+
+use super::conn::encode;
+use super::Shared;
+use crate::lock;
+use crate::peer::Peer;
+
+/// The shortest tick, however short the intervals configured.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// A served peer, as the keepalive and shutdown see it.
+pub(super) struct Watched {
+    pub peer: Arc<Peer>,
+    /// Last tick that found the peer had sent something.
+    heard_at: Instant,
+    /// When the keepalive pinged the still silent peer.
+    pinged_at: Option<Instant>,
+}
+
+impl Watched {
+    pub fn new(peer: Arc<Peer>) -> Watched {
+        Watched {
+            peer,
+            heard_at: Instant::now(),
+            pinged_at: None,
+        }
+    }
+}
+
+/// The keepalive thread's loop, until the server stops.
+pub(super) fn run(shared: &Shared) {
+    let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
+    // Pings go out, and silent peers are dropped, at most a quarter late.
+    let tick = (interval.min(timeout) / 4).max(MIN_TICK);
+    let ping = encode(Frame::ping(Vec::new()));
+    let mut to_ping = Vec::new();
+    let mut to_drop = Vec::new();
+    while !shared.stopping.load(Ordering::Acquire) {
+        thread::sleep(tick);
+        let now = Instant::now();
+        for watched in lock(&shared.peers).values_mut() {
+            if watched.peer.take_heard() {
+                watched.heard_at = now;
+                watched.pinged_at = None;
+                continue;
+            }
+            match watched.pinged_at {
+                None if now.duration_since(watched.heard_at) >= interval => {
+                    watched.pinged_at = Some(now);
+                    to_ping.push(Arc::clone(&watched.peer));
+                }
+                Some(at) if now.duration_since(at) >= timeout => {
+                    to_drop.push(Arc::clone(&watched.peer));
+                }
+                _ => {}
+            }
+        }
+        // Sent outside the registry's lock: new connections never wait on it.
+        for peer in to_ping.drain(..) {
+            let _ = peer.send(Arc::clone(&ping));
+        }
+        for peer in to_drop.drain(..) {
+            peer.expire();
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! A `/chat` connection as a member of a chat room: the room's messages go
+//! out as JSON text frames, and each JSON text message that comes in is
+//! said in the room.
+
+use std::sync::Arc;
+
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::Message;
+
+use super::conn::{close_frame, Action};
+use crate::chat::{Delivery, Member, SendError, Subscriber};
+use crate::metrics::Metrics;
+use crate::peer::Peer;
+use crate::proto::chat::Message as ChatMessage;
+
+/// A `/chat` member's way out: messages of its room, as JSON text frames.
+pub(super) struct WsMember {
+    pub peer: Arc<Peer>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A chat message as a WebSocket text frame of its canonical JSON.
+fn json_frame(message: &ChatMessage) -> Vec<u8> {
+    let json = protobuf_json_mapping::print_to_string(message).unwrap_or_else(|_| "{}".into());
+    let mut bytes = Vec::with_capacity(json.len() + 10);
+    // Formatting into a Vec cannot fail.
+    let _ = Frame::message(json.into_bytes(), OpCode::Data(Data::Text), true).format(&mut bytes);
+    bytes
+}
+
+impl Subscriber for WsMember {
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        // Encoded once per message, by whichever member comes first.
+        let frame = delivery.encoded(json_frame);
+        let len = frame.len();
+        self.peer.send(frame)?;
+        self.metrics.ws.sent(len);
+        Ok(())
+    }
+
+    fn evicted(&self) {
+        self.peer.close_with(close_frame(
+            CloseCode::Policy,
+            "too slow: outbound queue full",
+        ));
+    }
+}
+
+/// What a member's message does: its text is said in the room; anything but
+/// a JSON text message ends the connection with a reason.
+#[inline(never)] // Keeps the message loop's frame, live while idle, small.
+pub(super) fn on_message(member: &Member, message: Message) -> Action {
+    let Message::Text(json) = message else {
+        return Action::Close(
+            CloseCode::Unsupported,
+            "/chat takes JSON text messages".into(),
+        );
+    };
+    match protobuf_json_mapping::parse_from_str::<ChatMessage>(json.as_str()) {
+        Ok(incoming) if incoming.text.is_empty() => Action::Nothing,
+        Ok(incoming) => {
+            member.say(&incoming.text);
+            Action::Nothing
+        }
+        Err(e) => Action::Close(CloseCode::Invalid, format!("invalid JSON message: {e}")),
+    }
+}

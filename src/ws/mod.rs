@@ -1,0 +1,94 @@
+//! The WebSocket server: an accept loop on `std::net` and one OS thread per
+//! connection.
+//!
+//! After the upgrade the socket is shared as a [`Peer`]: its thread reads
+//! without any lock, while every write, tungstenite's own or another
+//! thread's (chat fan-out, keepalive pings, shutdown's close frames), goes
+//! whole through the peer's queue. That is how other threads reach a
+//! connection whose thread is blocked in `read`, with no polling and no
+//! second thread per connection.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `accept` | the listener, connection slots and `503`, spawning, shutdown |
+//! | `http` | request heads, routes, plain responses, the origin policy |
+//! | `conn` | the upgrade, the message loop, close codes |
+//! | `keepalive` | pinging silent peers and dropping unanswered ones |
+//! | `member` | a `/chat` connection as a member of a chat room |
+
+mod accept;
+mod conn;
+mod http;
+mod keepalive;
+mod member;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use accept::{WsHandle, WsServer};
+
+use crate::chat::Hub;
+use crate::metrics::Metrics;
+use keepalive::Watched;
+
+/// Largest HTTP request head accepted; browsers send well under 2 KiB.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Per-connection read buffer. tungstenite's default, 128 KiB, would cost
+/// 1.25 GiB for 10,000 idle connections; larger messages still arrive whole.
+const READ_BUFFER: usize = 1024;
+/// Largest reply buffer a connection keeps between messages.
+const REPLY_BUFFER_KEPT: usize = 16 * 1024;
+/// How long a failed connection waits for the peer to read its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// At most one "connection refused" warning per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the accept loop backs off when `accept` fails (out of
+/// descriptors or memory) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How often shutdown looks whether every connection has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// Stack of the server's own helper threads (keepalive), which run shallow.
+const HELPER_STACK: usize = 64 << 10;
+
+/// Limits and policy of the WebSocket server. Defaults are `papo serve`'s.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Connections served at once; more are answered `503`.
+    pub max_connections: usize,
+    /// Largest message (and frame) accepted; larger ones are closed with 1009.
+    pub max_message_size: usize,
+    /// Time a new connection has to send its whole request head.
+    pub handshake_timeout: Duration,
+    /// Silence after which the peer is pinged (zero: never).
+    pub ping_interval: Duration,
+    /// Silence after a ping after which the peer is dropped.
+    pub pong_timeout: Duration,
+    /// Longest a peer may take no data while some is queued (zero: no limit).
+    pub write_timeout: Duration,
+    /// Stack size of each connection thread.
+    pub stack_size: usize,
+    /// Browser origins allowed besides the server's own host; `*` allows all.
+    pub allowed_origins: Vec<String>,
+    /// Connections the kernel queues before the accept loop takes them; a
+    /// burst beyond it has its SYNs dropped and retried a second later.
+    pub listen_backlog: u32,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        crate::config::ServeConfig::default().ws
+    }
+}
+
+/// State shared by the accept loop, every connection thread and the handle.
+struct Shared {
+    config: WsConfig,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    stopping: AtomicBool,
+    /// Every upgraded connection, for the keepalive and shutdown to reach.
+    peers: Mutex<HashMap<u64, Watched>>,
+    next_id: AtomicU64,
+}
