@@ -3,16 +3,16 @@
 
 mod common;
 
+use common::{papo, serve, OutputWithin};
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{papo, serve};
-
 /// Runs `papo bench ARGS` and returns its JSON line.
 fn bench(args: &[&str]) -> String {
-    let out = papo().arg("bench").args(args).output().unwrap();
+    let out = papo().arg("bench").args(args).output_within();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -177,17 +177,11 @@ fn bench_fails_clearly_against_nothing() {
         .port();
     let out = papo()
         .args(["bench", "ws", "--url", &format!("ws://127.0.0.1:{port}/ws")])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
     assert_eq!(
-        papo()
-            .args(["bench", "nope"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
+        papo().args(["bench", "nope"]).output_within().status.code(),
         Some(2)
     );
 }
@@ -200,8 +194,7 @@ fn bench_counts_wrong_replies_and_fails() {
         .args(["bench", "ws", "--url"])
         .arg(format!("ws://{}/echo", server.ws.clone().unwrap()))
         .args(["--conns", "2", "--msgs", "50"])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = stdout.lines().find(|l| l.starts_with('{')).unwrap();

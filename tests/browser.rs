@@ -6,17 +6,18 @@
 
 mod common;
 
+use common::{chat_client, connect, next_within, papo, serve, OutputWithin};
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{chat_client, next_within, papo, serve};
 use papo::proto::chat::message::Kind;
 use papo::proto::chat::SubscribeRequest;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{connect, Message};
+use tungstenite::Message;
 
 struct Browser {
     child: Child,
@@ -261,8 +262,7 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
             "--text",
             "Olá do gRPC",
         ])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(out.status.success());
     page.wait_for(
         "gRPC message shown",

@@ -3,10 +3,11 @@
 
 mod common;
 
+use common::{chat_client, connect, next_within, papo, serve, OutputWithin};
+
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{chat_client, next_within, papo, serve};
 use futures_util::SinkExt;
 use grpcio::{ClientDuplexReceiver, RpcStatusCode, WriteFlags};
 use papo::executor::block_on;
@@ -14,7 +15,7 @@ use papo::proto::chat::message::Kind;
 use papo::proto::chat::{Message as ChatMessage, SubscribeRequest};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{connect, Message};
+use tungstenite::Message;
 
 type Ws = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -102,8 +103,7 @@ fn browsers_and_services_share_a_room_in_one_order() {
         .unwrap();
     let out = papo()
         .args(["grpc-client", "--addr", &grpc_addr, "--room", "sala"])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "Resposta do servidor: Mensagem recebida: Olá, gRPC!\n"

@@ -3,15 +3,16 @@
 
 mod common;
 
+use common::{papo, serve, OutputWithin};
+
 use std::net::TcpListener;
 use std::process::Output;
 use std::thread;
 
-use common::{papo, serve};
 use tungstenite::Message;
 
 fn run(args: &[&str]) -> Output {
-    papo().args(args).output().expect("run papo")
+    papo().args(args).output_within()
 }
 
 fn stdout(out: &Output) -> &str {
@@ -83,8 +84,7 @@ fn flags_have_env_twins() {
             format!("ws://{}/ws", server.ws.as_deref().unwrap()),
         )
         .env("PAPO_COUNT", "2")
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(
         stdout(&out),
         "Resposta do servidor: Recebido: Mensagem 1\nResposta do servidor: Recebido: Mensagem 2\n"

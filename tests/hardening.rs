@@ -4,18 +4,19 @@
 
 mod common;
 
+use common::{
+    connect, eventually, protocol_violations, raw_exchange, raw_upgrade, raw_websocket,
+    read_close_code, serve, thread_names, threads, upgrade_request, ws_server_with, SOON,
+};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{
-    eventually, protocol_violations, raw_exchange, raw_upgrade, raw_websocket, read_close_code,
-    serve, thread_names, threads, upgrade_request, ws_server_with, SOON,
-};
 use papo::ws::WsConfig;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{connect, Message};
+use tungstenite::Message;
 
 fn echo(addr: SocketAddr) -> bool {
     let Ok((mut ws, _)) = connect(format!("ws://{addr}/ws")) else {

@@ -2,16 +2,17 @@
 
 mod common;
 
+use common::{connect, health_client, next_within, serve, signal, wait_exit};
+
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{health_client, next_within, serve, signal, wait_exit};
 use grpcio::ClientSStreamReceiver;
 use papo::proto::health::health_check_response::ServingStatus;
 use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use papo::proto::health_grpc::HealthClient;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{connect, Message};
+use tungstenite::Message;
 
 /// Opens a health `Watch` and checks its first answer is SERVING.
 fn watch(addr: &str) -> (HealthClient, ClientSStreamReceiver<HealthCheckResponse>) {

@@ -3,16 +3,17 @@
 
 mod common;
 
+use common::{connect, raw_exchange, upgrade_request, ws_server};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{raw_exchange, upgrade_request, ws_server};
 use papo::ws::WsConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{connect, Message};
+use tungstenite::Message;
 
 type Client = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
 

@@ -22,6 +22,62 @@ use papo::ws::{WsConfig, WsHandle, WsServer};
 
 /// How long any single wait in a test may take before the test fails.
 pub const SOON: Duration = Duration::from_secs(10);
+/// How long a `papo` command run by a test may take (a bench runs longest).
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A client WebSocket as the tests open them.
+pub type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// `tungstenite::connect`, with reads that fail after [`SOON`] instead of
+/// hanging a test on a server that never answers.
+pub fn connect(
+    url: impl tungstenite::client::IntoClientRequest,
+) -> tungstenite::Result<(Ws, tungstenite::handshake::client::Response)> {
+    let (ws, response) = tungstenite::connect(url)?;
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(SOON))?;
+    }
+    Ok((ws, response))
+}
+
+/// `Command::output` with a deadline: a command still running after
+/// [`RUN_LIMIT`] is killed and fails the test.
+pub trait OutputWithin {
+    fn output_within(&mut self) -> std::process::Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::process::Output {
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+        let status = exit_within(&mut child, RUN_LIMIT);
+        let output = std::process::Output {
+            status: status.unwrap_or_else(|| child.wait().expect("wait")),
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        };
+        assert!(
+            status.is_some(),
+            "{self:?} did not exit within {RUN_LIMIT:?}; it printed\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
 
 /// An in-process WebSocket server.
 pub struct TestWs {
@@ -98,17 +154,22 @@ pub fn signal(child: &Child, signal: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
-/// Waits for a child to exit, for at most `limit`.
+/// Waits for a child to exit, for at most `limit`; then kills it and fails.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    exit_within(child, limit).unwrap_or_else(|| panic!("process did not exit within {limit:?}"))
+}
+
+/// Waits for a child to exit, for at most `limit`; then kills it (`None`).
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
+            return Some(status);
         }
-        assert!(
-            start.elapsed() < limit,
-            "process did not exit within {limit:?}"
-        );
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            return None;
+        }
         thread::sleep(Duration::from_millis(10));
     }
 }
