@@ -252,6 +252,8 @@ struct Flusher {
 }
 
 static FLUSHER: OnceLock<Flusher> = OnceLock::new();
+/// The flusher's stack: it runs shallow.
+const FLUSHER_STACK: usize = 64 << 10;
 static FLUSHER_START: Mutex<()> = Mutex::new(());
 
 /// Starts the process's flusher thread unless it runs already. Servers call
@@ -272,7 +274,7 @@ pub fn start_flusher() -> io::Result<()> {
     });
     thread::Builder::new()
         .name("ws-flush".into())
-        .stack_size(64 << 10)
+        .stack_size(FLUSHER_STACK)
         .spawn(move || run(wakened))?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{parse, CliError, Command, Flag, Values};
-use crate::chat::ChatConfig;
+use crate::chat::{ChatConfig, DEFAULT_ROOM};
 use crate::client::{ChatClientConfig, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
 use crate::ws::WsConfig;
@@ -159,7 +159,7 @@ pub const TEXT: Flag = Flag::value("text", "TEXT", "Olá, gRPC!", "Message text"
 pub const ROOM_TOO: Flag = Flag::value(
     "room",
     "ROOM",
-    "geral",
+    DEFAULT_ROOM,
     "Chat room the message is also published to",
 );
 pub const TIMEOUT: Flag = Flag::value("timeout", "DURATION", "5s", "Deadline of the call");
@@ -170,7 +170,7 @@ pub const GRPC_CLIENT: Command = Command {
     flags: &[&GRPC_SERVER, &SENDER, &TEXT, &ROOM_TOO, &TIMEOUT],
 };
 
-pub const ROOM: Flag = Flag::value("room", "ROOM", "geral", "Room to join");
+pub const ROOM: Flag = Flag::value("room", "ROOM", DEFAULT_ROOM, "Room to join");
 pub const NAME: Flag = Flag::value("name", "NAME", "terminal", "Your name in the room");
 pub const VIA: Flag = Flag::value(
     "via",
