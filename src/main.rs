@@ -94,7 +94,9 @@ fn run(args: &[String]) -> Result<(), Failure> {
     let values = config::parse(cmd, rest, |k| std::env::var(k).ok())?;
     let stdout = &mut io::stdout().lock();
     let done = match cmd.name {
-        "serve" => papo::server::serve(ServeConfig::from_values(&values)?),
+        "serve" => {
+            papo::server::serve(ServeConfig::from_values(&values)?).map_err(|e| e.to_string())
+        }
         "ws-client" => client::ws_client(&WsClientConfig::from_values(&values)?, stdout),
         "grpc-client" => client::grpc_client(&GrpcClientConfig::from_values(&values)?, stdout),
         "chat" => client::chat_client(&ChatClientConfig::from_values(&values)?, stdout),

@@ -5,6 +5,7 @@
 //! thread and taken by one `signals` thread with `sigwait`, so shutdown is
 //! ordinary code on the main thread: stop accepting, close, drain.
 
+use std::fmt;
 use std::io;
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -13,7 +14,7 @@ use log::{info, warn};
 
 use crate::chat::Hub;
 use crate::config::ServeConfig;
-use crate::grpc::GrpcServer;
+use crate::grpc::{GrpcServer, StartError};
 use crate::metrics::Metrics;
 use crate::sys::{self, SignalSet};
 use crate::ws::WsServer;
@@ -21,6 +22,34 @@ use crate::ws::WsServer;
 /// Descriptors kept free besides one per WebSocket connection: listeners,
 /// gRPC connections, log files.
 const FD_HEADROOM: u64 = 64;
+
+/// Why `papo serve` stopped other than by a signal, or could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Shutdown signals could not be blocked.
+    Signals(io::Error),
+    Grpc(StartError),
+    /// The WebSocket port could not be bound.
+    WsBind(String, io::Error),
+    /// The WebSocket server's accept loop failed.
+    WsFailed(io::Error),
+    /// A thread of the server could not be started.
+    Thread(&'static str, io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Signals(e) => write!(f, "cannot block shutdown signals: {e}"),
+            ServeError::Grpc(e) => write!(f, "{e}"),
+            ServeError::WsBind(addr, e) => write!(f, "cannot listen for WebSocket on {addr}: {e}"),
+            ServeError::WsFailed(e) => write!(f, "WebSocket server failed: {e}"),
+            ServeError::Thread(name, e) => write!(f, "cannot start the {name} thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
 
 /// What the main thread waits for while the servers run.
 enum Event {
@@ -38,10 +67,9 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// Runs both servers until SIGINT or SIGTERM, then drains them. A second
 /// signal during the drain exits at once with status 128 + its number.
-pub fn serve(config: ServeConfig) -> Result<(), String> {
+pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Before any thread exists, so that every thread inherits the mask.
-    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM])
-        .map_err(|e| format!("cannot block shutdown signals: {e}"))?;
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM]).map_err(ServeError::Signals)?;
     match sys::raise_fd_limit() {
         Ok(limit)
             if config.ws_addr.is_some()
@@ -62,14 +90,14 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
             GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics), Arc::clone(&hub))
-                .map_err(|e| e.to_string())?,
+                .map_err(ServeError::Grpc)?,
         ),
         None => None,
     };
     let (events, next_event) = mpsc::channel();
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {
-        let listening = |e: io::Error| format!("cannot listen for WebSocket on {addr}: {e}");
+        let listening = |e: io::Error| ServeError::WsBind(addr.clone(), e);
         let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics), hub)
             .map_err(listening)?;
         let handle = server.handle().map_err(listening)?;
@@ -79,7 +107,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             .spawn(move || {
                 let _ = events.send(Event::WsStopped(server.run()));
             })
-            .map_err(|e| format!("cannot start the WebSocket thread: {e}"))?;
+            .map_err(|e| ServeError::Thread("ws-accept", e))?;
         ws = Some((handle, accept));
     }
     thread::Builder::new()
@@ -91,7 +119,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             warn!("{} again: exiting at once", signal_name(second));
             std::process::exit(128 + second);
         })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        .map_err(|e| ServeError::Thread("signals", e))?;
 
     match next_event.recv() {
         Ok(Event::Signal(signal)) => info!(
@@ -99,7 +127,7 @@ pub fn serve(config: ServeConfig) -> Result<(), String> {
             signal_name(signal),
             config.drain_timeout
         ),
-        Ok(Event::WsStopped(Err(e))) => return Err(format!("WebSocket server failed: {e}")),
+        Ok(Event::WsStopped(Err(e))) => return Err(ServeError::WsFailed(e)),
         Ok(Event::WsStopped(Ok(()))) | Err(_) => {}
     }
     let drain = config.drain_timeout;
