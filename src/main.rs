@@ -109,8 +109,9 @@ fn usage() -> String {
     let mut out = String::from(
         "papo: a blocking WebSocket + gRPC chat server\n\nUsage: papo <COMMAND> [FLAGS]\n\nCommands:\n",
     );
+    let width = commands().map(|c| c.name.len()).max().unwrap_or(0);
     for cmd in commands() {
-        out.push_str(&format!("  {:<12} {}\n", cmd.name, cmd.about));
+        out.push_str(&format!("  {:<width$}  {}\n", cmd.name, cmd.about));
     }
     out.push_str(
         "\nEvery flag --some-flag can also be set as PAPO_SOME_FLAG.\n\

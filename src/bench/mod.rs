@@ -63,7 +63,7 @@ const MEMBERS: Flag = Flag::value(
     "members",
     "N",
     "100",
-    "Members in the room, one thread each",
+    "Members in the room, read by two epoll threads",
 );
 const FANOUT_MSGS: Flag = Flag::value("msgs", "M", "20", "Messages sent");
 const FANOUT_INTERVAL: Flag = Flag::value("interval", "DURATION", "20ms", "Pause between messages");

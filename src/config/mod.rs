@@ -259,12 +259,13 @@ pub fn help(cmd: &Command) -> String {
         "{}\n\nUsage: papo {} [FLAGS]\n\nFlags:\n",
         cmd.about, cmd.name
     );
+    let left = |flag: &Flag| match flag.value {
+        Some(v) => format!("--{} {v}", flag.name),
+        None => format!("--{}", flag.name),
+    };
+    let width = cmd.flags.iter().map(|f| left(f).len()).max().unwrap_or(0);
     for flag in cmd.flags {
-        let left = match flag.value {
-            Some(v) => format!("--{} {v}", flag.name),
-            None => format!("--{}", flag.name),
-        };
-        out.push_str(&format!("  {left:<28} {}\n", flag.help));
+        out.push_str(&format!("  {:<width$}  {}\n", left(flag), flag.help));
         let mut detail = format!("env {}", env_name(flag.name));
         if flag.repeat {
             detail.push_str(", repeatable, comma-separated in the env");
@@ -272,9 +273,9 @@ pub fn help(cmd: &Command) -> String {
         if let Some(default) = flag.default {
             detail.push_str(&format!(", default {default}"));
         }
-        out.push_str(&format!("  {:<28} [{detail}]\n", ""));
+        out.push_str(&format!("  {:<width$}  [{detail}]\n", ""));
     }
-    out.push_str(&format!("  {:<28} Print this help\n", "-h, --help"));
+    out.push_str(&format!("  {:<width$}  Print this help\n", "-h, --help"));
     out
 }
 

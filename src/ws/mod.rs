@@ -1,7 +1,7 @@
 //! The WebSocket server: an accept loop on `std::net` and one OS thread per
 //! connection.
 //!
-//! After the upgrade the socket is shared as a [`Peer`]: its thread reads
+//! After the upgrade the socket is shared as a `Peer`: its thread reads
 //! without any lock, while every write, tungstenite's own or another
 //! thread's (chat fan-out, keepalive pings, shutdown's close frames), goes
 //! whole through the peer's queue. That is how other threads reach a
