@@ -26,58 +26,57 @@ const CLIENT_STACK: usize = 256 << 10;
 
 // The flags of every mode.
 
-const WS_URL: Flag = Flag::value(
+const WS_URL: Flag = Flag::text(
     "url",
     "URL",
     "ws://127.0.0.1:8080/ws",
     "Endpoint replying 'Recebido: <msg>'",
 );
-const CONNS: Flag = Flag::value("conns", "N", "1", "Connections, one thread each");
-const MSGS: Flag = Flag::value("msgs", "M", "1000", "Messages per connection");
-const SIZE: Flag = Flag::value("size", "BYTES", "32", "Message size");
-const INFLIGHT: Flag = Flag::value(
+const CONNS: Flag = Flag::count("conns", "N", "1", "Connections, one thread each");
+const MSGS: Flag = Flag::count("msgs", "M", "1000", "Messages per connection");
+const SIZE: Flag = Flag::size("size", "BYTES", "32", "Message size");
+const INFLIGHT: Flag = Flag::count(
     "inflight",
     "P",
     "1",
     "Messages in flight per connection (1: ping-pong)",
 );
-const GRPC_ADDR: Flag = Flag::value("addr", "ADDR", "127.0.0.1:50051", "gRPC server");
-const CONC: Flag = Flag::value("conc", "C", "1", "Concurrent callers, one thread each");
-const REQS: Flag = Flag::value("reqs", "R", "1000", "Requests in all");
-const TEXT_SIZE: Flag = Flag::value("size", "BYTES", "32", "Text size");
-const CHANNELS: Flag = Flag::value(
+const GRPC_ADDR: Flag = Flag::text("addr", "ADDR", "127.0.0.1:50051", "gRPC server");
+const CONC: Flag = Flag::count("conc", "C", "1", "Concurrent callers, one thread each");
+const REQS: Flag = Flag::count("reqs", "R", "1000", "Requests in all");
+const TEXT_SIZE: Flag = Flag::size("size", "BYTES", "32", "Text size");
+const CHANNELS: Flag = Flag::count(
     "channels",
     "K",
     "1",
     "Channels (connections) the callers share",
 );
-const TCP_ADDR: Flag = Flag::value("addr", "ADDR", "127.0.0.1:9000", "TCP echo server");
-const LISTEN_ADDR: Flag = Flag::value(
+const TCP_ADDR: Flag = Flag::text("addr", "ADDR", "127.0.0.1:9000", "TCP echo server");
+const LISTEN_ADDR: Flag = Flag::text(
     "addr",
     "ADDR",
     "127.0.0.1:9000",
     "Listen address (port 0 picks one)",
 );
-const CHAT_URL: Flag = Flag::value("url", "URL", "ws://127.0.0.1:8080/chat", "Chat endpoint");
-const MEMBERS: Flag = Flag::value(
+const CHAT_URL: Flag = Flag::text("url", "URL", "ws://127.0.0.1:8080/chat", "Chat endpoint");
+const MEMBERS: Flag = Flag::count(
     "members",
     "N",
     "100",
     "Members in the room, read by two epoll threads",
 );
-const FANOUT_MSGS: Flag = Flag::value("msgs", "M", "20", "Messages sent");
-const FANOUT_INTERVAL: Flag = Flag::value("interval", "DURATION", "20ms", "Pause between messages");
-const IDLE_URL: Flag = Flag::value(
+const FANOUT_MSGS: Flag = Flag::count("msgs", "M", "20", "Messages sent");
+const FANOUT_INTERVAL: Flag = Flag::duration("interval", "20ms", "Pause between messages");
+const IDLE_URL: Flag = Flag::text(
     "url",
     "URL",
     "ws://127.0.0.1:8080/ws",
     "ws://HOST:PORT/PATH (WebSocket), grpc://HOST:PORT (a gRPC channel each) or tcp://HOST:PORT",
 );
-const IDLE_CONNS: Flag = Flag::value("conns", "N", "1000", "Idle connections");
-const PID: Flag = Flag::value("pid", "PID", "0", "The server's process id");
-const HOLD: Flag = Flag::value(
+const IDLE_CONNS: Flag = Flag::count("conns", "N", "1000", "Idle connections");
+const PID: Flag = Flag::count("pid", "PID", "0", "The server's process id");
+const HOLD: Flag = Flag::duration(
     "hold",
-    "DURATION",
     "5s",
     "How long to hold them idle while measuring CPU",
 );
@@ -353,6 +352,18 @@ fn run_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mode_resolves_from_its_defaults() {
+        for command in COMMANDS {
+            let values = papo::config::parse(command, &[], |_| None).unwrap();
+            assert!(
+                Mode::from_values(command, &values).is_ok(),
+                "{}",
+                command.name
+            );
+        }
+    }
 
     #[test]
     fn percentiles() {

@@ -11,13 +11,13 @@ use crate::ws::WsConfig;
 
 // `papo serve`
 
-pub const WS_ADDR: Flag = Flag::value(
+pub const WS_ADDR: Flag = Flag::text(
     "ws-addr",
     "ADDR",
     "127.0.0.1:8080",
     "WebSocket listen address (0.0.0.0:8080: all interfaces; port 0 picks one)",
 );
-pub const GRPC_ADDR: Flag = Flag::value(
+pub const GRPC_ADDR: Flag = Flag::text(
     "grpc-addr",
     "ADDR",
     "127.0.0.1:50051",
@@ -25,55 +25,51 @@ pub const GRPC_ADDR: Flag = Flag::value(
 );
 pub const NO_WS: Flag = Flag::switch("no-ws", "Do not run the WebSocket server");
 pub const NO_GRPC: Flag = Flag::switch("no-grpc", "Do not run the gRPC server");
-pub const MAX_CONNECTIONS: Flag = Flag::value(
+pub const MAX_CONNECTIONS: Flag = Flag::count(
     "max-connections",
     "N",
     "10000",
     "WebSocket connections served at once; one more is answered 503",
 );
-pub const MAX_MESSAGE_SIZE: Flag = Flag::value(
+pub const MAX_MESSAGE_SIZE: Flag = Flag::size(
     "max-message-size",
     "SIZE",
     "4MiB",
     "Largest message, both protocols (WebSocket close 1009, gRPC RESOURCE_EXHAUSTED)",
 );
-pub const HANDSHAKE_TIMEOUT: Flag = Flag::value(
+pub const HANDSHAKE_TIMEOUT: Flag = Flag::duration(
     "handshake-timeout",
-    "DURATION",
     "5s",
     "Time a new WebSocket connection has to send its whole request head",
 );
-pub const PING_INTERVAL: Flag = Flag::value(
+pub const PING_INTERVAL: Flag = Flag::duration(
     "ping-interval",
-    "DURATION",
     "30s",
     "Ping a WebSocket peer after this long without hearing from it (0: never)",
 );
-pub const PONG_TIMEOUT: Flag = Flag::value(
+pub const PONG_TIMEOUT: Flag = Flag::duration(
     "pong-timeout",
-    "DURATION",
     "10s",
     "Drop a WebSocket peer that stays silent this long after a ping",
 );
-pub const WRITE_TIMEOUT: Flag = Flag::value(
+pub const WRITE_TIMEOUT: Flag = Flag::duration(
     "write-timeout",
-    "DURATION",
     "10s",
     "Drop a WebSocket peer that accepts no data for this long (0: never)",
 );
-pub const STACK_SIZE: Flag = Flag::value(
+pub const STACK_SIZE: Flag = Flag::size(
     "stack-size",
     "SIZE",
     "64KiB",
     "Stack size of each WebSocket connection thread",
 );
-pub const SEND_QUEUE: Flag = Flag::value(
+pub const SEND_QUEUE: Flag = Flag::count(
     "send-queue",
     "N",
     "256",
     "Messages queued for a slow peer or stream before it is dropped (1008 / RESOURCE_EXHAUSTED)",
 );
-pub const LISTEN_BACKLOG: Flag = Flag::value(
+pub const LISTEN_BACKLOG: Flag = Flag::count(
     "listen-backlog",
     "N",
     "4096",
@@ -84,33 +80,30 @@ pub const ALLOWED_ORIGIN: Flag = Flag::list(
     "ORIGIN",
     "Browser origin allowed besides the server's own host ('*': any)",
 );
-pub const GRPC_THREADS: Flag = Flag::value(
+pub const GRPC_THREADS: Flag = Flag::count(
     "grpc-threads",
     "N",
     "0",
     "gRPC completion-queue threads (0: half the CPU cores, at least one)",
 );
-pub const GRPC_MAX_STREAMS: Flag = Flag::value(
+pub const GRPC_MAX_STREAMS: Flag = Flag::count(
     "grpc-max-streams",
     "N",
     "100",
     "Concurrent gRPC calls per client connection",
 );
-pub const GRPC_KEEPALIVE_TIME: Flag = Flag::value(
+pub const GRPC_KEEPALIVE_TIME: Flag = Flag::duration(
     "grpc-keepalive-time",
-    "DURATION",
     "60s",
     "Ping a gRPC client connection after this long without activity",
 );
-pub const GRPC_KEEPALIVE_TIMEOUT: Flag = Flag::value(
+pub const GRPC_KEEPALIVE_TIMEOUT: Flag = Flag::duration(
     "grpc-keepalive-timeout",
-    "DURATION",
     "20s",
     "Close a gRPC client connection whose ping is not answered in time",
 );
-pub const DRAIN_TIMEOUT: Flag = Flag::value(
+pub const DRAIN_TIMEOUT: Flag = Flag::duration(
     "drain-timeout",
-    "DURATION",
     "5s",
     "On SIGINT/SIGTERM, how long in-flight gRPC calls and closing WebSocket peers may take",
 );
@@ -143,9 +136,9 @@ pub const SERVE: Command = Command {
 
 // The clients
 
-pub const WS_CLIENT_URL: Flag = Flag::value("url", "URL", "ws://127.0.0.1:8080/ws", "Server URL");
-pub const COUNT: Flag = Flag::value("count", "N", "5", "Messages to send");
-pub const INTERVAL: Flag = Flag::value("interval", "DURATION", "1s", "Pause between messages");
+pub const WS_CLIENT_URL: Flag = Flag::text("url", "URL", "ws://127.0.0.1:8080/ws", "Server URL");
+pub const COUNT: Flag = Flag::count("count", "N", "5", "Messages to send");
+pub const INTERVAL: Flag = Flag::duration("interval", "1s", "Pause between messages");
 
 pub const WS_CLIENT: Command = Command {
     name: "ws-client",
@@ -153,16 +146,16 @@ pub const WS_CLIENT: Command = Command {
     flags: &[&WS_CLIENT_URL, &COUNT, &INTERVAL],
 };
 
-pub const GRPC_SERVER: Flag = Flag::value("addr", "ADDR", "127.0.0.1:50051", "Server address");
-pub const SENDER: Flag = Flag::value("sender", "NAME", "Alice", "Message sender");
-pub const TEXT: Flag = Flag::value("text", "TEXT", "Olá, gRPC!", "Message text");
-pub const ROOM_TOO: Flag = Flag::value(
+pub const GRPC_SERVER: Flag = Flag::text("addr", "ADDR", "127.0.0.1:50051", "Server address");
+pub const SENDER: Flag = Flag::text("sender", "NAME", "Alice", "Message sender");
+pub const TEXT: Flag = Flag::text("text", "TEXT", "Olá, gRPC!", "Message text");
+pub const ROOM_TOO: Flag = Flag::text(
     "room",
     "ROOM",
     DEFAULT_ROOM,
     "Chat room the message is also published to",
 );
-pub const TIMEOUT: Flag = Flag::value("timeout", "DURATION", "5s", "Deadline of the call");
+pub const TIMEOUT: Flag = Flag::duration("timeout", "5s", "Deadline of the call");
 
 pub const GRPC_CLIENT: Command = Command {
     name: "grpc-client",
@@ -170,21 +163,21 @@ pub const GRPC_CLIENT: Command = Command {
     flags: &[&GRPC_SERVER, &SENDER, &TEXT, &ROOM_TOO, &TIMEOUT],
 };
 
-pub const ROOM: Flag = Flag::value("room", "ROOM", DEFAULT_ROOM, "Room to join");
-pub const NAME: Flag = Flag::value("name", "NAME", "terminal", "Your name in the room");
-pub const VIA: Flag = Flag::value(
+pub const ROOM: Flag = Flag::text("room", "ROOM", DEFAULT_ROOM, "Room to join");
+pub const NAME: Flag = Flag::text("name", "NAME", "terminal", "Your name in the room");
+pub const VIA: Flag = Flag::text(
     "via",
     "PROTOCOL",
     "grpc",
     "grpc (ChatService.Chat) or ws (/chat)",
 );
-pub const CHAT_GRPC_ADDR: Flag = Flag::value(
+pub const CHAT_GRPC_ADDR: Flag = Flag::text(
     "addr",
     "ADDR",
     "127.0.0.1:50051",
     "gRPC server address (--via grpc)",
 );
-pub const CHAT_URL: Flag = Flag::value(
+pub const CHAT_URL: Flag = Flag::text(
     "url",
     "URL",
     "ws://127.0.0.1:8080/chat",

@@ -15,54 +15,103 @@ use std::time::Duration;
 
 pub use flags::*;
 
-/// One flag of a subcommand.
+/// What a flag's value is, checked when the command line is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Any text: an address, a URL, a name, a word read by the command.
+    Text,
+    /// A whole number.
+    Count,
+    /// A byte size: `4096`, `64KiB`, `4MiB`.
+    Size,
+    /// A duration: `250ms`, `5s`, `2m`.
+    Duration,
+    /// On or off; takes no value.
+    Switch,
+    /// Repeatable text, collected into a list.
+    List,
+}
+
+/// One flag of a subcommand: everything about it, written once.
 #[derive(Debug)]
 pub struct Flag {
     pub name: &'static str,
-    /// Placeholder for the value (`ADDR`, `SIZE`…); `None` makes it a switch.
-    pub value: Option<&'static str>,
+    pub kind: Kind,
+    /// Placeholder for the value in `--help` (`ADDR`, `N`…); empty for a switch.
+    pub value: &'static str,
     pub default: Option<&'static str>,
     pub help: &'static str,
-    /// May be given more than once; the values are joined with commas.
-    pub repeat: bool,
 }
 
 impl Flag {
-    /// A flag that takes a value, with its default.
-    pub const fn value(
+    const fn new(
+        name: &'static str,
+        kind: Kind,
+        value: &'static str,
+        default: Option<&'static str>,
+        help: &'static str,
+    ) -> Flag {
+        Flag {
+            name,
+            kind,
+            value,
+            default,
+            help,
+        }
+    }
+
+    pub const fn text(
         name: &'static str,
         value: &'static str,
         default: &'static str,
         help: &'static str,
     ) -> Flag {
-        Flag {
-            name,
-            value: Some(value),
-            default: Some(default),
-            help,
-            repeat: false,
-        }
+        Flag::new(name, Kind::Text, value, Some(default), help)
+    }
+
+    pub const fn count(
+        name: &'static str,
+        value: &'static str,
+        default: &'static str,
+        help: &'static str,
+    ) -> Flag {
+        Flag::new(name, Kind::Count, value, Some(default), help)
+    }
+
+    pub const fn size(
+        name: &'static str,
+        value: &'static str,
+        default: &'static str,
+        help: &'static str,
+    ) -> Flag {
+        Flag::new(name, Kind::Size, value, Some(default), help)
+    }
+
+    pub const fn duration(name: &'static str, default: &'static str, help: &'static str) -> Flag {
+        Flag::new(name, Kind::Duration, "DURATION", Some(default), help)
     }
 
     /// An on/off flag, off by default.
     pub const fn switch(name: &'static str, help: &'static str) -> Flag {
-        Flag {
-            name,
-            value: None,
-            default: None,
-            help,
-            repeat: false,
-        }
+        Flag::new(name, Kind::Switch, "", None, help)
     }
 
     /// A repeatable flag collecting a comma-separated list, empty by default.
     pub const fn list(name: &'static str, value: &'static str, help: &'static str) -> Flag {
-        Flag {
-            name,
-            value: Some(value),
-            default: None,
-            help,
-            repeat: true,
+        Flag::new(name, Kind::List, value, None, help)
+    }
+
+    /// Checks a value against the flag's kind.
+    fn check(&self, value: &str) -> Result<(), String> {
+        match self.kind {
+            Kind::Count => value
+                .trim()
+                .parse::<u64>()
+                .map(drop)
+                .map_err(|_| "expected a whole number".to_owned()),
+            Kind::Size => parse_size(value).map(drop),
+            Kind::Duration => parse_duration(value).map(drop),
+            Kind::Text | Kind::Switch | Kind::List => Ok(()),
         }
     }
 }
@@ -104,19 +153,25 @@ pub struct Values {
 }
 
 impl Values {
-    fn raw(&self, flag: &Flag) -> Result<Option<&str>, CliError> {
+    /// A flag's value, if it has one; asking for a flag of another command,
+    /// or as another kind than its own, is a bug, reported as such.
+    fn raw(&self, flag: &Flag, kinds: &[Kind]) -> Result<Option<&str>, CliError> {
+        let internal = |why: String| Err(CliError::Usage(format!("internal error: {why}")));
         if !self.flags.iter().any(|f| f.name == flag.name) {
-            return Err(CliError::Usage(format!(
-                "internal error: --{} is not a flag of 'papo {}'",
+            return internal(format!(
+                "--{} is not a flag of 'papo {}'",
                 flag.name, self.command
-            )));
+            ));
+        }
+        if !kinds.contains(&flag.kind) {
+            return internal(format!("--{} is not read as {:?}", flag.name, flag.kind));
         }
         Ok(self.values.get(flag.name).map(String::as_str))
     }
 
     /// The value of a flag that has a default, or was given.
-    fn given(&self, flag: &Flag) -> Result<&str, CliError> {
-        Ok(self.raw(flag)?.unwrap_or_default())
+    fn given(&self, flag: &Flag, kinds: &[Kind]) -> Result<&str, CliError> {
+        Ok(self.raw(flag, kinds)?.unwrap_or_default())
     }
 
     fn invalid(&self, flag: &Flag, value: &str, why: impl fmt::Display) -> CliError {
@@ -129,17 +184,17 @@ impl Values {
     }
 
     pub fn string(&self, flag: &Flag) -> Result<String, CliError> {
-        self.given(flag).map(str::to_owned)
+        self.given(flag, &[Kind::Text]).map(str::to_owned)
     }
 
     pub fn switch(&self, flag: &Flag) -> Result<bool, CliError> {
-        Ok(self.raw(flag)?.is_some())
+        Ok(self.raw(flag, &[Kind::Switch])?.is_some())
     }
 
     /// A repeatable flag's values, split on commas, empty items dropped.
     pub fn list(&self, flag: &Flag) -> Result<Vec<String>, CliError> {
         Ok(self
-            .given(flag)?
+            .given(flag, &[Kind::List])?
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -147,21 +202,22 @@ impl Values {
             .collect())
     }
 
+    /// A count, or text read as `T` (an enum, say).
     pub fn parsed<T: std::str::FromStr>(&self, flag: &Flag) -> Result<T, CliError>
     where
         T::Err: fmt::Display,
     {
-        let raw = self.given(flag)?;
-        raw.parse().map_err(|e| self.invalid(flag, raw, e))
+        let raw = self.given(flag, &[Kind::Count, Kind::Text])?;
+        raw.trim().parse().map_err(|e| self.invalid(flag, raw, e))
     }
 
     pub fn size(&self, flag: &Flag) -> Result<usize, CliError> {
-        let raw = self.given(flag)?;
+        let raw = self.given(flag, &[Kind::Size])?;
         parse_size(raw).map_err(|e| self.invalid(flag, raw, e))
     }
 
     pub fn duration(&self, flag: &Flag) -> Result<Duration, CliError> {
-        let raw = self.given(flag)?;
+        let raw = self.given(flag, &[Kind::Duration])?;
         parse_duration(raw).map_err(|e| self.invalid(flag, raw, e))
     }
 }
@@ -202,17 +258,17 @@ pub fn parse(
         let Some(flag) = cmd.flags.iter().find(|f| f.name == name) else {
             return Err(usage(format!("unknown flag '--{name}'")));
         };
-        let value = match (flag.value, inline) {
-            (None, None) => String::new(),
-            (None, Some(_)) => return Err(usage(format!("--{name} takes no value"))),
-            (Some(_), Some(value)) => value,
-            (Some(_), None) => match rest.next() {
+        let value = match (flag.kind, inline) {
+            (Kind::Switch, None) => String::new(),
+            (Kind::Switch, Some(_)) => return Err(usage(format!("--{name} takes no value"))),
+            (_, Some(value)) => value,
+            (_, None) => match rest.next() {
                 Some(value) => value.clone(),
                 None => return Err(usage(format!("--{name} needs a value"))),
             },
         };
         match values.get_mut(flag.name) {
-            Some(list) if flag.repeat => {
+            Some(list) if flag.kind == Kind::List => {
                 let list: &mut String = list;
                 list.push(',');
                 list.push_str(&value);
@@ -228,15 +284,15 @@ pub fn parse(
         }
         let var = env_name(flag.name);
         let from_env = env(&var).filter(|v| !v.is_empty());
-        match (flag.value, from_env) {
-            (None, Some(v)) => match v.to_ascii_lowercase().as_str() {
+        match (flag.kind, from_env) {
+            (Kind::Switch, Some(v)) => match v.to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => {
                     values.insert(flag.name, String::new());
                 }
                 "0" | "false" | "no" | "off" => {}
                 _ => return Err(usage(format!("{var}={v}: expected true or false"))),
             },
-            (Some(_), Some(v)) => {
+            (_, Some(v)) => {
                 values.insert(flag.name, v);
             }
             (_, None) => {
@@ -246,11 +302,19 @@ pub fn parse(
             }
         }
     }
-    Ok(Values {
+    let values = Values {
         command: cmd.name,
         flags: cmd.flags,
         values,
-    })
+    };
+    // Every value is checked against its flag's kind before anything runs.
+    for flag in cmd.flags {
+        if let Some(value) = values.values.get(flag.name) {
+            flag.check(value)
+                .map_err(|why| values.invalid(flag, value, why))?;
+        }
+    }
+    Ok(values)
 }
 
 /// The `--help` text of a subcommand, generated from its flag table.
@@ -259,15 +323,15 @@ pub fn help(cmd: &Command) -> String {
         "{}\n\nUsage: papo {} [FLAGS]\n\nFlags:\n",
         cmd.about, cmd.name
     );
-    let left = |flag: &Flag| match flag.value {
-        Some(v) => format!("--{} {v}", flag.name),
-        None => format!("--{}", flag.name),
+    let left = |flag: &Flag| match flag.kind {
+        Kind::Switch => format!("--{}", flag.name),
+        _ => format!("--{} {}", flag.name, flag.value),
     };
     let width = cmd.flags.iter().map(|f| left(f).len()).max().unwrap_or(0);
     for flag in cmd.flags {
         out.push_str(&format!("  {:<width$}  {}\n", left(flag), flag.help));
         let mut detail = format!("env {}", env_name(flag.name));
-        if flag.repeat {
+        if flag.kind == Kind::List {
             detail.push_str(", repeatable, comma-separated in the env");
         }
         if let Some(default) = flag.default {
@@ -330,14 +394,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    const ADDR: Flag = Flag::value("ws-addr", "ADDR", "127.0.0.1:8080", "Where to listen");
+    const ADDR: Flag = Flag::text("ws-addr", "ADDR", "127.0.0.1:8080", "Where to listen");
     const NO_WS: Flag = Flag::switch("no-ws", "Do not listen");
-    const COUNT: Flag = Flag::value("count", "N", "5", "How many");
+    const COUNT: Flag = Flag::count("count", "N", "5", "How many");
+    const WAIT: Flag = Flag::duration("wait", "1s", "How long");
     const ORIGIN: Flag = Flag::list("origin", "ORIGIN", "Allowed origins");
     const DEMO: Command = Command {
         name: "demo",
         about: "A demo command.",
-        flags: &[&ADDR, &NO_WS, &COUNT, &ORIGIN],
+        flags: &[&ADDR, &NO_WS, &COUNT, &ORIGIN, &WAIT],
     };
 
     fn args(list: &[&str]) -> Vec<String> {
@@ -389,10 +454,8 @@ mod tests {
 
     #[test]
     fn usage_errors_name_the_flag_and_its_env_twin() {
-        let err = parse(&DEMO, &args(&["--count", "many"]), no_env)
-            .unwrap()
-            .parsed::<u32>(&COUNT)
-            .unwrap_err();
+        // A value of the wrong kind is refused when parsing, before anything runs.
+        let err = parse(&DEMO, &args(&["--count", "many"]), no_env).unwrap_err();
         let CliError::Usage(msg) = err else {
             panic!("expected a usage error")
         };
@@ -409,14 +472,22 @@ mod tests {
         }
         let env = |_: &str| Some("maybe".to_owned());
         assert!(matches!(parse(&DEMO, &[], env), Err(CliError::Usage(_))));
+        let env = |k: &str| (k == "PAPO_WAIT").then(|| "soon".to_owned());
+        assert!(
+            matches!(parse(&DEMO, &[], env), Err(CliError::Usage(m)) if m.contains("PAPO_WAIT"))
+        );
     }
 
     #[test]
     fn a_flag_of_another_command_is_an_error_not_a_default() {
-        const OTHER: Flag = Flag::value("other", "N", "1", "Not a flag of DEMO");
+        const OTHER: Flag = Flag::count("other", "N", "1", "Not a flag of DEMO");
         let v = parse(&DEMO, &[], no_env).unwrap();
         assert!(matches!(v.parsed::<u32>(&OTHER), Err(CliError::Usage(_))));
         assert!(v.switch(&OTHER).is_err());
+        // Nor is reading a flag as another kind than its own.
+        assert!(v.duration(&COUNT).is_err());
+        assert!(v.string(&WAIT).is_err());
+        assert_eq!(v.duration(&WAIT), Ok(Duration::from_secs(1)));
     }
 
     #[test]
