@@ -1,5 +1,6 @@
 //! The `papo` binary as a user runs it: the seed's clients against
-//! `papo serve`, byte for byte, and clear failures.
+//! `papo serve`, byte for byte, clear failures, and a `--help` that the
+//! README's flag table agrees with.
 
 mod common;
 
