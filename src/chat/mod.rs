@@ -143,30 +143,28 @@ impl Hub {
         subscriber: Arc<dyn Subscriber>,
     ) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let room_arc = {
-            let mut rooms = lock(&self.rooms);
-            Arc::clone(rooms.entry(room.to_owned()).or_insert_with(|| {
-                Arc::new(Mutex::new(Room {
-                    name: room.to_owned(),
-                    seq: 0,
-                    members: Vec::new(),
-                    dropped: Vec::new(),
-                }))
-            }))
-        };
-        {
-            let mut room = lock_room(&room_arc);
-            room.members.push(MemberEntry {
+        let room_arc = loop {
+            let room_arc = self.room(room);
+            let mut locked = lock_room(&room_arc);
+            // Its last member left, and the hub let go of it, between the
+            // look-up and the lock: look again, or the joiner would be alone
+            // in a room nobody else can reach.
+            if locked.closed {
+                continue;
+            }
+            locked.members.push(MemberEntry {
                 id,
                 name: name.to_owned(),
                 subscriber,
             });
             if !name.is_empty() {
                 let mut own = Room::event(Kind::JOIN, name);
-                own.members = room.names();
-                room.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
+                own.members = locked.names();
+                locked.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
             }
-        }
+            drop(locked);
+            break room_arc;
+        };
         debug!("room {room}: {name:?} joined");
         Member {
             hub: Arc::clone(self),
@@ -174,6 +172,21 @@ impl Hub {
             id,
             name: name.to_owned(),
         }
+    }
+
+    /// The room named `name`, created if need be.
+    fn room(&self, name: &str) -> Arc<Mutex<Room>> {
+        let mut rooms = lock(&self.rooms);
+        let room = rooms.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Mutex::new(Room {
+                name: name.to_owned(),
+                seq: 0,
+                members: Vec::new(),
+                dropped: Vec::new(),
+                closed: false,
+            }))
+        });
+        Arc::clone(room)
     }
 
     /// Publishes `text` from `sender` to `room` if it has members; returns
@@ -210,6 +223,8 @@ impl Hub {
                 .is_some_and(|r| Arc::ptr_eq(r, room_arc))
             {
                 rooms.remove(&room.name);
+                // Under the room's lock: a joiner holding this room sees it.
+                room.closed = true;
             }
         }
     }

@@ -24,6 +24,8 @@ pub(super) struct Room {
     pub(super) members: Vec<MemberEntry>,
     /// Members dropped for a full queue, to be logged after unlocking.
     pub(super) dropped: Vec<String>,
+    /// No longer the hub's: its last member left and it was removed.
+    pub(super) closed: bool,
 }
 
 /// A locked room that, when unlocked, logs the members it dropped.

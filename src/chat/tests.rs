@@ -229,3 +229,30 @@ fn join_and_leave_races_leave_no_ghosts() {
     assert_eq!(hub.rooms(), ["r"]);
     assert!(watcher.seqs().windows(2).all(|w| w[1] == w[0] + 1));
 }
+
+#[test]
+fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
+    // One room name, emptied and refilled all the time: a joiner must always
+    // land in the room the hub publishes to, never in one just removed.
+    let hub = Hub::new(ChatConfig::default());
+    let stranded = AtomicU64::new(0);
+    thread::scope(|s| {
+        for t in 0..4 {
+            let (hub, stranded) = (&hub, &stranded);
+            s.spawn(move || {
+                for n in 0..2_000 {
+                    let inbox = Inbox::new(10_000);
+                    let member = hub.join("one", "", inbox.clone());
+                    let probe = format!("{t}:{n}");
+                    hub.publish("one", "probe", &probe);
+                    if !inbox.texts().contains(&probe) {
+                        stranded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(member);
+                }
+            });
+        }
+    });
+    assert_eq!(stranded.load(Ordering::Relaxed), 0, "joiners stranded");
+    assert!(hub.rooms().is_empty());
+}
