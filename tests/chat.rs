@@ -3,8 +3,11 @@
 
 mod common;
 
-use common::{chat_client, connect, next_within, papo, serve, OutputWithin};
+use common::{
+    chat_client, client_frame, connect, next_within, papo, raw_upgrade, serve, OutputWithin,
+};
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -160,6 +163,45 @@ fn malformed_json_closes_that_member_with_1007_only() {
         .unwrap();
     let saw = messages(|| ws_next(&mut good), 1);
     assert_eq!(saw[0].2, "still here");
+}
+
+#[test]
+fn a_long_refusal_still_fits_a_close_frame() {
+    let server = serve(&["--no-grpc"]);
+    let addr = server.ws.as_deref().unwrap().parse().unwrap();
+    let (mut raw, status) = raw_upgrade(addr, "/chat?room=r&name=long", "");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    // An unknown 200-character field: the parser's complaint quotes it.
+    let json = format!("{{\"{}\": 1}}", "a".repeat(200));
+    raw.write_all(&client_frame(0x81, json.as_bytes(), true))
+        .unwrap();
+    // Skip the member's own JOIN, then read the close frame's header.
+    loop {
+        let mut head = [0u8; 2];
+        raw.read_exact(&mut head).expect("a frame");
+        let len = usize::from(head[1] & 0x7f);
+        if head[0] & 0x0f == 0x8 {
+            assert!(
+                len <= 125,
+                "close payload of {len} bytes (length byte {})",
+                head[1]
+            );
+            let mut payload = vec![0u8; len];
+            raw.read_exact(&mut payload).unwrap();
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1007);
+            assert!(std::str::from_utf8(&payload[2..]).is_ok());
+            break;
+        }
+        let len = match len {
+            126 => {
+                let mut ext = [0u8; 2];
+                raw.read_exact(&mut ext).unwrap();
+                usize::from(u16::from_be_bytes(ext))
+            }
+            len => len,
+        };
+        raw.read_exact(&mut vec![0u8; len]).unwrap();
+    }
 }
 
 #[test]

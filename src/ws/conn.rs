@@ -85,12 +85,30 @@ impl From<WsError> for ConnError {
     }
 }
 
+/// Longest close reason: a control frame's payload is at most 125 bytes,
+/// two of which are the code (RFC 6455, 5.5).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason`, cut to fit a close frame, at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// A close frame's payload: `code` and `reason`, cut to fit.
+fn close_payload(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: close_reason(reason).into(),
+    }
+}
+
 /// Frames a close frame for sending from any thread.
 pub(super) fn close_frame(code: CloseCode, reason: &str) -> Arc<[u8]> {
-    encode(Frame::close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    })))
+    encode(Frame::close(Some(close_payload(code, reason))))
 }
 
 /// A frame's bytes, to be sent whole through a peer's queue.
@@ -336,10 +354,7 @@ fn message_loop(
             Action::Nothing => {}
             Action::Close(code, reason) => {
                 debug!("closing a connection: {reason}");
-                let _ = ws.close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }));
+                let _ = ws.close(Some(close_payload(code, &reason)));
                 return Err(ConnError::BadInput(u16::from(code)));
             }
         }
@@ -357,10 +372,7 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError
         WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
         _ => return error.into(),
     };
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
+    let frame = close_payload(code, reason);
     // A failure here means the peer is gone; the steps below then end at once.
     let _ = ws.close(Some(frame));
     let socket = peer.socket();
@@ -376,4 +388,24 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError
         }
     }
     error.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_at_a_character_boundary() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "ã".repeat(100); // 200 bytes
+        let cut = close_reason(&long);
+        assert_eq!(cut.len(), 122);
+        assert!(cut.chars().all(|c| c == 'ã'));
+        let frame = close_frame(CloseCode::Invalid, &"x".repeat(500));
+        assert_eq!(
+            frame.len(),
+            2 + 125,
+            "header and the largest control payload"
+        );
+    }
 }

@@ -292,14 +292,19 @@ pub fn raw_websocket(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// A client frame with a small payload; `mask` false makes it illegal.
+/// A client frame of up to 64 KiB; `mask` false makes it illegal.
 pub fn client_frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    assert!(payload.len() < 126);
     let key = [0x12u8, 0x34, 0x56, 0x78];
-    let mut out = vec![
-        first_byte,
-        payload.len() as u8 | if mask { 0x80 } else { 0 },
-    ];
+    let mask_bit = if mask { 0x80 } else { 0 };
+    let mut out = vec![first_byte];
+    match u16::try_from(payload.len()) {
+        Ok(len) if len < 126 => out.push(len as u8 | mask_bit),
+        Ok(len) => {
+            out.push(126 | mask_bit);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        Err(_) => panic!("client_frame takes up to 64 KiB"),
+    }
     if mask {
         out.extend_from_slice(&key);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
