@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    chat_client, client_frame, connect, next_within, papo, raw_upgrade, serve, OutputWithin,
+    chat_client, client_frame, connect, eventually, next_within, papo, raw_upgrade, serve,
+    serve_logging, OutputWithin, SOON,
 };
 
 use std::io::{Read, Write};
@@ -163,6 +164,60 @@ fn malformed_json_closes_that_member_with_1007_only() {
         .unwrap();
     let saw = messages(|| ws_next(&mut good), 1);
     assert_eq!(saw[0].2, "still here");
+}
+
+#[test]
+fn names_that_could_forge_or_hide_are_refused_on_both_protocols() {
+    let server = serve(&[]);
+    let ws = server.ws.as_deref().unwrap().parse().unwrap();
+    for name in [
+        "a%1B%5B2Jb",
+        "%E2%80%AEnimda",
+        "%E2%80%8B",
+        "x%0A%5BWARN%5D",
+        "%FF",
+    ] {
+        let (_, status) = raw_upgrade(ws, &format!("/chat?room=r&name={name}"), "");
+        assert!(status.starts_with("HTTP/1.1 400"), "{name}: {status}");
+        let (_, status) = raw_upgrade(ws, &format!("/chat?room={name}&name=ok"), "");
+        assert!(status.starts_with("HTTP/1.1 400"), "room {name}: {status}");
+    }
+    let client = chat_client(server.grpc.as_deref().unwrap());
+    let request = SubscribeRequest {
+        room: "r".into(),
+        name: "\u{202E}nimda".into(),
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(&request).unwrap();
+    match next_within(&mut stream, "the refusal") {
+        Some(Err(grpcio::Error::RpcFailure(status))) => {
+            assert_eq!(status.code(), RpcStatusCode::INVALID_ARGUMENT);
+            assert!(status.message().contains("U+202E"), "{}", status.message());
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+#[test]
+fn what_a_peer_sends_cannot_forge_a_log_line() {
+    let server = serve_logging(&["--no-grpc"], "debug");
+    let mut ws = ws_member(server.ws.as_deref().unwrap(), "r", "logs");
+    // The parser's complaint quotes the key, newline and all.
+    ws.send(Message::text("{\"x\\n[FORGED] admin logged in\": 1}"))
+        .unwrap();
+    while ws.read().is_ok() {}
+    eventually(SOON, "the refusal logged", || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("FORGED"))
+    });
+    // Every line is a record of papo's own, starting with its timestamp.
+    let log = server.log.lock().unwrap();
+    let own = |l: &String| l.starts_with('[') && l[1..].starts_with(|c: char| c.is_ascii_digit());
+    assert!(log.iter().all(own), "a forged line:\n{}", log.join("\n"));
 }
 
 #[test]

@@ -201,6 +201,10 @@ fn metrics_count_what_happened() {
         ws.read().unwrap();
     }
     raw_exchange(server.addr, b"GET /nope HTTP/1.1\r\n\r\n");
+    // Its thread gives its slot back just after the peer sees the close.
+    eventually(SOON, "the 404's connection counted closed", || {
+        server.metrics.ws_active.load(Ordering::Relaxed) == 1
+    });
     let answer = raw_exchange(server.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     for line in [

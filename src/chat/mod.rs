@@ -8,6 +8,7 @@
 //! member sees the room in one total order. Handing over never blocks (a
 //! subscriber only queues), and a subscriber whose queue is full is dropped
 //! from the room on the spot: one stuck member never slows the others.
+mod names;
 mod room;
 #[cfg(test)]
 mod tests;
@@ -21,14 +22,11 @@ use log::debug;
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
+pub use names::{member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 use room::{lock_room, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
 pub const WS_REPLY_PREFIX: &str = "Recebido: ";
-/// The room of a message that names none.
-pub const DEFAULT_ROOM: &str = "geral";
-/// Longest room or member name, in bytes.
-pub const MAX_NAME: usize = 64;
 
 /// The seed's WebSocket reply to a text message: `Recebido: <msg>`.
 pub fn ws_reply_text(text: &str) -> String {
@@ -41,25 +39,6 @@ pub fn ws_reply_text(text: &str) -> String {
 /// The seed's gRPC reply to `SendMessage`: `Mensagem recebida: <text>`.
 pub fn grpc_reply(text: &str) -> String {
     format!("Mensagem recebida: {text}")
-}
-
-/// A room name as given, or the default room; `Err` names what is wrong.
-pub fn room_name(room: &str) -> Result<&str, String> {
-    let room = room.trim();
-    match room {
-        "" => Ok(DEFAULT_ROOM),
-        r if r.len() > MAX_NAME => Err(format!("room name longer than {MAX_NAME} bytes")),
-        r => Ok(r),
-    }
-}
-
-/// A member name, checked like a room name (empty is allowed: an unseen listener).
-pub fn member_name(name: &str) -> Result<&str, String> {
-    let name = name.trim();
-    if name.len() > MAX_NAME {
-        return Err(format!("name longer than {MAX_NAME} bytes"));
-    }
-    Ok(name)
 }
 
 /// A message as delivered: shared by every member of the room, with a slot
@@ -165,7 +144,7 @@ impl Hub {
             drop(locked);
             break room_arc;
         };
-        debug!("room {room}: {name:?} joined");
+        debug!("room {room:?}: {name:?} joined");
         Member {
             hub: Arc::clone(self),
             room: room_arc,

@@ -61,7 +61,7 @@ impl Drop for RoomGuard<'_> {
         let name = room.name.clone();
         drop(room);
         for member in dropped {
-            warn!("room {name}: dropped {member:?}: its queue is full");
+            warn!("room {name:?}: dropped {member:?}: its queue is full");
         }
     }
 }

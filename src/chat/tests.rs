@@ -60,15 +60,6 @@ fn seed_replies() {
 }
 
 #[test]
-fn names_are_checked() {
-    assert_eq!(room_name(""), Ok("geral"));
-    assert_eq!(room_name(" sala "), Ok("sala"));
-    assert!(room_name(&"x".repeat(65)).is_err());
-    assert_eq!(member_name(""), Ok(""));
-    assert!(member_name(&"x".repeat(65)).is_err());
-}
-
-#[test]
 fn members_see_joins_messages_and_leaves_with_stamps() {
     let hub = Hub::new(ChatConfig::default());
     let ana = Inbox::new(100);

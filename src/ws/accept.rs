@@ -129,7 +129,8 @@ impl WsServer {
                         CloseReason::Normal
                     }
                     Err(e) => {
-                        debug!("{peer}: closed: {e}");
+                        // Escaped: an error may quote what the peer sent.
+                        debug!("{peer}: closed: {:?}", e.to_string());
                         e.reason()
                     }
                 };

@@ -353,7 +353,7 @@ fn message_loop(
             }
             Action::Nothing => {}
             Action::Close(code, reason) => {
-                debug!("closing a connection: {reason}");
+                debug!("closing a connection: {reason:?}");
                 let _ = ws.close(Some(close_payload(code, &reason)));
                 return Err(ConnError::BadInput(u16::from(code)));
             }

@@ -57,9 +57,9 @@ pub fn route(target: &str) -> Result<Route, HttpError> {
         "/ws" => Ok(Route::WebSocket(Endpoint::Reply)),
         "/echo" => Ok(Route::WebSocket(Endpoint::Echo)),
         "/chat" => {
-            let room = query_param(query, "room").unwrap_or_default();
-            let name = query_param(query, "name").unwrap_or_default();
             let bad = |e: String| (400, format!("{e}\n"));
+            let room = query_param(query, "room").map_err(bad)?;
+            let name = query_param(query, "name").map_err(bad)?;
             let room = chat::room_name(&room).map_err(bad)?.to_owned();
             let name = chat::member_name(&name).map_err(bad)?.to_owned();
             Ok(Route::WebSocket(Endpoint::Chat { room, name }))
@@ -73,38 +73,38 @@ pub fn route(target: &str) -> Result<Route, HttpError> {
     }
 }
 
-/// A query parameter, percent-decoded (`+` is a space, as forms send it).
-fn query_param(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == key).then(|| percent_decode(v))
-    })
+/// A query parameter, percent-decoded (`+` is a space, as forms send it);
+/// empty when absent. A malformed escape or bytes that are not UTF-8 are an
+/// error, never guessed at.
+fn query_param(query: &str, key: &str) -> Result<String, String> {
+    query
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == key).then(|| percent_decode(v))
+        })
+        .unwrap_or_else(|| Ok(String::new()))
+        .map_err(|why| format!("query parameter '{key}': {why}"))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
+fn percent_decode(s: &str) -> Result<String, String> {
+    let mut bytes = s.bytes();
+    let mut out = Vec::with_capacity(s.len());
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [bytes.next(), bytes.next()];
+                let digit = |d: Option<u8>| d.and_then(|d| char::from(d).to_digit(16));
+                match hex.map(digit) {
+                    [Some(high), Some(low)] => (high * 16 + low) as u8,
+                    _ => return Err("a '%' not followed by two hex digits".into()),
                 }
             }
-            b => out.push(b),
-        }
-        i += 1;
+            b => b,
+        });
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".into())
 }
 
 /// A request head as read: parsed, with the bytes that came after it, or
@@ -266,7 +266,11 @@ mod tests {
             route("/chat?name=Jo%C3%A3o+Silva&room=sala%201"),
             chat("sala 1", "João Silva")
         );
-        assert_eq!(route("/chat?room=%zz"), chat("%zz", ""));
+        // Malformed escapes, bytes that are not UTF-8, control characters.
+        for bad in ["%zz", "%+1", "%4", "%FF", "a%1Bb", "%E2%80%AE"] {
+            let target = format!("/chat?room={bad}");
+            assert_eq!(route(&target).map_err(|e| e.0), Err(400), "{target}");
+        }
         assert_eq!(
             route(&format!("/chat?room={}", "x".repeat(65))).map_err(|e| e.0),
             Err(400)

@@ -179,11 +179,13 @@ pub fn papo() -> Command {
     Command::new(env!("CARGO_BIN_EXE_papo"))
 }
 
-/// A `papo serve` child process and the addresses it logged.
+/// A `papo serve` child process, the addresses it logged, and every line
+/// it logged so far.
 pub struct ServeProcess {
     pub child: Child,
     pub ws: Option<String>,
     pub grpc: Option<String>,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for ServeProcess {
@@ -195,11 +197,16 @@ impl Drop for ServeProcess {
 
 /// Runs `papo serve ARGS` on free ports and waits for its "listening" lines.
 pub fn serve(args: &[&str]) -> ServeProcess {
+    serve_logging(args, "info")
+}
+
+/// [`serve`] with `RUST_LOG` set to `level`.
+pub fn serve_logging(args: &[&str], level: &str) -> ServeProcess {
     let mut child = papo()
         .arg("serve")
         .args(["--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -208,8 +215,13 @@ pub fn serve(args: &[&str]) -> ServeProcess {
     let want_ws = !args.contains(&"--no-ws");
     let want_grpc = !args.contains(&"--no-grpc");
     let (tx, rx) = mpsc::channel();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut lines) = lines.lock() {
+                lines.push(line.clone());
+            }
             if let Some(rest) = line.split("ws listening on ws://").nth(1) {
                 let _ = tx.send(("ws", rest.trim_end_matches("/ws").to_owned()));
             } else if let Some(rest) = line.split("grpc listening on ").nth(1) {
@@ -221,6 +233,7 @@ pub fn serve(args: &[&str]) -> ServeProcess {
         child,
         ws: None,
         grpc: None,
+        log,
     };
     while (want_ws && process.ws.is_none()) || (want_grpc && process.grpc.is_none()) {
         match rx.recv_timeout(Duration::from_secs(20)) {
