@@ -61,6 +61,8 @@ pub struct Peer {
     heard: AtomicBool,
     /// The keepalive gave up on the peer.
     expired: AtomicBool,
+    /// The keepalive pinged the peer and no pong has come back yet.
+    pinged: AtomicBool,
 }
 
 /// What a flush step left behind.
@@ -82,6 +84,7 @@ impl Peer {
             limits,
             heard: AtomicBool::new(true),
             expired: AtomicBool::new(false),
+            pinged: AtomicBool::new(false),
         })
     }
 
@@ -100,6 +103,18 @@ impl Peer {
     /// Whether the peer sent anything since the last call.
     pub fn take_heard(&self) -> bool {
         self.heard.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sends the keepalive's ping (a ready-made frame).
+    pub fn ping(self: &Arc<Self>, frame: Arc<[u8]>) {
+        self.pinged.store(true, Ordering::Relaxed);
+        let _ = self.send(frame);
+    }
+
+    /// Whether a pong answers the keepalive's ping (once per ping): an
+    /// unsolicited pong answers nothing.
+    pub fn take_pinged(&self) -> bool {
+        self.pinged.load(Ordering::Relaxed) && self.pinged.swap(false, Ordering::Relaxed)
     }
 
     /// Cuts off a peer that did not answer a ping; its blocked `read` ends.
@@ -342,5 +357,29 @@ fn run(wakened: UnixStream) {
                 fds.swap_remove(i + 1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn only_a_pong_to_the_keepalives_ping_counts() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = listener.accept().unwrap();
+        start_flusher().unwrap();
+        let limits = OutboundLimits {
+            frames: 8,
+            bytes: 1 << 20,
+            write_timeout: Duration::from_secs(1),
+        };
+        let peer = Peer::new(socket, limits);
+        assert!(!peer.take_pinged(), "an unsolicited pong");
+        peer.ping(Arc::from(&[0x89u8, 0][..]));
+        assert!(peer.take_pinged());
+        assert!(!peer.take_pinged(), "a second pong to one ping");
     }
 }

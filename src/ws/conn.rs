@@ -326,9 +326,10 @@ fn message_loop(
             Err(WsError::ConnectionClosed) => return Ok(()),
             Err(e) => return Err(close_after_error(ws, peer, e)),
         };
-        if let Message::Pong(_) = message {
+        if matches!(message, Message::Pong(_)) && peer.take_pinged() {
             // The keepalive's ping found the connection silent: whatever
-            // stack its last burst of messages touched can go back.
+            // stack its last burst of messages touched can go back. (Only
+            // then: a peer's unsolicited pongs must not buy system calls.)
             sys::release_stack_below_here();
         }
         if !matches!(message, Message::Text(_) | Message::Binary(_)) {

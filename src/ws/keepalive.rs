@@ -71,7 +71,7 @@ pub(super) fn run(shared: &Shared) {
         }
         // Sent outside the registry's lock: new connections never wait on it.
         for peer in to_ping.drain(..) {
-            let _ = peer.send(Arc::clone(&ping));
+            peer.ping(Arc::clone(&ping));
         }
         for peer in to_drop.drain(..) {
             peer.expire();
