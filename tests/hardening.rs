@@ -6,7 +6,8 @@ mod common;
 
 use common::{
     connect, eventually, protocol_violations, raw_exchange, raw_upgrade, raw_websocket,
-    read_close_code, serve, thread_names, threads, upgrade_request, ws_server_with, SOON,
+    read_close_code, serve, serve_logging, thread_names, threads, upgrade_request, ws_server_with,
+    SOON,
 };
 
 use std::io::{Read, Write};
@@ -158,38 +159,86 @@ fn without_a_write_timeout_a_briefly_full_peer_is_kept() {
     assert_eq!(server.metrics.ws_active.load(Ordering::Relaxed), 1);
 }
 
+/// The status line of an upgrade to `/ws` with these `Host` and extra lines.
+fn upgrade_status(addr: SocketAddr, host: &str, extra: &str) -> String {
+    let request = upgrade_request("/ws").replace("Host: localhost", &format!("Host: {host}"));
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("{extra}\r\n")
+    };
+    let request = request.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
 fn cross_site_browsers_get_403_same_site_and_allowed_ones_upgrade() {
     let server = ws_server_with(WsConfig {
         allowed_origins: vec!["https://app.example".into()],
+        public_hosts: vec!["chat.example".into()],
         ..WsConfig::default()
     });
-    let host = format!("Host: {}", server.addr);
+    let own = server.addr.to_string();
+    let port = server.addr.port();
     let cases = [
-        ("Origin: http://evil.example".to_owned(), "HTTP/1.1 403"),
-        (format!("Origin: http://{}", server.addr), "HTTP/1.1 101"),
-        ("Origin: https://app.example".to_owned(), "HTTP/1.1 101"),
-        (String::new(), "HTTP/1.1 101"),
+        (
+            own.clone(),
+            "Origin: http://evil.example".to_owned(),
+            "HTTP/1.1 403",
+        ),
+        (own.clone(), format!("Origin: http://{own}"), "HTTP/1.1 101"),
+        (
+            own.clone(),
+            "Origin: https://app.example".to_owned(),
+            "HTTP/1.1 101",
+        ),
+        (own.clone(), String::new(), "HTTP/1.1 101"),
+        // DNS rebinding: a domain re-pointed at this address.
+        (
+            format!("evil.example:{port}"),
+            format!("Origin: http://evil.example:{port}"),
+            "HTTP/1.1 403",
+        ),
+        // A name this server is known by.
+        (
+            format!("chat.example:{port}"),
+            format!("Origin: https://chat.example:{port}"),
+            "HTTP/1.1 101",
+        ),
+        // An Origin that is not ASCII is refused, not taken as absent.
+        (
+            own.clone(),
+            "Origin: http://\u{e9}vil.example".to_owned(),
+            "HTTP/1.1 403",
+        ),
     ];
-    for (origin, expected) in cases {
-        let extra = if origin.is_empty() {
-            String::new()
-        } else {
-            format!("{origin}\r\n")
-        };
-        let request = upgrade_request("/ws").replace("Host: localhost", &host);
-        let request = request.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
-        let mut stream = TcpStream::connect(server.addr).unwrap();
-        stream.set_read_timeout(Some(SOON)).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = [0u8; 12];
-        stream.read_exact(&mut answer).unwrap();
+    for (host, origin, expected) in cases {
         assert_eq!(
-            std::str::from_utf8(&answer).unwrap(),
+            upgrade_status(server.addr, &host, &origin),
             expected,
-            "{origin:?}"
+            "{host} {origin:?}"
         );
     }
+}
+
+#[test]
+fn a_refused_browser_is_logged_with_how_to_allow_it() {
+    let server = serve_logging(&["--no-grpc"], "info");
+    let addr: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
+    let status = upgrade_status(addr, &addr.to_string(), "Origin: https://page.example");
+    assert_eq!(status, "HTTP/1.1 403");
+    eventually(SOON, "a warning naming the origin and the flag", || {
+        server.log.lock().unwrap().iter().any(|l| {
+            l.contains("WARN")
+                && l.contains("\"https://page.example\"")
+                && l.contains("--allowed-origin")
+        })
+    });
 }
 
 #[test]

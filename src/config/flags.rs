@@ -80,6 +80,11 @@ pub const ALLOWED_ORIGIN: Flag = Flag::list(
     "ORIGIN",
     "Browser origin allowed besides the server's own host ('*': any)",
 );
+pub const PUBLIC_HOST: Flag = Flag::list(
+    "public-host",
+    "NAME",
+    "Host name this server is reached by: its pages are same-origin (IP literals and localhost always are)",
+);
 pub const GRPC_THREADS: Flag = Flag::count(
     "grpc-threads",
     "N",
@@ -126,6 +131,7 @@ pub const SERVE: Command = Command {
         &SEND_QUEUE,
         &LISTEN_BACKLOG,
         &ALLOWED_ORIGIN,
+        &PUBLIC_HOST,
         &GRPC_THREADS,
         &GRPC_MAX_STREAMS,
         &GRPC_KEEPALIVE_TIME,
@@ -226,6 +232,7 @@ impl ServeConfig {
             write_timeout: v.duration(&WRITE_TIMEOUT)?,
             stack_size: v.size(&STACK_SIZE)?,
             allowed_origins: v.list(&ALLOWED_ORIGIN)?,
+            public_hosts: v.list(&PUBLIC_HOST)?,
             listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
         };
         let grpc = GrpcConfig {

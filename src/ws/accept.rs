@@ -54,6 +54,7 @@ impl WsServer {
                 stopping: AtomicBool::new(false),
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                origin_warned: Mutex::new(None),
             }),
         })
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, warn};
 use tungstenite::handshake::server::{create_response, write_response};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -18,7 +18,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
-use super::{Shared, CLOSE_GRACE, READ_BUFFER, REPLY_BUFFER_KEPT};
+use super::{Shared, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT};
 use crate::chat::{SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
@@ -213,11 +213,13 @@ fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded>, C
         Ok(Route::WebSocket(endpoint)) => endpoint,
         Err((status, why)) => return http::reject(&mut stream, status, &why, ""),
     };
-    if !http::origin_allowed(
-        http::header(&request, "Origin"),
-        http::header(&request, "Host"),
-        &config.allowed_origins,
-    ) {
+    let policy = http::OriginPolicy {
+        allowed: &config.allowed_origins,
+        public_hosts: &config.public_hosts,
+    };
+    let origin = http::raw_header(&request, "Origin");
+    if !policy.allows(origin, http::header(&request, "Host")) {
+        warn_refused_origin(shared, origin.flatten());
         return http::reject(&mut stream, 403, "origin not allowed\n", "");
     }
     let response = match create_response(&request) {
@@ -250,6 +252,20 @@ fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded>, C
         Some(ws_config),
     ));
     Ok(Some(Upgraded { ws, peer, endpoint }))
+}
+
+/// Tells the operator, at most once per [`REFUSAL_LOG_INTERVAL`], that a
+/// browser was refused and how to allow it: the browser itself only sees
+/// its connection fail.
+fn warn_refused_origin(shared: &Shared, origin: Option<&str>) {
+    let mut last = lock(&shared.origin_warned);
+    if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+        *last = Some(Instant::now());
+        warn!(
+            "ws refused a browser page from origin {origin:?}: allow it with \
+             --allowed-origin ORIGIN, or name this server's host with --public-host NAME"
+        );
+    }
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {

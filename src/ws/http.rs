@@ -6,7 +6,7 @@
 //! anything is upgraded.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::time::Instant;
 
 use tungstenite::error::ProtocolError;
@@ -229,19 +229,67 @@ pub fn response(status: u16, body: &str, headers: &str) -> Vec<u8> {
 /// with the user's cookies and network position (cross-site WebSocket
 /// hijacking): so a browser must come from a page of this server's own host,
 /// or from an origin explicitly allowed.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else {
-        return true;
-    };
-    let origin = origin.trim().trim_end_matches('/');
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return true;
+///
+/// "This server's own host" is checked against names papo is known by, not
+/// just the `Host` header: a page on a domain that an attacker re-points at
+/// a loopback or LAN address (DNS rebinding) sends a matching `Host` and
+/// `Origin` of its own. Known are IP literals, `localhost`, and the names
+/// given as public hosts.
+pub struct OriginPolicy<'a> {
+    /// Origins allowed besides the server's own host; `*` allows all.
+    pub allowed: &'a [String],
+    /// Host names this server is reached by.
+    pub public_hosts: &'a [String],
+}
+
+impl OriginPolicy<'_> {
+    /// Whether a request with these `Origin` and `Host` headers (absent:
+    /// `None`; present but not visible ASCII: `Some(None)`) may upgrade.
+    pub fn allows(&self, origin: Option<Option<&str>>, host: Option<&str>) -> bool {
+        let origin = match origin {
+            None => return true,
+            Some(None) => return false,
+            Some(Some(origin)) => origin.trim().trim_end_matches('/'),
+        };
+        if self
+            .allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let Some(host) = host.map(str::trim) else {
+            return false;
+        };
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        origin_host.eq_ignore_ascii_case(host) && self.known(host)
     }
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    host.is_some_and(|h| h.trim().eq_ignore_ascii_case(origin_host))
+
+    /// Whether `host` (`name[:port]`) names this server.
+    fn known(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            // An IPv6 literal, `[::1]:8080`.
+            Some(rest) => {
+                return rest
+                    .split(']')
+                    .next()
+                    .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok())
+            }
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<Ipv4Addr>().is_ok()
+            || self
+                .public_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A request header: `None` when absent, `Some(None)` when present but not
+/// visible ASCII (which must not count as absent).
+pub fn raw_header<'r>(request: &'r Request, name: &str) -> Option<Option<&'r str>> {
+    request.headers().get(name).map(|v| v.to_str().ok())
 }
 
 #[cfg(test)]
@@ -289,33 +337,50 @@ mod tests {
     #[test]
     fn origin_policy() {
         let none: &[String] = &[];
-        let host = Some("chat.example:8080");
+        let policy = OriginPolicy {
+            allowed: none,
+            public_hosts: none,
+        };
+        let allows = |origin: &str, host: &str| policy.allows(Some(Some(origin)), Some(host));
         // Non-browser clients send no Origin.
-        assert!(origin_allowed(None, host, none));
-        // Same host, any scheme.
-        assert!(origin_allowed(Some("http://chat.example:8080"), host, none));
-        assert!(origin_allowed(
-            Some("https://CHAT.example:8080"),
-            host,
-            none
+        assert!(policy.allows(None, Some("127.0.0.1:8080")));
+        // Same host, any scheme, when the host is one papo is known by.
+        assert!(allows("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(allows("https://LOCALHOST:8080", "localhost:8080"));
+        assert!(allows("http://[::1]:8080", "[::1]:8080"));
+        // Another site, another port, an opaque origin, no Host.
+        assert!(!allows("http://evil.example", "127.0.0.1:8080"));
+        assert!(!allows("http://127.0.0.1:9090", "127.0.0.1:8080"));
+        assert!(!allows("null", "127.0.0.1:8080"));
+        assert!(!policy.allows(Some(Some("http://127.0.0.1:8080")), None));
+        // DNS rebinding: a matching Host and Origin of an unknown name.
+        assert!(!allows("http://evil.example:8080", "evil.example:8080"));
+        // An Origin that is not visible ASCII is refused, not ignored.
+        assert!(!policy.allows(Some(None), Some("127.0.0.1:8080")));
+        // Known by a public name.
+        let public = ["chat.example".to_owned()];
+        let named = OriginPolicy {
+            allowed: none,
+            public_hosts: &public,
+        };
+        assert!(named.allows(
+            Some(Some("https://CHAT.example:8080")),
+            Some("chat.example:8080")
         ));
-        // Another site, another port, or an opaque origin.
-        assert!(!origin_allowed(Some("http://evil.example"), host, none));
-        assert!(!origin_allowed(
-            Some("http://chat.example:9090"),
-            host,
-            none
-        ));
-        assert!(!origin_allowed(Some("null"), host, none));
-        assert!(!origin_allowed(
-            Some("http://chat.example:8080"),
-            None,
-            none
-        ));
+        assert!(!named.allows(Some(Some("http://evil.example")), Some("evil.example")));
         // Allowed explicitly, or all.
         let allowed = ["https://app.example".to_owned()];
-        assert!(origin_allowed(Some("https://app.example"), host, &allowed));
-        assert!(!origin_allowed(Some("http://app.example"), host, &allowed));
-        assert!(origin_allowed(Some("null"), host, &["*".to_owned()]));
+        let listed = OriginPolicy {
+            allowed: &allowed,
+            public_hosts: none,
+        };
+        assert!(listed.allows(Some(Some("https://app.example")), Some("x")));
+        assert!(!listed.allows(Some(Some("http://app.example")), Some("x")));
+        let any = ["*".to_owned()];
+        let open = OriginPolicy {
+            allowed: &any,
+            public_hosts: none,
+        };
+        assert!(open.allows(Some(Some("null")), Some("x")));
     }
 }

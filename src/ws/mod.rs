@@ -25,7 +25,7 @@ mod member;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use accept::{WsHandle, WsServer};
 
@@ -42,7 +42,8 @@ const READ_BUFFER: usize = 1024;
 const REPLY_BUFFER_KEPT: usize = 16 * 1024;
 /// How long a failed connection waits for the peer to read its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// At most one "connection refused" warning per this interval.
+/// At most one "connection refused" (or "origin refused") warning per
+/// this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the accept loop backs off when `accept` fails (out of
 /// descriptors or memory) instead of spinning.
@@ -71,6 +72,9 @@ pub struct WsConfig {
     pub stack_size: usize,
     /// Browser origins allowed besides the server's own host; `*` allows all.
     pub allowed_origins: Vec<String>,
+    /// Host names this server is reached by, besides IP literals and
+    /// `localhost`: pages of these hosts count as its own.
+    pub public_hosts: Vec<String>,
     /// Connections the kernel queues before the accept loop takes them; a
     /// burst beyond it has its SYNs dropped and retried a second later.
     pub listen_backlog: u32,
@@ -91,4 +95,6 @@ struct Shared {
     /// Every upgraded connection, for the keepalive and shutdown to reach.
     peers: Mutex<HashMap<u64, Watched>>,
     next_id: AtomicU64,
+    /// When a refused browser origin was last logged.
+    origin_warned: Mutex<Option<Instant>>,
 }
