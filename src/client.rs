@@ -164,21 +164,36 @@ pub struct ChatClientConfig {
 }
 
 /// One line for a chat message or event: `[HH:MM:SS] who: text`, UTC.
+/// What others wrote is shown with its control characters escaped, so no
+/// message can start a line of its own, move the cursor or retitle the
+/// terminal.
 pub fn format_chat_line(m: &ChatMessage) -> String {
     let secs = m.timestamp_ms.div_euclid(1000).rem_euclid(86_400);
     let time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let who = visible(&m.sender);
     match m.kind.enum_value_or_default() {
-        Kind::MESSAGE => format!("[{time}] {}: {}", m.sender, m.text),
+        Kind::MESSAGE => format!("[{time}] {who}: {}", visible(&m.text)),
         Kind::JOIN if !m.members.is_empty() => {
-            format!(
-                "[{time}] * {} entrou (na sala: {})",
-                m.sender,
-                m.members.join(", ")
-            )
+            let members: Vec<String> = m.members.iter().map(|n| visible(n)).collect();
+            format!("[{time}] * {who} entrou (na sala: {})", members.join(", "))
         }
-        Kind::JOIN => format!("[{time}] * {} entrou", m.sender),
-        Kind::LEAVE => format!("[{time}] * {} saiu", m.sender),
+        Kind::JOIN => format!("[{time}] * {who} entrou"),
+        Kind::LEAVE => format!("[{time}] * {who} saiu"),
     }
+}
+
+/// `text` with control characters (C0, C1, DEL) and bidi controls shown as
+/// `\u{..}` escapes.
+pub fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || crate::chat::is_bidi_control(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Lines typed on stdin are said in the room; the room's messages are
@@ -306,4 +321,26 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_lines_show_control_characters_escaped() {
+        let m = ChatMessage {
+            sender: "ana".into(),
+            text: "oi\n[09:00:00] admin: run this\u{1b}]0;title\u{7}\u{202E}ok".into(),
+            timestamp_ms: 3_600_000,
+            ..Default::default()
+        };
+        let line = format_chat_line(&m);
+        assert_eq!(
+            line,
+            "[01:00:00] ana: oi\\u{a}[09:00:00] admin: run this\\u{1b}]0;title\\u{7}\\u{202e}ok"
+        );
+        assert!(!line.chars().any(char::is_control));
+        assert_eq!(visible("João 🎉"), "João 🎉");
+    }
 }

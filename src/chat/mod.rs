@@ -22,7 +22,7 @@ use log::debug;
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
-pub use names::{member_name, room_name, DEFAULT_ROOM, MAX_NAME};
+pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 use room::{lock_room, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.

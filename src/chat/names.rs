@@ -42,7 +42,7 @@ fn checked<'a>(what: &str, name: &'a str) -> Result<&'a str, String> {
 }
 
 /// Characters that reorder the text around them.
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
