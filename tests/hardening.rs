@@ -242,6 +242,30 @@ fn a_refused_browser_is_logged_with_how_to_allow_it() {
 }
 
 #[test]
+fn a_failed_connection_is_closed_within_a_second_however_the_peer_trickles() {
+    let server = ws_server_with(WsConfig::default());
+    let mut stream = raw_websocket(server.addr);
+    let (_, bad, code) = protocol_violations().into_iter().next().unwrap();
+    stream.write_all(&bad).unwrap();
+    assert_eq!(read_close_code(&mut stream), Some(code));
+    let start = Instant::now();
+    // A byte every 100 ms keeps each of the server's reads busy.
+    let mut trickle = stream.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        while start.elapsed() < SOON && trickle.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    eventually(SOON, "the connection closed", || {
+        server.metrics.ws_active.load(Ordering::Relaxed) == 0
+    });
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    drop(stream);
+    let _ = trickler.join();
+}
+
+#[test]
 fn metrics_count_what_happened() {
     let server = ws_server_with(WsConfig::default());
     let (mut ws, _) = connect(format!("ws://{}/ws", server.addr)).unwrap();

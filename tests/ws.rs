@@ -158,6 +158,22 @@ fn malformed_requests_get_4xx() {
     let huge = format!("GET /ws HTTP/1.1\r\nX-Filler: {}\r\n", "a".repeat(9000));
     let answer = raw_exchange(addr, huge.as_bytes());
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    // Too many header lines, each small, are too large a head as well.
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = raw_exchange(addr, format!("GET /ws HTTP/1.1\r\n{many}\r\n").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    // Plain HTTP/1.0 gets plain answers; a WebSocket needs HTTP/1.1.
+    let answer = raw_exchange(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let answer = raw_exchange(addr, b"GET /nope HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    let answer = raw_exchange(
+        addr,
+        upgrade_request("/ws")
+            .replacen("HTTP/1.1", "HTTP/1.0", 1)
+            .as_bytes(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
     // The server still serves everyone else.
     let mut ws = client(addr, "/ws");
     assert_eq!(

@@ -393,12 +393,15 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError
     // A failure here means the peer is gone; the steps below then end at once.
     let _ = ws.close(Some(frame));
     let socket = peer.socket();
-    if socket.shutdown(Shutdown::Write).is_ok()
-        && socket.set_read_timeout(Some(CLOSE_GRACE)).is_ok()
-    {
+    if socket.shutdown(Shutdown::Write).is_ok() {
+        // Bounded in time and bytes, however the peer trickles.
+        let deadline = Instant::now() + CLOSE_GRACE;
         let mut sink = [0u8; 1024];
-        // Bounded: at most 64 KiB, and each read returns or times out.
         for _ in 0..64 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
             if !matches!((&*socket).read(&mut sink), Ok(n) if n > 0) {
                 break;
             }

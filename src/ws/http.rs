@@ -9,13 +9,11 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::time::Instant;
 
-use tungstenite::error::ProtocolError;
-use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::Request;
-use tungstenite::Error as WsError;
+use tungstenite::http::Version;
 
 use super::conn::ConnError;
-use super::MAX_REQUEST_HEAD;
+use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::chat;
 
 /// What a request asks for.
@@ -140,7 +138,7 @@ pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<He
             Err(e) => return Err(e.into()),
         };
         buf.extend_from_slice(&chunk[..n]);
-        match Request::try_parse(&buf) {
+        match parse_head(&buf) {
             Ok(Some((len, request))) => {
                 return Ok(Head::Request(Box::new(request), buf.split_off(len)))
             }
@@ -148,12 +146,42 @@ pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<He
                 return Ok(Head::Invalid(431, "request head too large\n"))
             }
             Ok(None) => {}
-            Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
-                return Ok(Head::Invalid(405, "only GET is served here\n"))
-            }
-            Err(_) => return Ok(Head::Invalid(400, "malformed HTTP request\n")),
+            Err((status, why)) => return Ok(Head::Invalid(status, why)),
         }
     }
+}
+
+/// Parses a request head: `None` while it is incomplete. HTTP/1.0 and 1.1
+/// are read alike (the upgrade itself then insists on 1.1); only `GET` is
+/// served.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request)>, (u16, &'static str)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err((431, "too many header lines\n")),
+        Err(_) => return Err((400, "malformed HTTP request\n")),
+    };
+    if head.method != Some("GET") {
+        return Err((405, "only GET is served here\n"));
+    }
+    let version = match head.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let request = head
+        .headers
+        .iter()
+        .fold(Request::builder(), |request, h| {
+            request.header(h.name, h.value)
+        })
+        .method("GET")
+        .uri(head.path.unwrap_or("/"))
+        .version(version)
+        .body(())
+        .map_err(|_| (400, "malformed HTTP request\n"))?;
+    Ok(Some((len, request)))
 }
 
 /// A request header's value, if it is text.
@@ -324,6 +352,30 @@ mod tests {
             Err(400)
         );
         assert_eq!(route("/ws/").map_err(|e| e.0), Err(404));
+    }
+
+    #[test]
+    fn heads_parse_strictly() {
+        let get = |text: &str| parse_head(text.as_bytes()).map(|r| r.map(|(_, r)| r));
+        let ok = get("GET /metrics HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(
+            (ok.uri().path(), ok.version()),
+            ("/metrics", Version::HTTP_10)
+        );
+        let ok = get("GET /ws HTTP/1.1\r\nHost: x\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(header(&ok, "host"), Some("x"));
+        assert!(get("GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert_eq!(get("POST / HTTP/1.1\r\n\r\n").unwrap_err().0, 405);
+        assert_eq!(get("GET / HTTP/2.0\r\n\r\n").unwrap_err().0, 400);
+        let many: String = (0..=MAX_REQUEST_HEADERS)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            get(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err().0,
+            431
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ use keepalive::Watched;
 
 /// Largest HTTP request head accepted; browsers send well under 2 KiB.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Most header lines a request head may have; browsers send about twenty.
+const MAX_REQUEST_HEADERS: usize = 64;
 /// Per-connection read buffer. tungstenite's default, 128 KiB, would cost
 /// 1.25 GiB for 10,000 idle connections; larger messages still arrive whole.
 const READ_BUFFER: usize = 1024;
