@@ -167,6 +167,34 @@ fn malformed_json_closes_that_member_with_1007_only() {
 }
 
 #[test]
+fn members_send_strict_json_with_text_only() {
+    let server = serve(&["--no-grpc"]);
+    let ws_addr = server.ws.clone().unwrap();
+    let mut ana = ws_member(&ws_addr, "strict", "ana");
+    // Surrogate-pair escapes, as Python's json.dumps writes them.
+    ana.send(Message::text(r#"{"text": "\ud83d\ude00 ol\u00e1"}"#))
+        .unwrap();
+    assert_eq!(messages(|| ws_next(&mut ana), 1)[0].2, "😀 olá");
+    // Anything but a text is refused, never taken.
+    for bad in [
+        r#"{"members": ["", "", ""]}"#,
+        r#"{"text": "oi", "sender": "admin"}"#,
+        r#"{'text': 'single quotes'}"#,
+    ] {
+        let mut ws = ws_member(&ws_addr, "strict", "bob");
+        ws.send(Message::text(bad)).unwrap();
+        let code = loop {
+            match ws.read() {
+                Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(e) => panic!("{bad}: no close frame: {e}"),
+            }
+        };
+        assert_eq!(code, Some(CloseCode::Invalid), "{bad}");
+    }
+}
+
+#[test]
 fn names_that_could_forge_or_hide_are_refused_on_both_protocols() {
     let server = serve(&[]);
     let ws = server.ws.as_deref().unwrap().parse().unwrap();

@@ -9,6 +9,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
 use super::conn::{close_frame, Action};
+use super::input;
 use crate::chat::{Delivery, Member, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -48,7 +49,8 @@ impl Subscriber for WsMember {
 }
 
 /// What a member's message does: its text is said in the room; anything but
-/// a JSON text message ends the connection with a reason.
+/// a JSON text message of the member's kind (see `input`) ends the
+/// connection with a reason.
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
 pub(super) fn on_message(member: &Member, message: Message) -> Action {
     let Message::Text(json) = message else {
@@ -57,12 +59,12 @@ pub(super) fn on_message(member: &Member, message: Message) -> Action {
             "/chat takes JSON text messages".into(),
         );
     };
-    match protobuf_json_mapping::parse_from_str::<ChatMessage>(json.as_str()) {
-        Ok(incoming) if incoming.text.is_empty() => Action::Nothing,
-        Ok(incoming) => {
-            member.say(&incoming.text);
+    match input::text_of(json.as_str()) {
+        Ok(text) if text.is_empty() => Action::Nothing,
+        Ok(text) => {
+            member.say(&text);
             Action::Nothing
         }
-        Err(e) => Action::Close(CloseCode::Invalid, format!("invalid JSON message: {e}")),
+        Err(why) => Action::Close(CloseCode::Invalid, why),
     }
 }

@@ -15,10 +15,12 @@
 //! | `conn` | the upgrade, the message loop, close codes |
 //! | `keepalive` | pinging silent peers and dropping unanswered ones |
 //! | `member` | a `/chat` connection as a member of a chat room |
+//! | `input` | what a member may send: strict JSON, `text` only |
 
 mod accept;
 mod conn;
 mod http;
+mod input;
 mod keepalive;
 mod member;
 
