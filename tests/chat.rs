@@ -167,6 +167,68 @@ fn malformed_json_closes_that_member_with_1007_only() {
 }
 
 #[test]
+fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
+    let server = serve(&["--max-message-size", "64KiB"]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let client = chat_client(&grpc_addr);
+    let request = SubscribeRequest {
+        room: "big".into(),
+        name: "listener".into(),
+        ..Default::default()
+    };
+    let mut listener = client.subscribe(&request).unwrap();
+    let mut next = || {
+        next_within(&mut listener, "a message")
+            .expect("stream open")
+            .expect("message")
+    };
+    assert_eq!(kind(&next()), Kind::JOIN);
+    // The longest text: the largest message less 1 KiB for its envelope.
+    let longest = (64 << 10) - 1024;
+    let mut ws = ws_member(&ws_addr, "big", "ana");
+    assert_eq!(kind(&next()), Kind::JOIN);
+    let text = "x".repeat(longest);
+    ws.send(Message::text(format!(r#"{{"text":"{text}"}}"#)))
+        .unwrap();
+    assert_eq!(messages(&mut next, 1)[0].2.len(), longest);
+    let send = |text: String| {
+        let request = ChatMessage {
+            sender: "svc".into(),
+            room: "big".into(),
+            text,
+            ..Default::default()
+        };
+        client.send_message(&request)
+    };
+    let reply = send("y".repeat(longest)).expect("SendMessage answered");
+    assert_eq!(reply.reply.len(), "Mensagem recebida: ".len() + longest);
+    assert_eq!(messages(&mut next, 1)[0].2.len(), longest);
+    // One byte more: refused, and nothing published.
+    match send("z".repeat(longest + 1)) {
+        Err(grpcio::Error::RpcFailure(s)) => {
+            assert_eq!(s.code(), RpcStatusCode::RESOURCE_EXHAUSTED)
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    send("after".into()).unwrap();
+    assert_eq!(messages(&mut next, 1)[0].2, "after");
+    // And a WebSocket member gets 1009 for it.
+    ws.send(Message::text(format!(
+        r#"{{"text":"{}"}}"#,
+        "z".repeat(longest + 1)
+    )))
+    .unwrap();
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Size));
+}
+
+#[test]
 fn members_send_strict_json_with_text_only() {
     let server = serve(&["--no-grpc"]);
     let ws_addr = server.ws.clone().unwrap();

@@ -71,11 +71,32 @@ pub enum SendError {
     Closed,
 }
 
+/// Bytes kept, below the largest message, for what wraps a text on its way
+/// out (sender, room, numbers, a reply's prefix): a text that was taken in
+/// always fits out, whatever the protocol.
+pub const ENVELOPE: usize = 1024;
+
 /// Chat-level settings, shared by both transports.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     /// Messages queued for a slow member before it is dropped.
     pub send_queue: usize,
+    /// Longest text said in a room, in bytes: the largest message less the
+    /// [`ENVELOPE`].
+    pub max_text: usize,
+}
+
+/// A text refused before anything was published: it is longer than
+/// [`ChatConfig::max_text`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooLong {
+    pub max: usize,
+}
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "text longer than {} bytes", self.max)
+    }
 }
 
 impl Default for ChatConfig {
@@ -170,16 +191,27 @@ impl Hub {
 
     /// Publishes `text` from `sender` to `room` if it has members; returns
     /// the message's number in the room (0: nobody was there to hear it).
-    pub fn publish(&self, room: &str, sender: &str, text: &str) -> u64 {
+    pub fn publish(&self, room: &str, sender: &str, text: &str) -> Result<u64, TooLong> {
+        self.check(text)?;
         let Some(room) = lock(&self.rooms).get(room).cloned() else {
-            return 0;
+            return Ok(0);
         };
         let mut room = lock_room(&room);
-        room.publish(Message {
+        Ok(room.publish(Message {
             sender: sender.to_owned(),
             text: text.to_owned(),
             ..Default::default()
-        })
+        }))
+    }
+
+    /// Whether `text` may be said at all.
+    pub fn check(&self, text: &str) -> Result<(), TooLong> {
+        match text.len() <= self.config.max_text {
+            true => Ok(()),
+            false => Err(TooLong {
+                max: self.config.max_text,
+            }),
+        }
     }
 
     /// The names of the rooms that have members.
@@ -218,17 +250,19 @@ pub struct Member {
 }
 
 impl Member {
-    /// Publishes `text` to the member's room under the member's name.
-    pub fn say(&self, text: &str) -> u64 {
+    /// Publishes `text` to the member's room under the member's name;
+    /// returns its number (0: the member was dropped meanwhile).
+    pub fn say(&self, text: &str) -> Result<u64, TooLong> {
+        self.hub.check(text)?;
         let mut room = lock_room(&self.room);
         if !room.members.iter().any(|m| m.id == self.id) {
-            return 0; // dropped for being slow: it no longer speaks here
+            return Ok(0); // dropped for being slow: it no longer speaks here
         }
-        room.publish(Message {
+        Ok(room.publish(Message {
             sender: self.name.clone(),
             text: text.to_owned(),
             ..Default::default()
-        })
+        }))
     }
 }
 

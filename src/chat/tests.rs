@@ -66,7 +66,7 @@ fn members_see_joins_messages_and_leaves_with_stamps() {
     let a = hub.join("sala", "ana", ana.clone());
     let bob = Inbox::new(100);
     let b = hub.join("sala", "bob", bob.clone());
-    assert_eq!(a.say("oi"), 3);
+    assert_eq!(a.say("oi"), Ok(3));
     drop(b);
     let seen = lock(&ana.messages).clone();
     let kinds: Vec<_> = seen
@@ -93,7 +93,7 @@ fn members_see_joins_messages_and_leaves_with_stamps() {
     assert_eq!(bob.seqs(), [2, 3]);
     drop(a);
     assert!(hub.rooms().is_empty(), "an empty room is removed");
-    assert_eq!(hub.publish("sala", "x", "nobody hears"), 0);
+    assert_eq!(hub.publish("sala", "x", "nobody hears"), Ok(0));
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
         for (i, member) in members.iter().enumerate() {
             s.spawn(move || {
                 for n in 0..500 {
-                    member.say(&format!("{i}:{n}"));
+                    member.say(&format!("{i}:{n}")).unwrap();
                 }
             });
         }
@@ -156,7 +156,7 @@ fn fans_out_to_a_thousand_subscribers() {
         .map(|i| hub.join("big", "", i.clone()))
         .collect();
     for n in 0..10 {
-        hub.publish("big", "svc", &format!("m{n}"));
+        hub.publish("big", "svc", &format!("m{n}")).unwrap();
     }
     let expected: Vec<_> = (0..10).map(|n| format!("m{n}")).collect();
     assert!(inboxes.iter().all(|i| i.texts() == expected));
@@ -170,7 +170,7 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
     let _s = hub.join("r", "stuck", stuck.clone());
     let _f = hub.join("r", "fine", fine.clone());
     for n in 0..50 {
-        hub.publish("r", "svc", &n.to_string());
+        hub.publish("r", "svc", &n.to_string()).unwrap();
     }
     assert!(stuck.evicted.load(Ordering::SeqCst));
     let expected: Vec<_> = (0..50).map(|n| n.to_string()).collect();
@@ -184,7 +184,7 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
     let seqs = fine.seqs();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
     // A dropped member no longer speaks in the room.
-    assert_eq!(_s.say("still here?"), 0);
+    assert_eq!(_s.say("still here?"), Ok(0));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn join_and_leave_races_leave_no_ghosts() {
             s.spawn(move || {
                 for n in 0..200 {
                     let m = hub.join("r", &format!("t{t}-{n}"), Inbox::new(10_000));
-                    m.say("hi");
+                    m.say("hi").unwrap();
                     drop(m);
                     // Rooms come and go too.
                     drop(hub.join(&format!("tmp{t}"), "x", Inbox::new(10)));
@@ -235,7 +235,7 @@ fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
                     let inbox = Inbox::new(10_000);
                     let member = hub.join("one", "", inbox.clone());
                     let probe = format!("{t}:{n}");
-                    hub.publish("one", "probe", &probe);
+                    hub.publish("one", "probe", &probe).unwrap();
                     if !inbox.texts().contains(&probe) {
                         stranded.fetch_add(1, Ordering::Relaxed);
                     }
@@ -246,4 +246,21 @@ fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
     });
     assert_eq!(stranded.load(Ordering::Relaxed), 0, "joiners stranded");
     assert!(hub.rooms().is_empty());
+}
+
+#[test]
+fn a_text_too_long_to_send_out_is_refused_before_it_is_published() {
+    let hub = Hub::new(ChatConfig {
+        max_text: 8,
+        ..ChatConfig::default()
+    });
+    let inbox = Inbox::new(100);
+    let member = hub.join("r", "ana", inbox.clone());
+    assert_eq!(member.say("12345678"), Ok(2));
+    assert_eq!(member.say("123456789"), Err(TooLong { max: 8 }));
+    assert_eq!(
+        hub.publish("r", "svc", "123456789"),
+        Err(TooLong { max: 8 })
+    );
+    assert_eq!(inbox.texts(), ["12345678"]);
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{parse, CliError, Command, Flag, Values};
-use crate::chat::{ChatConfig, DEFAULT_ROOM};
+use crate::chat::{ChatConfig, DEFAULT_ROOM, ENVELOPE};
 use crate::client::{ChatClientConfig, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
 use crate::ws::WsConfig;
@@ -244,6 +244,7 @@ impl ServeConfig {
         };
         let chat = ChatConfig {
             send_queue: v.parsed(&SEND_QUEUE)?,
+            max_text: max_message_size.saturating_sub(ENVELOPE),
         };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {
             Ok(match v.switch(off)? {

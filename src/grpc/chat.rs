@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::future::{select, Either};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -32,6 +32,8 @@ pub struct ChatServer {
 struct GrpcMember {
     tx: queue::Sender<Message>,
     evicted: AtomicBool,
+    /// Why the member's own message was refused, ending its stream.
+    refused: OnceLock<String>,
     metrics: Arc<Metrics>,
 }
 
@@ -58,6 +60,8 @@ impl GrpcMember {
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 "too slow: outbound queue full".into(),
             )
+        } else if let Some(why) = self.refused.get() {
+            RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, why.clone())
         } else {
             RpcStatus::ok()
         }
@@ -83,6 +87,7 @@ impl ChatServer {
         let subscriber = Arc::new(GrpcMember {
             tx,
             evicted: AtomicBool::new(false),
+            refused: OnceLock::new(),
             metrics: Arc::clone(&self.metrics),
         });
         let member = self
@@ -100,14 +105,17 @@ impl ChatService for ChatServer {
             msg.text.len()
         );
         self.metrics.grpc.received(msg.text.len());
-        let reply = membership(&msg.room, &msg.sender).map(|(room, sender)| {
-            self.hub.publish(&room, &sender, &msg.text);
+        let reply = membership(&msg.room, &msg.sender).and_then(|(room, sender)| {
+            // Checked before anything is published: a refused call posts nothing.
+            self.hub.publish(&room, &sender, &msg.text).map_err(|e| {
+                RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, e.to_string())
+            })?;
             let reply = chat::grpc_reply(&msg.text);
             self.metrics.grpc.sent(reply.len());
-            Response {
+            Ok(Response {
                 reply,
                 ..Default::default()
-            }
+            })
         });
         finish(&ctx, sink, reply, &self.metrics);
     }
@@ -135,19 +143,23 @@ impl ChatService for ChatServer {
                 }
             };
             let (member, subscriber, rx) = server.member(&room, &name);
-            let closer = subscriber.tx.clone();
+            let speaker = Arc::clone(&subscriber);
             let listening = async move {
                 let mut incoming = Some(first);
                 while let Some(message) = incoming.take() {
                     if !message.text.is_empty() {
                         server.metrics.grpc.received(message.text.len());
-                        member.say(&message.text);
+                        if let Err(too_long) = member.say(&message.text) {
+                            let _ = speaker.refused.set(too_long.to_string());
+                            break;
+                        }
                     }
                     incoming = stream.next().await.and_then(Result::ok);
                 }
-                // The client is done talking: it leaves, and its stream ends.
+                // The client is done talking (or was refused): it leaves, and
+                // its stream ends.
                 drop(member);
-                closer.close();
+                speaker.tx.close();
             };
             let code = stream_out(sink, rx, &subscriber, listening).await;
             metrics.grpc_call(code.into());

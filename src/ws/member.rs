@@ -61,10 +61,10 @@ pub(super) fn on_message(member: &Member, message: Message) -> Action {
     };
     match input::text_of(json.as_str()) {
         Ok(text) if text.is_empty() => Action::Nothing,
-        Ok(text) => {
-            member.say(&text);
-            Action::Nothing
-        }
+        Ok(text) => match member.say(&text) {
+            Ok(_) => Action::Nothing,
+            Err(too_long) => Action::Close(CloseCode::Size, too_long.to_string()),
+        },
         Err(why) => Action::Close(CloseCode::Invalid, why),
     }
 }
