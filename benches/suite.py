@@ -126,7 +126,8 @@ def main():
         server.terminate(); server.wait()
     idle = idles["ws"]
 
-    server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
+    # Load from a few connections is what is measured: no rate limit.
+    server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0"],
                           {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
     floor, floor_addr = start(["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], {"tcp": r"tcp-echo listening on (\S+)"})
     ws_url = "ws://%s/ws" % addrs["ws"]

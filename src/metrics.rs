@@ -127,6 +127,9 @@ pub struct Metrics {
     ws_closed: [AtomicU64; CloseReason::ALL.len()],
     pub ws: Traffic,
     pub grpc: Traffic,
+    /// Chat messages refused by the rate limit, per protocol.
+    pub ws_rate_limited: AtomicU64,
+    pub grpc_rate_limited: AtomicU64,
     grpc_calls: [AtomicU64; GRPC_CODES.len() + 1],
 }
 
@@ -212,6 +215,15 @@ impl Metrics {
             "counter",
             "Payload bytes by protocol and direction.",
             &bytes,
+        );
+        metric(
+            "papo_rate_limited_total",
+            "counter",
+            "Chat messages refused by the rate limit, by protocol.",
+            &[
+                ("{protocol=\"ws\"}".into(), get(&self.ws_rate_limited)),
+                ("{protocol=\"grpc\"}".into(), get(&self.grpc_rate_limited)),
+            ],
         );
         let calls: Vec<_> = GRPC_CODES
             .iter()

@@ -53,7 +53,8 @@ fn check(json: &str, ops: f64) {
 
 #[test]
 fn every_bench_mode_reports_cleanly() {
-    let server = serve(&[]);
+    // Load from few connections: no rate limit here.
+    let server = serve(&["--rate-limit", "0"]);
     let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
 
     check(

@@ -229,6 +229,85 @@ fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
 }
 
 #[test]
+fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
+    let server = serve(&["--rate-limit", "1", "--rate-burst", "5"]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    // WebSocket: the sixth message at once closes the member with 1008.
+    let mut ws = ws_member(&ws_addr, "rate", "ana");
+    for n in 0..6 {
+        ws.send(Message::text(format!(r#"{{"text":"{n}"}}"#)))
+            .unwrap();
+    }
+    assert_eq!(messages(|| ws_next(&mut ws), 5).len(), 5);
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Policy, "rate limit")
+    );
+    // SendMessage: limited per connection, nothing published past it.
+    let client = chat_client(&grpc_addr);
+    let request = ChatMessage {
+        sender: "svc".into(),
+        room: "rate".into(),
+        text: "x".into(),
+        ..Default::default()
+    };
+    let codes: Vec<_> = (0..6)
+        .map(|_| match client.send_message(&request) {
+            Ok(_) => RpcStatusCode::OK,
+            Err(grpcio::Error::RpcFailure(s)) => s.code(),
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert_eq!(codes[..5], [RpcStatusCode::OK; 5]);
+    assert_eq!(codes[5], RpcStatusCode::RESOURCE_EXHAUSTED);
+    // Chat stream: ends RESOURCE_EXHAUSTED.
+    let (mut tx, mut rx) = client.chat().unwrap();
+    for n in 0..7 {
+        let m = ChatMessage {
+            room: "rate".into(),
+            sender: "bob".into(),
+            text: n.to_string(),
+            ..Default::default()
+        };
+        if block_on(tx.send((m, WriteFlags::default()))).is_err() {
+            break;
+        }
+    }
+    let end = loop {
+        match next_within(&mut rx, "the stream's end") {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended OK"),
+        }
+    };
+    match end {
+        grpcio::Error::RpcFailure(s) => assert_eq!(s.code(), RpcStatusCode::RESOURCE_EXHAUSTED),
+        other => panic!("{other}"),
+    }
+    let metrics = common::raw_exchange(
+        ws_addr.parse().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    for line in [
+        "papo_rate_limited_total{protocol=\"ws\"} 1",
+        "papo_rate_limited_total{protocol=\"grpc\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from\n{metrics}"
+        );
+    }
+}
+
+#[test]
 fn members_send_strict_json_with_text_only() {
     let server = serve(&["--no-grpc"]);
     let ws_addr = server.ws.clone().unwrap();
@@ -351,7 +430,8 @@ fn a_long_refusal_still_fits_a_close_frame() {
 
 #[test]
 fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
-    let server = serve(&["--send-queue", "8"]);
+    // One service sends 2,000 messages at once: no rate limit here.
+    let server = serve(&["--send-queue", "8", "--rate-limit", "0"]);
     let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
     let mut fast = ws_member(&ws_addr, "busy", "fast");
     let mut stuck_ws = ws_member(&ws_addr, "busy", "stuck-ws");

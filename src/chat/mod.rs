@@ -9,6 +9,7 @@
 //! subscriber only queues), and a subscriber whose queue is full is dropped
 //! from the room on the spot: one stuck member never slows the others.
 mod names;
+mod rate;
 mod room;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use log::debug;
 
@@ -23,6 +25,7 @@ use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
+pub use rate::{Bucket, Rate};
 use room::{lock_room, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
@@ -84,18 +87,25 @@ pub struct ChatConfig {
     /// Longest text said in a room, in bytes: the largest message less the
     /// [`ENVELOPE`].
     pub max_text: usize,
+    /// Messages a member may say, per second and at once.
+    pub rate: Rate,
 }
 
-/// A text refused before anything was published: it is longer than
-/// [`ChatConfig::max_text`].
+/// Why a text was not said; nothing was published.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooLong {
-    pub max: usize,
+pub enum Refusal {
+    /// Longer than [`ChatConfig::max_text`].
+    TooLong { max: usize },
+    /// Over the member's (or connection's) rate limit.
+    RateLimited,
 }
 
-impl std::fmt::Display for TooLong {
+impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "text longer than {} bytes", self.max)
+        match self {
+            Refusal::TooLong { max } => write!(f, "text longer than {max} bytes"),
+            Refusal::RateLimited => f.write_str("rate limit"),
+        }
     }
 }
 
@@ -171,6 +181,7 @@ impl Hub {
             room: room_arc,
             id,
             name: name.to_owned(),
+            bucket: Mutex::new(Bucket::new(self.config.rate, Instant::now())),
         }
     }
 
@@ -191,7 +202,7 @@ impl Hub {
 
     /// Publishes `text` from `sender` to `room` if it has members; returns
     /// the message's number in the room (0: nobody was there to hear it).
-    pub fn publish(&self, room: &str, sender: &str, text: &str) -> Result<u64, TooLong> {
+    pub fn publish(&self, room: &str, sender: &str, text: &str) -> Result<u64, Refusal> {
         self.check(text)?;
         let Some(room) = lock(&self.rooms).get(room).cloned() else {
             return Ok(0);
@@ -205,10 +216,10 @@ impl Hub {
     }
 
     /// Whether `text` may be said at all.
-    pub fn check(&self, text: &str) -> Result<(), TooLong> {
+    pub fn check(&self, text: &str) -> Result<(), Refusal> {
         match text.len() <= self.config.max_text {
             true => Ok(()),
-            false => Err(TooLong {
+            false => Err(Refusal::TooLong {
                 max: self.config.max_text,
             }),
         }
@@ -247,13 +258,18 @@ pub struct Member {
     room: Arc<Mutex<Room>>,
     id: u64,
     name: String,
+    /// The member's rate limit (locked by its own connection only).
+    bucket: Mutex<Bucket>,
 }
 
 impl Member {
     /// Publishes `text` to the member's room under the member's name;
     /// returns its number (0: the member was dropped meanwhile).
-    pub fn say(&self, text: &str) -> Result<u64, TooLong> {
+    pub fn say(&self, text: &str) -> Result<u64, Refusal> {
         self.hub.check(text)?;
+        if !lock(&self.bucket).take(Instant::now()) {
+            return Err(Refusal::RateLimited);
+        }
         let mut room = lock_room(&self.room);
         if !room.members.iter().any(|m| m.id == self.id) {
             return Ok(0); // dropped for being slow: it no longer speaks here

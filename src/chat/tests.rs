@@ -2,6 +2,17 @@
 //! and join/leave races.
 
 use super::*;
+
+/// The serve defaults without a rate limit: these tests say a lot at once.
+fn unlimited() -> ChatConfig {
+    ChatConfig {
+        rate: Rate {
+            per_second: 0,
+            burst: 0,
+        },
+        ..ChatConfig::default()
+    }
+}
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
@@ -61,7 +72,7 @@ fn seed_replies() {
 
 #[test]
 fn members_see_joins_messages_and_leaves_with_stamps() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let ana = Inbox::new(100);
     let a = hub.join("sala", "ana", ana.clone());
     let bob = Inbox::new(100);
@@ -98,7 +109,7 @@ fn members_see_joins_messages_and_leaves_with_stamps() {
 
 #[test]
 fn concurrent_senders_are_seen_in_one_order_by_everyone() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let inboxes: Vec<_> = (0..4).map(|_| Inbox::new(10_000)).collect();
     let members: Vec<_> = inboxes
         .iter()
@@ -138,7 +149,7 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
 
 #[test]
 fn a_room_of_n_costs_linear_bytes_to_fill() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let first = Inbox::new(10_000);
     let _members: Vec<_> = std::iter::once(hub.join("big", "m0", first.clone()))
         .chain((1..300).map(|i| hub.join("big", &format!("m{i}"), Inbox::new(10_000))))
@@ -149,7 +160,7 @@ fn a_room_of_n_costs_linear_bytes_to_fill() {
 
 #[test]
 fn fans_out_to_a_thousand_subscribers() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let inboxes: Vec<_> = (0..1000).map(|_| Inbox::new(2000)).collect();
     let _members: Vec<_> = inboxes
         .iter()
@@ -164,7 +175,7 @@ fn fans_out_to_a_thousand_subscribers() {
 
 #[test]
 fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let stuck = Inbox::new(3);
     let fine = Inbox::new(1000);
     let _s = hub.join("r", "stuck", stuck.clone());
@@ -189,7 +200,7 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
 
 #[test]
 fn join_and_leave_races_leave_no_ghosts() {
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let watcher = Inbox::new(1_000_000);
     let _w = hub.join("r", "watcher", watcher.clone());
     thread::scope(|s| {
@@ -225,7 +236,7 @@ fn join_and_leave_races_leave_no_ghosts() {
 fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
     // One room name, emptied and refilled all the time: a joiner must always
     // land in the room the hub publishes to, never in one just removed.
-    let hub = Hub::new(ChatConfig::default());
+    let hub = Hub::new(unlimited());
     let stranded = AtomicU64::new(0);
     thread::scope(|s| {
         for t in 0..4 {
@@ -252,15 +263,35 @@ fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
 fn a_text_too_long_to_send_out_is_refused_before_it_is_published() {
     let hub = Hub::new(ChatConfig {
         max_text: 8,
-        ..ChatConfig::default()
+        ..unlimited()
     });
     let inbox = Inbox::new(100);
     let member = hub.join("r", "ana", inbox.clone());
     assert_eq!(member.say("12345678"), Ok(2));
-    assert_eq!(member.say("123456789"), Err(TooLong { max: 8 }));
+    assert_eq!(member.say("123456789"), Err(Refusal::TooLong { max: 8 }));
     assert_eq!(
         hub.publish("r", "svc", "123456789"),
-        Err(TooLong { max: 8 })
+        Err(Refusal::TooLong { max: 8 })
     );
     assert_eq!(inbox.texts(), ["12345678"]);
+}
+
+#[test]
+fn a_member_over_its_rate_is_refused_and_nothing_is_published() {
+    let hub = Hub::new(ChatConfig {
+        rate: Rate {
+            per_second: 1,
+            burst: 3,
+        },
+        ..unlimited()
+    });
+    let inbox = Inbox::new(100);
+    let member = hub.join("r", "ana", inbox.clone());
+    let said: Vec<_> = (0..5).map(|n| member.say(&n.to_string())).collect();
+    assert!(said[..3].iter().all(Result::is_ok), "{said:?}");
+    assert_eq!(
+        said[3..],
+        [Err(Refusal::RateLimited), Err(Refusal::RateLimited)]
+    );
+    assert_eq!(inbox.texts(), ["0", "1", "2"]);
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{parse, CliError, Command, Flag, Values};
-use crate::chat::{ChatConfig, DEFAULT_ROOM, ENVELOPE};
+use crate::chat::{ChatConfig, Rate, DEFAULT_ROOM, ENVELOPE};
 use crate::client::{ChatClientConfig, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
 use crate::ws::WsConfig;
@@ -69,6 +69,18 @@ pub const SEND_QUEUE: Flag = Flag::count(
     "256",
     "Messages queued for a slow peer or stream before it is dropped (1008 / RESOURCE_EXHAUSTED)",
 );
+pub const RATE_LIMIT: Flag = Flag::count(
+    "rate-limit",
+    "N",
+    "100",
+    "Messages a chat member (or a SendMessage connection) may send per second (0: no limit)",
+);
+pub const RATE_BURST: Flag = Flag::count(
+    "rate-burst",
+    "N",
+    "200",
+    "Messages a chat member may send at once before --rate-limit applies",
+);
 pub const LISTEN_BACKLOG: Flag = Flag::count(
     "listen-backlog",
     "N",
@@ -129,6 +141,8 @@ pub const SERVE: Command = Command {
         &WRITE_TIMEOUT,
         &STACK_SIZE,
         &SEND_QUEUE,
+        &RATE_LIMIT,
+        &RATE_BURST,
         &LISTEN_BACKLOG,
         &ALLOWED_ORIGIN,
         &PUBLIC_HOST,
@@ -245,6 +259,10 @@ impl ServeConfig {
         let chat = ChatConfig {
             send_queue: v.parsed(&SEND_QUEUE)?,
             max_text: max_message_size.saturating_sub(ENVELOPE),
+            rate: Rate {
+                per_second: v.parsed(&RATE_LIMIT)?,
+                burst: v.parsed(&RATE_BURST)?,
+            },
         };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {
             Ok(match v.switch(off)? {

@@ -1,10 +1,12 @@
 //! `ChatService`: the seed's unary `SendMessage`, and the `Chat` and
 //! `Subscribe` streams through which services are members of chat rooms.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use futures_util::future::{select, Either};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -15,7 +17,7 @@ use grpcio::{
 use log::debug;
 
 use super::finish;
-use crate::chat::{self, Delivery, Hub, Member, SendError, Subscriber};
+use crate::chat::{self, Bucket, Delivery, Hub, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::proto::chat::{Message, Response, SubscribeRequest};
 use crate::proto::chat_grpc::ChatService;
@@ -26,6 +28,28 @@ use crate::queue;
 pub struct ChatServer {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    /// `SendMessage`'s rate limit, per client connection (its peer address).
+    pub senders: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+/// Connections whose `SendMessage` buckets are kept before full ones, which
+/// say nothing a new bucket would not, are forgotten.
+const SENDERS_KEPT: usize = 1024;
+
+impl ChatServer {
+    /// Takes a token from the bucket of the connection `peer`.
+    fn may_send(&self, peer: &str) -> bool {
+        let now = Instant::now();
+        let mut senders = crate::lock(&self.senders);
+        if senders.len() >= SENDERS_KEPT {
+            senders.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let rate = self.hub.config().rate;
+        senders
+            .entry(peer.to_owned())
+            .or_insert_with(|| Bucket::new(rate, now))
+            .take(now)
+    }
 }
 
 /// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
@@ -105,7 +129,18 @@ impl ChatService for ChatServer {
             msg.text.len()
         );
         self.metrics.grpc.received(msg.text.len());
+        let peer = ctx.peer();
         let reply = membership(&msg.room, &msg.sender).and_then(|(room, sender)| {
+            if !self.may_send(&peer) {
+                self.metrics
+                    .grpc_rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                let why = Refusal::RateLimited.to_string();
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::RESOURCE_EXHAUSTED,
+                    why,
+                ));
+            }
             // Checked before anything is published: a refused call posts nothing.
             self.hub.publish(&room, &sender, &msg.text).map_err(|e| {
                 RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, e.to_string())
@@ -146,11 +181,19 @@ impl ChatService for ChatServer {
             let speaker = Arc::clone(&subscriber);
             let listening = async move {
                 let mut incoming = Some(first);
+                let mut refused = false;
                 while let Some(message) = incoming.take() {
                     if !message.text.is_empty() {
                         server.metrics.grpc.received(message.text.len());
-                        if let Err(too_long) = member.say(&message.text) {
-                            let _ = speaker.refused.set(too_long.to_string());
+                        if let Err(refusal) = member.say(&message.text) {
+                            if refusal == Refusal::RateLimited {
+                                server
+                                    .metrics
+                                    .grpc_rate_limited
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                            let _ = speaker.refused.set(refusal.to_string());
+                            refused = true;
                             break;
                         }
                     }
@@ -160,6 +203,7 @@ impl ChatService for ChatServer {
                 // its stream ends.
                 drop(member);
                 speaker.tx.close();
+                refused.then_some(stream)
             };
             let code = stream_out(sink, rx, &subscriber, listening).await;
             metrics.grpc_call(code.into());
@@ -186,7 +230,7 @@ impl ChatService for ChatServer {
         let (member, subscriber, rx) = self.member(&room, &name);
         let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
-            let code = stream_out(sink, rx, &subscriber, std::future::pending()).await;
+            let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;
             drop(member);
             metrics.grpc_call(code.into());
         });
@@ -218,19 +262,21 @@ impl OutSink for DuplexSink<Message> {
 
 /// Streams a member's queue out until it is closed (the member left or was
 /// dropped) or the client goes away, running `listening` alongside; then
-/// ends the call with the right status, which it returns.
-async fn stream_out(
+/// ends the call with the right status, which it returns. What `listening`
+/// returns (the request stream, when the member was refused) is kept until
+/// the call has ended: dropping it first would cancel the call.
+async fn stream_out<K>(
     mut sink: impl OutSink,
     rx: queue::Receiver<Message>,
     subscriber: &GrpcMember,
-    listening: impl Future<Output = ()>,
+    listening: impl Future<Output = K>,
 ) -> RpcStatusCode {
     let mut outgoing = rx.map(|m| Ok((m, WriteFlags::default())));
     let sending = sink.send_all(&mut outgoing);
-    let sent = match select(pin!(sending), pin!(listening)).await {
-        Either::Left((sent, _listening)) => sent,
+    let (sent, _kept) = match select(pin!(sending), pin!(listening)).await {
+        Either::Left((sent, _listening)) => (sent, None),
         // The client stopped talking: the queue was closed; drain it.
-        Either::Right(((), sending)) => sending.await,
+        Either::Right((kept, sending)) => (sending.await, Some(kept)),
     };
     drop(outgoing);
     let status = subscriber.end_status();

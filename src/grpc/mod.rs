@@ -153,6 +153,7 @@ impl GrpcServer {
         let chat = ChatServer {
             hub,
             metrics: Arc::clone(&metrics),
+            senders: Arc::default(),
         };
         let health_server = HealthServer {
             health: Arc::clone(&health),

@@ -173,7 +173,9 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
                 metrics: Arc::clone(&shared.metrics),
             };
             let member = shared.hub.join(&room, &name, Arc::new(subscriber));
-            message_loop(ws, &peer, shared, |m| member::on_message(&member, m))
+            message_loop(ws, &peer, shared, |m| {
+                member::on_message(&member, &shared.metrics, m)
+            })
         }
     };
     match served {

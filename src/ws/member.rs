@@ -2,6 +2,7 @@
 //! out as JSON text frames, and each JSON text message that comes in is
 //! said in the room.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -10,7 +11,7 @@ use tungstenite::Message;
 
 use super::conn::{close_frame, Action};
 use super::input;
-use crate::chat::{Delivery, Member, SendError, Subscriber};
+use crate::chat::{Delivery, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::proto::chat::Message as ChatMessage;
@@ -52,7 +53,7 @@ impl Subscriber for WsMember {
 /// a JSON text message of the member's kind (see `input`) ends the
 /// connection with a reason.
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
-pub(super) fn on_message(member: &Member, message: Message) -> Action {
+pub(super) fn on_message(member: &Member, metrics: &Metrics, message: Message) -> Action {
     let Message::Text(json) = message else {
         return Action::Close(
             CloseCode::Unsupported,
@@ -63,7 +64,13 @@ pub(super) fn on_message(member: &Member, message: Message) -> Action {
         Ok(text) if text.is_empty() => Action::Nothing,
         Ok(text) => match member.say(&text) {
             Ok(_) => Action::Nothing,
-            Err(too_long) => Action::Close(CloseCode::Size, too_long.to_string()),
+            Err(refusal @ Refusal::TooLong { .. }) => {
+                Action::Close(CloseCode::Size, refusal.to_string())
+            }
+            Err(refusal @ Refusal::RateLimited) => {
+                metrics.ws_rate_limited.fetch_add(1, Ordering::Relaxed);
+                Action::Close(CloseCode::Policy, refusal.to_string())
+            }
         },
         Err(why) => Action::Close(CloseCode::Invalid, why),
     }
