@@ -305,4 +305,44 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     );
     assert!(page.screenshot(&dir.join("chat-page-phone.png")) > 5_000);
     eprintln!("screenshots in {}", dir.display());
+
+    // Two members of one name are two members, and one leaving leaves one.
+    let twin = ws_member(&ws, "Navegador");
+    page.wait_for(
+        "a second Navegador counted",
+        "document.getElementById('count').textContent",
+        |s| s == "3 na sala",
+    );
+    drop(twin);
+    page.wait_for(
+        "one Navegador left",
+        "document.getElementById('count').textContent",
+        |s| s == "2 na sala",
+    );
+    // A name the server refuses: its reason is shown, and no retrying.
+    let state = "document.getElementById('state').textContent";
+    page.eval(&format!(
+        "location.href = 'http://{ws}/?room=web&name=%E2%80%AEnimda', 'ok'"
+    ));
+    page.wait_for("the server's refusal shown", state, |s| {
+        s.starts_with("recusado") && s.contains("U+202E")
+    });
+    // A name too long in bytes (64 characters, 128 bytes) is refused at once.
+    let long = "%C3%A3".repeat(64);
+    page.eval(&format!(
+        "location.href = 'http://{ws}/?room=web&name={long}', 'ok'"
+    ));
+    page.wait_for("a long name refused", state, |s| s.contains("64 bytes"));
+}
+
+/// A WebSocket member of room `web`, once its own JOIN has come.
+fn ws_member(addr: &str, name: &str) -> common::Ws {
+    let (mut ws, _) = connect(format!("ws://{addr}/chat?room=web&name={name}")).unwrap();
+    loop {
+        if let Message::Text(json) = ws.read().expect("own JOIN") {
+            if json.contains("JOIN") {
+                return ws;
+            }
+        }
+    }
 }
