@@ -55,6 +55,17 @@ fn grpc_next(rx: &mut ClientDuplexReceiver<ChatMessage>) -> ChatMessage {
         .expect("message")
 }
 
+/// The close frame the server ends `ws` with, skipping what comes before it.
+fn close_of(ws: &mut Ws) -> Option<tungstenite::protocol::CloseFrame> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
 fn kind(m: &ChatMessage) -> Kind {
     m.kind.enum_value_or_default()
 }
@@ -152,13 +163,7 @@ fn malformed_json_closes_that_member_with_1007_only() {
     let mut good = ws_member(&ws_addr, "r", "good");
     let mut bad = ws_member(&ws_addr, "r", "bad");
     bad.send(Message::text("{not json")).unwrap();
-    let code = loop {
-        match bad.read() {
-            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let code = close_of(&mut bad).map(|f| f.code);
     assert_eq!(code, Some(CloseCode::Invalid));
     good.send(Message::text(r#"{"text":"still here"}"#))
         .unwrap();
@@ -218,13 +223,7 @@ fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
         "z".repeat(longest + 1)
     )))
     .unwrap();
-    let code = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let code = close_of(&mut ws).map(|f| f.code);
     assert_eq!(code, Some(CloseCode::Size));
 }
 
@@ -239,13 +238,7 @@ fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
             .unwrap();
     }
     assert_eq!(messages(|| ws_next(&mut ws), 5).len(), 5);
-    let close = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let close = close_of(&mut ws);
     let close = close.expect("a close frame with a code");
     assert_eq!(
         (close.code, close.reason.as_str()),
@@ -324,13 +317,7 @@ fn members_send_strict_json_with_text_only() {
     ] {
         let mut ws = ws_member(&ws_addr, "strict", "bob");
         ws.send(Message::text(bad)).unwrap();
-        let code = loop {
-            match ws.read() {
-                Ok(Message::Close(frame)) => break frame.map(|f| f.code),
-                Ok(_) => continue,
-                Err(e) => panic!("{bad}: no close frame: {e}"),
-            }
-        };
+        let code = close_of(&mut ws).map(|f| f.code);
         assert_eq!(code, Some(CloseCode::Invalid), "{bad}");
     }
 }
@@ -474,13 +461,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
     );
 
     // The stuck WebSocket member finds, after what it had buffered, a 1008 close.
-    let code = loop {
-        match stuck_ws.read() {
-            Ok(Message::Close(frame)) => break frame.map(|f| f.code),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let code = close_of(&mut stuck_ws).map(|f| f.code);
     assert_eq!(code, Some(CloseCode::Policy));
     // The stuck gRPC subscriber's stream ends RESOURCE_EXHAUSTED.
     let end = loop {
