@@ -2,7 +2,7 @@
 //! from each send to each member's receipt.
 
 use std::io;
-use std::sync::{Arc, Barrier};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,18 +64,24 @@ fn fanout(url: &str, members: usize, msgs: usize, interval: Duration) -> Result<
             samples: Samples::default(),
         });
     }
-    let joined = Arc::new(Barrier::new(FANOUT_READERS + 1));
+    let (filled, room_full) = mpsc::channel();
     let readers: Vec<_> = groups
         .into_iter()
         .map(|group| {
-            let joined = Arc::clone(&joined);
+            let filled = filled.clone();
             thread::Builder::new()
                 .name("bench-members".into())
-                .spawn(move || read_members(group, members, msgs, epoch, &joined))
+                .spawn(move || read_members(group, members, msgs, epoch, &filled))
                 .map_err(|e| format!("cannot start a reader thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    joined.wait();
+    // Every reader says its members are all in the room, or why not (a
+    // reader that failed must not leave this thread waiting for it).
+    for _ in 0..FANOUT_READERS {
+        room_full
+            .recv_timeout(FANOUT_STALL * 2)
+            .map_err(|_| "the room did not fill in time".to_owned())??;
+    }
     let started = Instant::now();
     let mut sender = ws_connect(&format!("{url}?room={room}&name="))?;
     for _ in 0..msgs {
@@ -125,8 +131,23 @@ fn read_members(
     total: usize,
     msgs: usize,
     epoch: Instant,
-    joined: &Barrier,
+    filled: &mpsc::Sender<Result<(), String>>,
 ) -> Result<(Samples, u64), String> {
+    match fill_room(&mut group, total) {
+        Ok(epoll) => {
+            let _ = filled.send(Ok(()));
+            measure(group, msgs, epoch, &epoll)
+        }
+        Err(e) => {
+            let _ = filled.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+/// Waits until each member of `group` sees all `total` in the room; returns
+/// the epoll instance watching them.
+fn fill_room(group: &mut [Member], total: usize) -> Result<Epoll, String> {
     let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
     for (i, member) in group.iter().enumerate() {
         member.ws.set_nonblocking()?;
@@ -149,6 +170,14 @@ fn read_members(
             }
         })
     };
+    // The handshake may have read a member's first frames along with the
+    // 101: they are in its buffer already, and epoll will not announce them.
+    for member in group.iter_mut() {
+        count_room(member)?;
+        if member.present >= total {
+            filling -= 1;
+        }
+    }
     while filling > 0 {
         epoll
             .wait(&mut ready, FANOUT_STALL)
@@ -167,7 +196,17 @@ fn read_members(
             }
         }
     }
-    joined.wait();
+    Ok(epoll)
+}
+
+/// Records `msgs` deliveries per member of `group`.
+fn measure(
+    mut group: Vec<Member>,
+    msgs: usize,
+    epoch: Instant,
+    epoll: &Epoll,
+) -> Result<(Samples, u64), String> {
+    let mut ready = Vec::new();
     let mut waiting = group.len();
     let mut errors = 0;
     while waiting > 0 {
