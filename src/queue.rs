@@ -3,6 +3,8 @@
 //!
 //! A full queue is an answer, not a wait: the producer learns the consumer is
 //! too slow and can drop it, so one stuck subscriber never stalls the others.
+//! It is bounded in items and in bytes, so what one stuck consumer holds
+//! does not grow with the size of the messages.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -15,6 +17,8 @@ use crate::chat::SendError;
 
 struct State<T> {
     items: VecDeque<T>,
+    /// The items' weight in bytes, summed.
+    bytes: usize,
     /// The sender closed the queue: the consumer ends after the last item.
     closed: bool,
     /// The receiver is gone: sending is pointless.
@@ -25,6 +29,9 @@ struct State<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    /// Bytes queued at most (one item larger than this still fits alone).
+    max_bytes: usize,
+    weight: fn(&T) -> usize,
 }
 
 impl<T> Shared<T> {
@@ -47,30 +54,47 @@ pub struct Receiver<T>(Arc<Shared<T>>);
 
 /// A queue holding at most `capacity` items.
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    bounded_in_bytes(capacity, usize::MAX, |_| 0)
+}
+
+/// A queue holding at most `capacity` items and, but for a single item,
+/// `max_bytes` of them as `weight` counts.
+pub fn bounded_in_bytes<T>(
+    capacity: usize,
+    max_bytes: usize,
+    weight: fn(&T) -> usize,
+) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
             closed: false,
             abandoned: false,
             waker: None,
         }),
         capacity: capacity.max(1),
+        max_bytes,
+        weight,
     });
     (Sender(Arc::clone(&shared)), Receiver(shared))
 }
 
 impl<T> Sender<T> {
-    /// Queues `item` without waiting: `Full` when the consumer is
-    /// `capacity` items behind, `Closed` when it is gone or the queue closed.
+    /// Queues `item` without waiting: `Full` when the consumer is too far
+    /// behind, `Closed` when it is gone or the queue closed.
     pub fn try_send(&self, item: T) -> Result<(), SendError> {
+        let weight = (self.0.weight)(&item);
         let waker = {
             let mut state = self.0.lock();
             if state.abandoned || state.closed {
                 return Err(SendError::Closed);
             }
-            if state.items.len() >= self.0.capacity {
+            let over_bytes =
+                !state.items.is_empty() && state.bytes.saturating_add(weight) > self.0.max_bytes;
+            if state.items.len() >= self.0.capacity || over_bytes {
                 return Err(SendError::Full);
             }
+            state.bytes += weight;
             state.items.push_back(item);
             state.waker.take()
         };
@@ -93,6 +117,21 @@ impl<T> Sender<T> {
         }
     }
 
+    /// Ends the stream now, dropping what is queued: for a consumer cut off
+    /// for being too slow, whose backlog nobody will read.
+    pub fn close_now(&self) {
+        let waker = {
+            let mut state = self.0.lock();
+            state.closed = true;
+            state.items.clear();
+            state.bytes = 0;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// The consumer has gone away.
     pub fn is_gone(&self) -> bool {
         self.0.lock().abandoned
@@ -105,6 +144,7 @@ impl<T> Stream for Receiver<T> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut state = self.0.lock();
         if let Some(item) = state.items.pop_front() {
+            state.bytes -= (self.0.weight)(&item);
             return Poll::Ready(Some(item));
         }
         if state.closed {
@@ -159,6 +199,19 @@ mod tests {
             (0..100).collect::<Vec<_>>()
         );
         producer.join().unwrap();
+    }
+
+    #[test]
+    fn bytes_are_bounded_too_but_one_large_item_fits_alone() {
+        let (tx, mut rx) = bounded_in_bytes::<Vec<u8>>(100, 10, Vec::len);
+        assert_eq!(tx.try_send(vec![0; 25]), Ok(()), "alone, however large");
+        assert_eq!(tx.try_send(vec![0; 1]), Err(SendError::Full));
+        assert_eq!(block_on(rx.next()).map(|v| v.len()), Some(25));
+        assert_eq!(tx.try_send(vec![0; 6]), Ok(()));
+        assert_eq!(tx.try_send(vec![0; 4]), Ok(()));
+        assert_eq!(tx.try_send(vec![0; 1]), Err(SendError::Full));
+        tx.close_now();
+        assert_eq!(block_on(rx.next()), None, "the backlog is dropped");
     }
 
     #[test]

@@ -301,6 +301,45 @@ fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
 }
 
 #[test]
+fn a_grpc_member_that_does_not_read_holds_two_messages_worth_not_its_whole_queue() {
+    let server = serve(&["--max-message-size", "256KiB", "--rate-limit", "0"]);
+    let client = chat_client(server.grpc.as_deref().unwrap());
+    let request = SubscribeRequest {
+        room: "heavy".into(),
+        name: "stuck".into(),
+        ..Default::default()
+    };
+    let mut stuck = client.subscribe(&request).unwrap();
+    assert!(matches!(next_within(&mut stuck, "its JOIN"), Some(Ok(_))));
+    // 100 texts of 255 KiB: well under --send-queue's 256 messages, far over
+    // two messages' worth of bytes.
+    let sender = chat_client(server.grpc.as_deref().unwrap());
+    let text = "x".repeat((256 << 10) - 1024);
+    for _ in 0..100 {
+        let m = ChatMessage {
+            room: "heavy".into(),
+            sender: "svc".into(),
+            text: text.clone(),
+            ..Default::default()
+        };
+        sender.send_message(&m).unwrap();
+    }
+    let mut received = 0;
+    let end = loop {
+        match next_within(&mut stuck, "the stuck member's end") {
+            Some(Ok(_)) => received += 1,
+            Some(Err(e)) => break e,
+            None => panic!("ended OK after {received}"),
+        }
+    };
+    match end {
+        grpcio::Error::RpcFailure(s) => assert_eq!(s.code(), RpcStatusCode::RESOURCE_EXHAUSTED),
+        other => panic!("{other}"),
+    }
+    assert!(received < 100, "all {received} were held for it");
+}
+
+#[test]
 fn members_send_strict_json_with_text_only() {
     let server = serve(&["--no-grpc"]);
     let ws_addr = server.ws.clone().unwrap();

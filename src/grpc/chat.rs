@@ -76,7 +76,7 @@ impl Subscriber for GrpcMember {
 
     fn evicted(&self) {
         self.evicted.store(true, Ordering::Release);
-        self.tx.close();
+        self.tx.close_now();
     }
 }
 
@@ -96,6 +96,11 @@ impl GrpcMember {
     }
 }
 
+/// What a queued message holds, near enough: its strings.
+fn weight(m: &Message) -> usize {
+    m.text.len() + m.sender.len() + m.room.len() + m.members.iter().map(String::len).sum::<usize>()
+}
+
 /// The room and member name a stream asks for, checked.
 fn membership(room: &str, name: &str) -> Result<(String, String), RpcStatus> {
     let room = chat::room_name(room)
@@ -111,7 +116,10 @@ impl ChatServer {
         room: &str,
         name: &str,
     ) -> (Member, Arc<GrpcMember>, queue::Receiver<Message>) {
-        let (tx, rx) = queue::bounded(self.hub.config().send_queue);
+        let config = self.hub.config();
+        // As a WebSocket peer's: two of the largest messages.
+        let max_bytes = (config.max_text + chat::ENVELOPE).saturating_mul(2);
+        let (tx, rx) = queue::bounded_in_bytes(config.send_queue, max_bytes, weight);
         let subscriber = Arc::new(GrpcMember {
             tx,
             evicted: AtomicBool::new(false),
