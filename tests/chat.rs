@@ -16,7 +16,8 @@ use futures_util::SinkExt;
 use grpcio::{ClientDuplexReceiver, RpcStatusCode, WriteFlags};
 use papo::executor::block_on;
 use papo::proto::chat::message::Kind;
-use papo::proto::chat::{Message as ChatMessage, SubscribeRequest};
+use papo::proto::chat::{Message as ChatMessage, Response, SubscribeRequest};
+use papo::proto::chat_grpc::ChatServiceClient;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -64,6 +65,17 @@ fn close_of(ws: &mut Ws) -> Option<tungstenite::protocol::CloseFrame> {
             Err(e) => panic!("no close frame: {e}"),
         }
     }
+}
+
+/// `SendMessage` of `text` to `room`, as the service "svc".
+fn post(client: &ChatServiceClient, room: &str, text: &str) -> grpcio::Result<Response> {
+    let request = ChatMessage {
+        sender: "svc".into(),
+        room: room.into(),
+        text: text.into(),
+        ..Default::default()
+    };
+    client.send_message(&request)
 }
 
 fn kind(m: &ChatMessage) -> Kind {
@@ -196,15 +208,7 @@ fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
     ws.send(Message::text(format!(r#"{{"text":"{text}"}}"#)))
         .unwrap();
     assert_eq!(messages(&mut next, 1)[0].2.len(), longest);
-    let send = |text: String| {
-        let request = ChatMessage {
-            sender: "svc".into(),
-            room: "big".into(),
-            text,
-            ..Default::default()
-        };
-        client.send_message(&request)
-    };
+    let send = |text: String| post(&client, "big", &text);
     let reply = send("y".repeat(longest)).expect("SendMessage answered");
     assert_eq!(reply.reply.len(), "Mensagem recebida: ".len() + longest);
     assert_eq!(messages(&mut next, 1)[0].2.len(), longest);
@@ -246,14 +250,8 @@ fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
     );
     // SendMessage: limited per connection, nothing published past it.
     let client = chat_client(&grpc_addr);
-    let request = ChatMessage {
-        sender: "svc".into(),
-        room: "rate".into(),
-        text: "x".into(),
-        ..Default::default()
-    };
     let codes: Vec<_> = (0..6)
-        .map(|_| match client.send_message(&request) {
+        .map(|_| match post(&client, "rate", "x") {
             Ok(_) => RpcStatusCode::OK,
             Err(grpcio::Error::RpcFailure(s)) => s.code(),
             Err(e) => panic!("{e}"),
@@ -316,13 +314,7 @@ fn a_grpc_member_that_does_not_read_holds_two_messages_worth_not_its_whole_queue
     let sender = chat_client(server.grpc.as_deref().unwrap());
     let text = "x".repeat((256 << 10) - 1024);
     for _ in 0..100 {
-        let m = ChatMessage {
-            room: "heavy".into(),
-            sender: "svc".into(),
-            text: text.clone(),
-            ..Default::default()
-        };
-        sender.send_message(&m).unwrap();
+        post(&sender, "heavy", &text).unwrap();
     }
     let mut received = 0;
     let end = loop {
@@ -485,13 +477,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
         texts
     });
     for _ in 0..2000 {
-        let m = ChatMessage {
-            room: "busy".into(),
-            sender: "svc".into(),
-            text: payload.clone(),
-            ..Default::default()
-        };
-        sender.send_message(&m).unwrap();
+        post(&sender, "busy", &payload).unwrap();
     }
     let seqs = reader.join().unwrap();
     assert!(

@@ -29,11 +29,20 @@ pub struct ChatServer {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     /// `SendMessage`'s rate limit, per client connection (its peer address).
-    pub senders: Arc<Mutex<HashMap<String, Bucket>>>,
+    pub senders: Arc<Mutex<Senders>>,
 }
 
-/// Connections whose `SendMessage` buckets are kept before full ones, which
-/// say nothing a new bucket would not, are forgotten.
+/// The `SendMessage` buckets of the connections that sent lately.
+#[derive(Default)]
+pub struct Senders {
+    buckets: HashMap<String, Bucket>,
+    /// Size at which full buckets, which say nothing a new one would not,
+    /// are next forgotten: twice what was kept last time, so the sweep costs
+    /// each call a constant share however many connections there are.
+    sweep_at: usize,
+}
+
+/// The fewest buckets kept before a sweep.
 const SENDERS_KEPT: usize = 1024;
 
 impl ChatServer {
@@ -46,10 +55,12 @@ impl ChatServer {
         let peer = ctx.peer();
         let now = Instant::now();
         let mut senders = crate::lock(&self.senders);
-        if senders.len() >= SENDERS_KEPT {
-            senders.retain(|_, bucket| !bucket.is_full(now));
+        if senders.buckets.len() >= senders.sweep_at {
+            senders.buckets.retain(|_, bucket| !bucket.is_full(now));
+            senders.sweep_at = (senders.buckets.len() * 2).max(SENDERS_KEPT);
         }
         senders
+            .buckets
             .entry(peer)
             .or_insert_with(|| Bucket::new(rate, now))
             .take(now)

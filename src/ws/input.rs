@@ -9,24 +9,24 @@ pub fn text_of(json: &str) -> Result<String, String> {
         bytes: json.as_bytes(),
         at: 0,
     };
-    scan.expect(b'{')?;
+    scan.require(b'{')?;
     let mut text = None;
     if !scan.eat(b'}') {
         loop {
-            scan.expect(b'"')?;
+            scan.require(b'"')?;
             let key = scan.string()?;
             if key != "text" {
                 return Err(format!("only \"text\" is taken, not {key:?}"));
             }
-            scan.expect(b':')?;
-            scan.expect(b'"')?;
+            scan.require(b':')?;
+            scan.require(b'"')?;
             if text.replace(scan.string()?).is_some() {
                 return Err("\"text\" given twice".into());
             }
             if scan.eat(b'}') {
                 break;
             }
-            scan.expect(b',')?;
+            scan.require(b',')?;
         }
     }
     scan.skip_space();
@@ -56,7 +56,7 @@ impl Scan<'_> {
         next
     }
 
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
+    fn require(&mut self, byte: u8) -> Result<(), String> {
         match self.eat(byte) {
             true => Ok(()),
             false => Err(format!(
