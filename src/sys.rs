@@ -6,7 +6,10 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
+
+use grpcio::GrpcSlice;
 
 /// Turns a `-1` return into the thread's `errno` as an error.
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -245,6 +248,34 @@ pub fn release_stack_below_here() {
         // page holding this frame's deepest live local; nothing lives there.
         unsafe { libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED) };
     }
+}
+
+// ---------------------------------------------------------------------------
+// gRPC C-core
+
+/// A C-core slice over `bytes` that shares them instead of copying: C-core
+/// holds a reference to the `Arc` until it has written the last byte, so a
+/// message fanned out to many gRPC members exists once, however many of
+/// them have it in flight.
+pub fn shared_slice(bytes: Arc<[u8]>) -> GrpcSlice {
+    /// C-core's destructor for the slice: drops the reference it held.
+    unsafe extern "C" fn release(user_data: *mut libc::c_void) {
+        // SAFETY: `user_data` is the `Box<Arc<[u8]>>` leaked below, and
+        // C-core calls this exactly once, when the slice's last ref goes.
+        drop(unsafe { Box::from_raw(user_data.cast::<Arc<[u8]>>()) });
+    }
+    let (data, len) = (bytes.as_ptr().cast_mut(), bytes.len());
+    let owner = Box::into_raw(Box::new(bytes)).cast::<libc::c_void>();
+    let mut slice = GrpcSlice::default();
+    // SAFETY: `data..data+len` stays valid and unchanged while `owner` lives
+    // (an `Arc<[u8]>` is immutable), and `owner` lives until `release`.
+    // C-core only reads through `data`. The empty slice overwritten holds
+    // no reference, so nothing leaks.
+    unsafe {
+        *slice.as_mut_ptr() =
+            grpcio_sys::grpc_slice_new_with_user_data(data.cast(), len, Some(release), owner);
+    }
+    slice
 }
 
 #[cfg(test)]

@@ -354,6 +354,42 @@ fn members_send_strict_json_with_text_only() {
 }
 
 #[test]
+fn grpc_clients_may_not_send_what_the_server_sets() {
+    let server = serve(&[]);
+    let client = chat_client(server.grpc.as_deref().unwrap());
+    let status_of = |result: grpcio::Result<Response>| match result {
+        Err(grpcio::Error::RpcFailure(s)) => (s.code(), s.message().to_owned()),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // A million empty `members` is 2 MB on the wire, refused unread.
+    let forged = ChatMessage {
+        sender: "svc".into(),
+        text: "oi".into(),
+        members: vec![String::new(); 1 << 20],
+        ..Default::default()
+    };
+    let (code, why) = status_of(client.send_message(&forged));
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    assert_eq!(why, "members is set by the server, not sent");
+    // A Chat stream's first message with a forged seq: refused, never joined.
+    let (mut tx, mut rx) = client.chat().unwrap();
+    let first = ChatMessage {
+        sender: "bob".into(),
+        seq: 99,
+        ..Default::default()
+    };
+    block_on(tx.send((first, WriteFlags::default()))).unwrap();
+    match next_within(&mut rx, "the refusal") {
+        Some(Err(grpcio::Error::RpcFailure(s))) => {
+            assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT, "{}", s.message())
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    // What a client may send is still taken.
+    assert!(post(&client, "geral", "oi").is_ok());
+}
+
+#[test]
 fn names_that_could_forge_or_hide_are_refused_on_both_protocols() {
     let server = serve(&[]);
     let ws = server.ws.as_deref().unwrap().parse().unwrap();

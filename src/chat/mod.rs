@@ -45,23 +45,38 @@ pub fn grpc_reply(text: &str) -> String {
 }
 
 /// A message as delivered: shared by every member of the room, with a slot
-/// where a transport caches its encoding so that fan-out encodes it once.
+/// per wire encoding, so that fan-out encodes it once per protocol and every
+/// member's queue holds the same bytes.
 pub struct Delivery {
     pub message: Message,
-    encoded: OnceLock<Arc<[u8]>>,
+    encoded: [OnceLock<Arc<[u8]>>; 2],
+}
+
+/// The wire encodings a message is delivered in.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding {
+    /// A WebSocket text frame of JSON.
+    WsJson = 0,
+    /// A serialized protobuf `Message`, as a gRPC stream sends it.
+    Protobuf = 1,
 }
 
 impl Delivery {
     fn new(message: Message) -> Arc<Delivery> {
         Arc::new(Delivery {
             message,
-            encoded: OnceLock::new(),
+            encoded: Default::default(),
         })
     }
 
-    /// The transport's encoding of the message, computed by the first caller.
-    pub fn encoded(&self, encode: impl FnOnce(&Message) -> Vec<u8>) -> Arc<[u8]> {
-        Arc::clone(self.encoded.get_or_init(|| encode(&self.message).into()))
+    /// The message in `encoding`, computed by the first caller.
+    pub fn encoded(
+        &self,
+        encoding: Encoding,
+        encode: impl FnOnce(&Message) -> Vec<u8>,
+    ) -> Arc<[u8]> {
+        let slot = &self.encoded[encoding as usize];
+        Arc::clone(slot.get_or_init(|| encode(&self.message).into()))
     }
 }
 

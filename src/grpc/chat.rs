@@ -11,16 +11,17 @@ use std::time::Instant;
 use futures_util::future::{select, Either};
 use futures_util::{Sink, SinkExt, StreamExt};
 use grpcio::{
-    DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink,
-    UnarySink, WriteFlags,
+    DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, Service,
+    ServiceBuilder, UnarySink, WriteFlags,
 };
 use log::debug;
+use protobuf::Message as _;
 
+use super::codec::{self, Incoming, Outgoing};
 use super::finish;
-use crate::chat::{self, Bucket, Delivery, Hub, Member, Refusal, SendError, Subscriber};
+use crate::chat::{self, Bucket, Delivery, Encoding, Hub, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
-use crate::proto::chat::{Message, Response, SubscribeRequest};
-use crate::proto::chat_grpc::ChatService;
+use crate::proto::chat::{Response, SubscribeRequest};
 use crate::queue;
 
 /// `ChatService`: the seed's `SendMessage`, and the chat's streams.
@@ -69,18 +70,22 @@ impl ChatServer {
 
 /// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
 struct GrpcMember {
-    tx: queue::Sender<Message>,
+    tx: queue::Sender<Outgoing>,
     evicted: AtomicBool,
     /// Why the member's own message was refused, ending its stream.
-    refused: OnceLock<String>,
+    refused: OnceLock<RpcStatus>,
     metrics: Arc<Metrics>,
 }
 
 impl Subscriber for GrpcMember {
     fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
-        let message = delivery.message.clone();
-        let len = message.text.len();
-        self.tx.try_send(message)?;
+        // Encoded once per message, by whichever member comes first, and
+        // shared by all of them down to C-core's writes.
+        let bytes = delivery.encoded(Encoding::Protobuf, |m| {
+            m.write_to_bytes().unwrap_or_default()
+        });
+        let len = delivery.message.text.len();
+        self.tx.try_send(Outgoing(bytes))?;
         self.metrics.grpc.sent(len);
         Ok(())
     }
@@ -99,17 +104,27 @@ impl GrpcMember {
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 "too slow: outbound queue full".into(),
             )
-        } else if let Some(why) = self.refused.get() {
-            RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, why.clone())
+        } else if let Some(status) = self.refused.get() {
+            status.clone()
         } else {
             RpcStatus::ok()
         }
     }
 }
 
-/// What a queued message holds, near enough: its strings.
-fn weight(m: &Message) -> usize {
-    m.text.len() + m.sender.len() + m.room.len() + m.members.iter().map(String::len).sum::<usize>()
+/// What a queued message holds: its bytes (shared with the other members,
+/// but counted whole, as each member would hold them alone).
+fn weight(m: &Outgoing) -> usize {
+    m.0.len()
+}
+
+/// A client's message that cannot be taken, as the status that says why.
+fn refusal(incoming: &Incoming) -> Option<RpcStatus> {
+    let why = incoming.refused.as_ref()?;
+    Some(RpcStatus::with_message(
+        RpcStatusCode::INVALID_ARGUMENT,
+        why.clone(),
+    ))
 }
 
 /// The room and member name a stream asks for, checked.
@@ -126,7 +141,7 @@ impl ChatServer {
         &self,
         room: &str,
         name: &str,
-    ) -> (Member, Arc<GrpcMember>, queue::Receiver<Message>) {
+    ) -> (Member, Arc<GrpcMember>, queue::Receiver<Outgoing>) {
         let config = self.hub.config();
         // As a WebSocket peer's: two of the largest messages.
         let max_bytes = (config.max_text + chat::ENVELOPE).saturating_mul(2);
@@ -144,14 +159,33 @@ impl ChatServer {
     }
 }
 
-impl ChatService for ChatServer {
-    fn send_message(&mut self, ctx: RpcContext, msg: Message, sink: UnarySink<Response>) {
+impl ChatServer {
+    /// The service, registered by hand with the server-side codec.
+    pub fn service(self) -> Service {
+        let (mut send, mut chat, mut subscribe) = (self.clone(), self.clone(), self);
+        ServiceBuilder::new()
+            .add_unary_handler(&codec::SEND_MESSAGE, move |ctx, req, sink| {
+                send.send_message(ctx, req, sink)
+            })
+            .add_duplex_streaming_handler(&codec::CHAT, move |ctx, stream, sink| {
+                chat.chat(ctx, stream, sink)
+            })
+            .add_server_streaming_handler(&codec::SUBSCRIBE, move |ctx, req, sink| {
+                subscribe.subscribe(ctx, req, sink)
+            })
+            .build()
+    }
+
+    fn send_message(&mut self, ctx: RpcContext, msg: Incoming, sink: UnarySink<Response>) {
         debug!(
             "grpc SendMessage from {:?}, {} bytes",
             msg.sender,
             msg.text.len()
         );
         self.metrics.grpc.received(msg.text.len());
+        if let Some(status) = refusal(&msg) {
+            return finish(&ctx, sink, Err(status), &self.metrics);
+        }
         let reply = membership(&msg.room, &msg.sender).and_then(|(room, sender)| {
             if !self.may_send(&ctx) {
                 self.metrics
@@ -180,8 +214,8 @@ impl ChatService for ChatServer {
     fn chat(
         &mut self,
         ctx: RpcContext,
-        mut stream: RequestStream<Message>,
-        sink: DuplexSink<Message>,
+        mut stream: RequestStream<Incoming>,
+        sink: DuplexSink<Outgoing>,
     ) {
         let server = self.clone();
         ctx.spawn(async move {
@@ -191,7 +225,11 @@ impl ChatService for ChatServer {
                 Some(Ok(first)) => first,
                 _ => return metrics.grpc_call(RpcStatusCode::CANCELLED.into()),
             };
-            let (room, name) = match membership(&first.room, &first.sender) {
+            let checked = match refusal(&first) {
+                Some(status) => Err(status),
+                None => membership(&first.room, &first.sender),
+            };
+            let (room, name) = match checked {
                 Ok(who) => who,
                 Err(status) => {
                     let code = status.code();
@@ -205,6 +243,11 @@ impl ChatService for ChatServer {
                 let mut incoming = Some(first);
                 let mut refused = false;
                 while let Some(message) = incoming.take() {
+                    if let Some(status) = refusal(&message) {
+                        let _ = speaker.refused.set(status);
+                        refused = true;
+                        break;
+                    }
                     if !message.text.is_empty() {
                         server.metrics.grpc.received(message.text.len());
                         if let Err(refusal) = member.say(&message.text) {
@@ -214,7 +257,11 @@ impl ChatService for ChatServer {
                                     .grpc_rate_limited
                                     .fetch_add(1, Ordering::Relaxed);
                             }
-                            let _ = speaker.refused.set(refusal.to_string());
+                            let status = RpcStatus::with_message(
+                                RpcStatusCode::RESOURCE_EXHAUSTED,
+                                refusal.to_string(),
+                            );
+                            let _ = speaker.refused.set(status);
                             refused = true;
                             break;
                         }
@@ -236,7 +283,7 @@ impl ChatService for ChatServer {
         &mut self,
         ctx: RpcContext,
         req: SubscribeRequest,
-        sink: ServerStreamingSink<Message>,
+        sink: ServerStreamingSink<Outgoing>,
     ) {
         let (room, name) = match membership(&req.room, &req.name) {
             Ok(who) => who,
@@ -260,11 +307,11 @@ impl ChatService for ChatServer {
 }
 
 /// A streaming sink papo feeds: grpcio's server-streaming and duplex sinks.
-trait OutSink: Sink<(Message, WriteFlags), Error = grpcio::Error> + Unpin {
+trait OutSink: Sink<(Outgoing, WriteFlags), Error = grpcio::Error> + Unpin {
     fn end(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>>;
 }
 
-impl OutSink for ServerStreamingSink<Message> {
+impl OutSink for ServerStreamingSink<Outgoing> {
     async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
         match status.code() {
             RpcStatusCode::OK => self.close().await,
@@ -273,7 +320,7 @@ impl OutSink for ServerStreamingSink<Message> {
     }
 }
 
-impl OutSink for DuplexSink<Message> {
+impl OutSink for DuplexSink<Outgoing> {
     async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
         match status.code() {
             RpcStatusCode::OK => self.close().await,
@@ -289,7 +336,7 @@ impl OutSink for DuplexSink<Message> {
 /// the call has ended: dropping it first would cancel the call.
 async fn stream_out<K>(
     mut sink: impl OutSink,
-    rx: queue::Receiver<Message>,
+    rx: queue::Receiver<Outgoing>,
     subscriber: &GrpcMember,
     listening: impl Future<Output = K>,
 ) -> RpcStatusCode {

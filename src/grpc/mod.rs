@@ -6,9 +6,11 @@
 //! |---|---|
 //! | `mod` | limits, starting and draining the server, counting calls |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
+//! | `codec` | its messages on the wire: only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
 mod chat;
+mod codec;
 mod health;
 
 use std::fmt;
@@ -26,7 +28,7 @@ use log::{debug, info, warn};
 use crate::chat::Hub;
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
-use crate::proto::{chat_grpc, health_grpc};
+use crate::proto::health_grpc;
 use chat::ChatServer;
 use health::{Health, HealthServer};
 
@@ -161,7 +163,7 @@ impl GrpcServer {
         };
         let mut server = ServerBuilder::new(env)
             .channel_args(args)
-            .register_service(chat_grpc::create_chat_service(chat))
+            .register_service(chat.service())
             .register_service(health_grpc::create_health(health_server))
             .build()
             .map_err(StartError::Create)?;

@@ -11,7 +11,7 @@ use tungstenite::Message;
 
 use super::conn::{close_frame, Action};
 use super::input;
-use crate::chat::{Delivery, Member, Refusal, SendError, Subscriber};
+use crate::chat::{Delivery, Encoding, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::proto::chat::Message as ChatMessage;
@@ -34,7 +34,7 @@ fn json_frame(message: &ChatMessage) -> Vec<u8> {
 impl Subscriber for WsMember {
     fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
         // Encoded once per message, by whichever member comes first.
-        let frame = delivery.encoded(json_frame);
+        let frame = delivery.encoded(Encoding::WsJson, json_frame);
         let len = frame.len();
         self.peer.send(frame)?;
         self.metrics.ws.sent(len);

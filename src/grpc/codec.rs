@@ -1,0 +1,187 @@
+//! How `ChatService`'s messages cross the wire on the server side. The
+//! generated code (for clients) decodes every field of a `Message` and
+//! copies every message it sends; the server does neither:
+//!
+//! - a client's `Message` is read into [`Incoming`], which has only what a
+//!   client may send (`sender`, `text`, `room`): fields the server sets
+//!   (`seq`, `timestamp_ms`, `kind`, `members`) are refused unread, and
+//!   unknown fields are skipped, never stored;
+//! - what the server streams is [`Outgoing`], bytes encoded once per message
+//!   and shared with C-core by every member it is sent to.
+
+use std::sync::Arc;
+
+use grpcio::{GrpcSlice, Marshaller, MessageReader, Method, MethodType};
+use protobuf::CodedInputStream;
+
+use crate::proto::chat::{Response, SubscribeRequest};
+use crate::sys;
+
+/// A client's `Message`: what a client may say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Incoming {
+    pub sender: String,
+    pub text: String,
+    pub room: String,
+    /// Why the message cannot be taken, if it cannot: a field only the
+    /// server sets, or bytes that are not a `Message`.
+    pub refused: Option<String>,
+}
+
+impl Incoming {
+    /// Reads a `Message`, stopping at the first field a client may not set.
+    pub fn decode(is: &mut CodedInputStream<'_>) -> Incoming {
+        let mut incoming = Incoming::default();
+        if let Err(e) = incoming.read_fields(is) {
+            incoming.refused = Some(format!("malformed Message: {e}"));
+        }
+        incoming
+    }
+
+    fn read_fields(&mut self, is: &mut CodedInputStream<'_>) -> protobuf::Result<()> {
+        while let Some(tag) = is.read_raw_tag_or_eof()? {
+            match tag {
+                // Field number << 3 | wire type 2 (length-delimited).
+                10 => self.sender = is.read_string()?,
+                18 => self.text = is.read_string()?,
+                26 => self.room = is.read_string()?,
+                tag => match SERVER_FIELDS.iter().find(|(number, _)| tag >> 3 == *number) {
+                    Some((_, name)) => {
+                        self.refused = Some(format!("{name} is set by the server, not sent"));
+                        return Ok(());
+                    }
+                    None => protobuf::rt::skip_field_for_tag(tag, is)?,
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `Message` fields only the server sets, by number.
+const SERVER_FIELDS: [(u32, &str); 4] =
+    [(4, "seq"), (5, "timestamp_ms"), (6, "kind"), (7, "members")];
+
+fn incoming_de(mut reader: MessageReader) -> grpcio::Result<Incoming> {
+    Ok(Incoming::decode(&mut CodedInputStream::from_buf_read(
+        &mut reader,
+    )))
+}
+
+/// A serialized `Message` the server streams, shared by every member.
+pub struct Outgoing(pub Arc<[u8]>);
+
+fn outgoing_ser(outgoing: &Outgoing, buf: &mut GrpcSlice) -> grpcio::Result<()> {
+    *buf = sys::shared_slice(Arc::clone(&outgoing.0));
+    Ok(())
+}
+
+/// The server never reads what it sends; these exist because a
+/// `Marshaller` has both directions.
+fn unused_de<T>(_: MessageReader) -> grpcio::Result<T> {
+    Err(grpcio::Error::Codec("server-side marshaller only".into()))
+}
+fn unused_ser<T>(_: &T, _: &mut GrpcSlice) -> grpcio::Result<()> {
+    Err(grpcio::Error::Codec("server-side marshaller only".into()))
+}
+
+const INCOMING: Marshaller<Incoming> = Marshaller {
+    ser: unused_ser,
+    de: incoming_de,
+};
+const OUTGOING: Marshaller<Outgoing> = Marshaller {
+    ser: outgoing_ser,
+    de: unused_de,
+};
+
+pub const SEND_MESSAGE: Method<Incoming, Response> = Method {
+    ty: MethodType::Unary,
+    name: "/chat.ChatService/SendMessage",
+    req_mar: INCOMING,
+    resp_mar: Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    },
+};
+
+pub const CHAT: Method<Incoming, Outgoing> = Method {
+    ty: MethodType::Duplex,
+    name: "/chat.ChatService/Chat",
+    req_mar: INCOMING,
+    resp_mar: OUTGOING,
+};
+
+pub const SUBSCRIBE: Method<SubscribeRequest, Outgoing> = Method {
+    ty: MethodType::ServerStreaming,
+    name: "/chat.ChatService/Subscribe",
+    req_mar: Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    },
+    resp_mar: OUTGOING,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::chat::message::Kind;
+    use crate::proto::chat::Message;
+    use protobuf::Message as _;
+
+    fn decode(message: &Message) -> Incoming {
+        let bytes = message.write_to_bytes().unwrap_or_default();
+        let mut is = CodedInputStream::from_bytes(&bytes);
+        Incoming::decode(&mut is)
+    }
+
+    #[test]
+    fn a_clients_message_is_read_whole() {
+        let message = Message {
+            sender: "Alice".into(),
+            text: "Olá, servidor gRPC!".into(),
+            room: "sala".into(),
+            ..Default::default()
+        };
+        let incoming = decode(&message);
+        assert_eq!(incoming.sender, "Alice");
+        assert_eq!(incoming.text, "Olá, servidor gRPC!");
+        assert_eq!(incoming.room, "sala");
+        assert_eq!(incoming.refused, None);
+    }
+
+    #[test]
+    fn fields_the_server_sets_are_refused() {
+        let with_members = Message {
+            members: vec![String::new(); 1000],
+            ..Default::default()
+        };
+        let incoming = decode(&with_members);
+        assert_eq!(
+            incoming.refused.as_deref(),
+            Some("members is set by the server, not sent")
+        );
+        let with_seq = Message {
+            seq: 7,
+            ..Default::default()
+        };
+        assert!(decode(&with_seq).refused.is_some());
+        let with_kind = Message {
+            kind: Kind::JOIN.into(),
+            ..Default::default()
+        };
+        assert!(decode(&with_kind).refused.is_some());
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_garbage_refused() {
+        // Field 20, length-delimited, 3 bytes; then text "hi".
+        let bytes = [0xa2, 0x01, 3, b'a', b'b', b'c', 18, 2, b'h', b'i'];
+        let mut is = CodedInputStream::from_bytes(&bytes);
+        let incoming = Incoming::decode(&mut is);
+        assert_eq!((incoming.text.as_str(), incoming.refused), ("hi", None));
+        let truncated = [18, 9, b'h'];
+        let mut is = CodedInputStream::from_bytes(&truncated);
+        let incoming = Incoming::decode(&mut is);
+        assert!(incoming.refused.is_some());
+    }
+}
