@@ -10,6 +10,7 @@ use common::{
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -329,6 +330,62 @@ fn a_grpc_member_that_does_not_read_holds_two_messages_worth_not_its_whole_queue
         other => panic!("{other}"),
     }
     assert!(received < 100, "all {received} were held for it");
+}
+
+#[test]
+fn a_grpc_member_that_accepts_nothing_for_the_write_timeout_is_dropped() {
+    let server = serve(&["--write-timeout", "1s", "--rate-limit", "0"]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    // A client whose HTTP/2 window stays at its initial 64 KiB: one that
+    // does not read, seen from the server, once that much is in flight.
+    let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+    let narrow = grpcio::ChannelBuilder::new(env)
+        .http2_bdp_probe(false)
+        .stream_initial_window_size(64 << 10)
+        .max_receive_message_len(8 << 20)
+        .connect(&grpc_addr);
+    let client = ChatServiceClient::new(narrow);
+    let request = SubscribeRequest {
+        room: "stall".into(),
+        name: "stuck".into(),
+        ..Default::default()
+    };
+    let mut stuck = client.subscribe(&request).unwrap();
+    assert!(matches!(next_within(&mut stuck, "its JOIN"), Some(Ok(_))));
+    let mut watcher = ws_member(&ws_addr, "stall", "watcher");
+    // 3 MiB in all: over what that window lets through unread, under two
+    // messages' worth of queue, so only the deadline can end it.
+    let sender = chat_client(&grpc_addr);
+    let text = "x".repeat(1 << 20);
+    for _ in 0..3 {
+        post(&sender, "stall", &text).unwrap();
+    }
+    let left = loop {
+        let m = ws_next(&mut watcher);
+        if kind(&m) == Kind::LEAVE {
+            break m.sender;
+        }
+    };
+    assert_eq!(left, "stuck");
+    // Read now, the stream ends with why.
+    let end = loop {
+        match next_within(&mut stuck, "the stalled stream's end") {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended OK"),
+        }
+    };
+    match end {
+        grpcio::Error::RpcFailure(s) => {
+            assert_eq!(
+                s.code(),
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "{}",
+                s.message()
+            )
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]

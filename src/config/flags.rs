@@ -55,7 +55,7 @@ pub const PONG_TIMEOUT: Flag = Flag::duration(
 pub const WRITE_TIMEOUT: Flag = Flag::duration(
     "write-timeout",
     "10s",
-    "Drop a WebSocket peer that accepts no data for this long (0: never)",
+    "Drop a WebSocket peer or gRPC stream that accepts no data for this long (0: never)",
 );
 pub const STACK_SIZE: Flag = Flag::size(
     "stack-size",
@@ -255,6 +255,7 @@ impl ServeConfig {
             max_streams: v.parsed(&GRPC_MAX_STREAMS)?,
             keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
             keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,
+            write_timeout: v.duration(&WRITE_TIMEOUT)?,
         };
         let chat = ChatConfig {
             send_queue: v.parsed(&SEND_QUEUE)?,

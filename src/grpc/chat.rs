@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::{select, Either};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -18,6 +18,7 @@ use log::debug;
 use protobuf::Message as _;
 
 use super::codec::{self, Incoming, Outgoing};
+use super::deadline::{Deadline, Deadlines, Timed};
 use super::finish;
 use crate::chat::{self, Bucket, Delivery, Encoding, Hub, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub struct ChatServer {
     pub metrics: Arc<Metrics>,
     /// `SendMessage`'s rate limit, per client connection (its peer address).
     pub senders: Arc<Mutex<Senders>>,
+    /// Members' write deadlines, and how long a member may accept nothing
+    /// (`None`: forever).
+    pub deadlines: Arc<Deadlines>,
+    pub write_timeout: Option<Duration>,
 }
 
 /// The `SendMessage` buckets of the connections that sent lately.
@@ -75,6 +80,9 @@ struct GrpcMember {
     /// Why the member's own message was refused, ending its stream.
     refused: OnceLock<RpcStatus>,
     metrics: Arc<Metrics>,
+    /// Fires when a write has been with C-core for `write_timeout`.
+    deadline: Arc<Deadline>,
+    write_timeout: Option<Duration>,
 }
 
 impl Subscriber for GrpcMember {
@@ -99,7 +107,12 @@ impl Subscriber for GrpcMember {
 impl GrpcMember {
     /// How the stream ends once its queue is closed and drained.
     fn end_status(&self) -> RpcStatus {
-        if self.evicted.load(Ordering::Acquire) {
+        if self.deadline.has_fired() {
+            RpcStatus::with_message(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "too slow: write timeout".into(),
+            )
+        } else if self.evicted.load(Ordering::Acquire) {
             RpcStatus::with_message(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 "too slow: outbound queue full".into(),
@@ -151,6 +164,8 @@ impl ChatServer {
             evicted: AtomicBool::new(false),
             refused: OnceLock::new(),
             metrics: Arc::clone(&self.metrics),
+            deadline: self.deadlines.new_deadline(),
+            write_timeout: self.write_timeout,
         });
         let member = self
             .hub
@@ -239,13 +254,14 @@ impl ChatServer {
             };
             let (member, subscriber, rx) = server.member(&room, &name);
             let speaker = Arc::clone(&subscriber);
+            // Borrowed, not moved: the request stream must outlive the call's
+            // status, or dropping it would cancel the call first.
+            let requests = &mut stream;
             let listening = async move {
                 let mut incoming = Some(first);
-                let mut refused = false;
                 while let Some(message) = incoming.take() {
                     if let Some(status) = refusal(&message) {
                         let _ = speaker.refused.set(status);
-                        refused = true;
                         break;
                     }
                     if !message.text.is_empty() {
@@ -262,17 +278,15 @@ impl ChatServer {
                                 refusal.to_string(),
                             );
                             let _ = speaker.refused.set(status);
-                            refused = true;
                             break;
                         }
                     }
-                    incoming = stream.next().await.and_then(Result::ok);
+                    incoming = requests.next().await.and_then(Result::ok);
                 }
                 // The client is done talking (or was refused): it leaves, and
                 // its stream ends.
                 drop(member);
                 speaker.tx.close();
-                refused.then_some(stream)
             };
             let code = stream_out(sink, rx, &subscriber, listening).await;
             metrics.grpc_call(code.into());
@@ -331,30 +345,61 @@ impl OutSink for DuplexSink<Outgoing> {
 
 /// Streams a member's queue out until it is closed (the member left or was
 /// dropped) or the client goes away, running `listening` alongside; then
-/// ends the call with the right status, which it returns. What `listening`
-/// returns (the request stream, when the member was refused) is kept until
-/// the call has ended: dropping it first would cancel the call.
-async fn stream_out<K>(
+/// ends the call with the right status, which it returns. A member whose
+/// writes stall for its write timeout is ended at once, `listening` (and
+/// with it a `Chat` member's place in the room) dropped, and its status
+/// given a grace to go out before the call is let go.
+async fn stream_out(
     mut sink: impl OutSink,
     rx: queue::Receiver<Outgoing>,
     subscriber: &GrpcMember,
-    listening: impl Future<Output = K>,
+    listening: impl Future<Output = ()>,
 ) -> RpcStatusCode {
+    let deadline = &subscriber.deadline;
     let mut outgoing = rx.map(|m| Ok((m, WriteFlags::default())));
-    let sending = sink.send_all(&mut outgoing);
-    let (sent, _kept) = match select(pin!(sending), pin!(listening)).await {
-        Either::Left((sent, _listening)) => (sent, None),
-        // The client stopped talking: the queue was closed; drain it.
-        Either::Right((kept, sending)) => (sending.await, Some(kept)),
+    let sent = {
+        let streaming = async {
+            match subscriber.write_timeout {
+                Some(timeout) => {
+                    let mut timed = Timed {
+                        sink: &mut sink,
+                        deadline,
+                        timeout,
+                    };
+                    timed.send_all(&mut outgoing).await
+                }
+                None => sink.send_all(&mut outgoing).await,
+            }
+        };
+        let work = async {
+            match select(pin!(streaming), pin!(listening)).await {
+                Either::Left((sent, _listening)) => sent,
+                // The client stopped talking: the queue was closed; drain it.
+                Either::Right(((), streaming)) => streaming.await,
+            }
+        };
+        match select(pin!(work), pin!(deadline.fired())).await {
+            Either::Left((sent, _)) => sent.map(|()| Some(())),
+            Either::Right(((), _)) => Ok(None),
+        }
     };
     drop(outgoing);
     let status = subscriber.end_status();
     let code = status.code();
     match sent {
-        Ok(()) => match sink.end(status).await {
+        Ok(Some(())) => match sink.end(status).await {
             Ok(()) => code,
             Err(_) => RpcStatusCode::CANCELLED,
         },
+        // Timed out: the status waits behind the stalled write, so it gets
+        // a grace to go out, and no more.
+        Ok(None) => {
+            deadline.rearm(super::STATUS_GRACE);
+            match select(pin!(sink.end(status)), pin!(deadline.fired())).await {
+                Either::Left((Ok(()), _)) => code,
+                _ => RpcStatusCode::CANCELLED,
+            }
+        }
         Err(_) => RpcStatusCode::CANCELLED,
     }
 }

@@ -6,11 +6,13 @@
 //! |---|---|
 //! | `mod` | limits, starting and draining the server, counting calls |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
+//! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
 //! | `codec` | its messages on the wire: only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
 mod chat;
 mod codec;
+mod deadline;
 mod health;
 
 use std::fmt;
@@ -30,6 +32,7 @@ use crate::executor::block_on_until;
 use crate::metrics::Metrics;
 use crate::proto::health_grpc;
 use chat::ChatServer;
+use deadline::Deadlines;
 use health::{Health, HealthServer};
 
 /// Limits of the gRPC server.
@@ -45,7 +48,13 @@ pub struct GrpcConfig {
     pub keepalive_time: Duration,
     /// Time a keepalive ping has to be answered.
     pub keepalive_timeout: Duration,
+    /// A stream member that accepts nothing for this long is dropped
+    /// (zero: never).
+    pub write_timeout: Duration,
 }
+
+/// How long a stream ended for stalling has to get its status out.
+const STATUS_GRACE: Duration = Duration::from_secs(1);
 
 impl Default for GrpcConfig {
     fn default() -> Self {
@@ -60,6 +69,8 @@ pub enum StartError {
     BadAddress(String),
     /// C-core could not create the server.
     Create(grpcio::Error),
+    /// A thread of the server could not be started.
+    Thread(std::io::Error),
     /// The address is in use or not available.
     Bind(String),
 }
@@ -71,6 +82,7 @@ impl fmt::Display for StartError {
                 write!(f, "invalid gRPC address '{addr}': expected HOST:PORT")
             }
             StartError::Create(e) => write!(f, "cannot create the gRPC server: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start a gRPC thread: {e}"),
             StartError::Bind(addr) => write!(
                 f,
                 "cannot listen for gRPC on {addr}: address in use or not available"
@@ -152,10 +164,15 @@ impl GrpcServer {
             .keepalive_permit_without_calls(true)
             .build_args();
         let health = Arc::new(Health::new());
+        let write_timeout = Some(config.write_timeout).filter(|t| !t.is_zero());
+        let checked_every = write_timeout.unwrap_or(STATUS_GRACE).min(STATUS_GRACE);
+        let deadlines = Deadlines::start(checked_every).map_err(StartError::Thread)?;
         let chat = ChatServer {
             hub,
             metrics: Arc::clone(&metrics),
             senders: Arc::default(),
+            deadlines: Arc::new(deadlines),
+            write_timeout,
         };
         let health_server = HealthServer {
             health: Arc::clone(&health),
