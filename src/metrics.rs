@@ -28,10 +28,12 @@ pub enum CloseReason {
     IoError,
     /// Closed by the server shutting down (1001).
     Shutdown,
+    /// Closed because the server was at a memory bound (1013).
+    Overloaded,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 7] = [
+    const ALL: [CloseReason; 8] = [
         CloseReason::Normal,
         CloseReason::Rejected,
         CloseReason::HandshakeTimeout,
@@ -39,6 +41,7 @@ impl CloseReason {
         CloseReason::PongTimeout,
         CloseReason::IoError,
         CloseReason::Shutdown,
+        CloseReason::Overloaded,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +53,7 @@ impl CloseReason {
             CloseReason::PongTimeout => "pong_timeout",
             CloseReason::IoError => "io_error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Overloaded => "overloaded",
         }
     }
 }

@@ -5,9 +5,9 @@
 mod common;
 
 use common::{
-    connect, eventually, protocol_violations, raw_exchange, raw_upgrade, raw_websocket,
-    read_close_code, serve, serve_logging, thread_names, threads, upgrade_request, ws_server_with,
-    SOON,
+    client_frame, connect, eventually, protocol_violations, raw_exchange, raw_upgrade,
+    raw_websocket, read_close_code, serve, serve_logging, thread_names, threads, upgrade_request,
+    ws_server_with, SOON,
 };
 
 use std::io::{Read, Write};
@@ -263,6 +263,51 @@ fn a_failed_connection_is_closed_within_a_second_however_the_peer_trickles() {
     assert!(took < Duration::from_secs(3), "closed after {took:?}");
     drop(stream);
     let _ = trickler.join();
+}
+
+/// Sends 600 KiB of an unfinished text message, in 60 KiB fragments.
+fn send_unfinished_message(stream: &mut TcpStream) -> std::io::Result<()> {
+    let chunk = vec![b'x'; 60 << 10];
+    for n in 0..10 {
+        let opcode = if n == 0 { 0x01 } else { 0x00 };
+        stream.write_all(&client_frame(opcode, &chunk, true))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn unfinished_messages_share_one_inbound_budget() {
+    let server = ws_server_with(WsConfig {
+        inbound_budget: 1 << 20,
+        ..WsConfig::default()
+    });
+    // A holds 600 KiB of a message, and a ping's answer says the server
+    // has read it all. Unsolicited pongs do not make it forget.
+    let mut a = raw_websocket(server.addr);
+    send_unfinished_message(&mut a).unwrap();
+    for _ in 0..50 {
+        a.write_all(&client_frame(0x8a, b"keep", true)).unwrap();
+    }
+    a.write_all(&client_frame(0x89, b"p", true)).unwrap();
+    let mut pong = [0u8; 3];
+    a.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [0x8a, 1, b'p']);
+    // B's 600 KiB would make 1.2 MiB: B is told to come back later.
+    let mut b = raw_websocket(server.addr);
+    let _ = send_unfinished_message(&mut b);
+    assert_eq!(read_close_code(&mut b), Some(1013));
+    // A finishes its message and gets its reply; a newcomer is served.
+    a.write_all(&client_frame(0x80, b"!", true)).unwrap();
+    let mut header = [0u8; 10];
+    a.read_exact(&mut header).unwrap();
+    let len = u64::from_be_bytes(header[2..].try_into().unwrap());
+    assert_eq!((header[0], header[1]), (0x81, 127));
+    assert!(len > 600 << 10, "reply of {len} bytes");
+    assert!(echo(server.addr));
+    assert!(server
+        .metrics
+        .render()
+        .contains("papo_ws_connections_closed_total{reason=\"overloaded\"} 1"));
 }
 
 #[test]

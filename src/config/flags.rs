@@ -63,6 +63,12 @@ pub const STACK_SIZE: Flag = Flag::size(
     "64KiB",
     "Stack size of each WebSocket connection thread",
 );
+pub const INBOUND_BUDGET: Flag = Flag::size(
+    "inbound-budget",
+    "SIZE",
+    "256MiB",
+    "Bytes all WebSocket peers together may hold in unfinished messages; past it, 1013 (0: no limit)",
+);
 pub const SEND_QUEUE: Flag = Flag::count(
     "send-queue",
     "N",
@@ -140,6 +146,7 @@ pub const SERVE: Command = Command {
         &PONG_TIMEOUT,
         &WRITE_TIMEOUT,
         &STACK_SIZE,
+        &INBOUND_BUDGET,
         &SEND_QUEUE,
         &RATE_LIMIT,
         &RATE_BURST,
@@ -248,6 +255,7 @@ impl ServeConfig {
             allowed_origins: v.list(&ALLOWED_ORIGIN)?,
             public_hosts: v.list(&PUBLIC_HOST)?,
             listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
+            inbound_budget: v.size(&INBOUND_BUDGET)?,
         };
         let grpc = GrpcConfig {
             threads: v.parsed(&GRPC_THREADS)?,

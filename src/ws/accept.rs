@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::budget::InboundBudget;
 use super::conn::{close_frame, handle_client};
 use super::{http, keepalive, Shared, WsConfig};
 use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
@@ -48,6 +49,7 @@ impl WsServer {
         Ok(WsServer {
             listener,
             shared: Arc::new(Shared {
+                inbound: InboundBudget::new(config.inbound_budget),
                 config,
                 metrics,
                 hub,

@@ -15,6 +15,7 @@ use tungstenite::protocol::frame::{Frame, FrameHeader};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
+use super::budget::{is_inbound_full, Account};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
@@ -54,6 +55,7 @@ impl ConnError {
             ConnError::WebSocket(
                 WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_),
             ) => CloseReason::ProtocolError,
+            ConnError::WebSocket(WsError::Io(e)) if is_inbound_full(e) => CloseReason::Overloaded,
             ConnError::Io(_) | ConnError::WebSocket(_) => CloseReason::IoError,
         }
     }
@@ -120,23 +122,28 @@ pub(super) fn encode(frame: Frame) -> Arc<[u8]> {
 }
 
 /// The socket as tungstenite sees it: reads go straight to the socket (only
-/// the connection's thread reads), writes go through the peer's queue,
-/// whole buffers at a time, so frames of other threads never interleave.
-struct Duplex(Arc<Peer>);
+/// the connection's thread reads) and are counted against the inbound
+/// budget; writes go through the peer's queue, whole buffers at a time, so
+/// frames of other threads never interleave.
+struct Duplex<'a> {
+    peer: Arc<Peer>,
+    inbound: Account<'a>,
+}
 
-impl Read for Duplex {
+impl Read for Duplex<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.0.socket().read(buf)?;
+        let n = self.peer.socket().read(buf)?;
         if n > 0 {
-            self.0.note_heard();
+            self.peer.note_heard();
+            self.inbound.read(n)?;
         }
         Ok(n)
     }
 }
 
-impl Write for Duplex {
+impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send_slice(buf).map_err(queue_error)?;
+        self.peer.send_slice(buf).map_err(queue_error)?;
         Ok(buf.len())
     }
 
@@ -185,9 +192,9 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
 }
 
 /// A connection past its opening handshake.
-struct Upgraded {
+struct Upgraded<'a> {
     /// Boxed: moved through three frames, it would hold a copy in each.
-    ws: Box<WebSocket<Duplex>>,
+    ws: Box<WebSocket<Duplex<'a>>>,
     peer: Arc<Peer>,
     endpoint: Endpoint,
 }
@@ -197,7 +204,7 @@ struct Upgraded {
 /// are the deepest a connection ever uses, and they are gone, and their
 /// pages released, before the message loop starts.
 #[inline(never)]
-fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded>, ConnError> {
+fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, ConnError> {
     let config = &shared.config;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(nonzero(config.write_timeout))?;
@@ -247,8 +254,12 @@ fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded>, C
         .write_buffer_size(0)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
+    let duplex = Duplex {
+        peer: Arc::clone(&peer),
+        inbound: Account::new(&shared.inbound),
+    };
     let ws = Box::new(WebSocket::from_partially_read(
-        Duplex(Arc::clone(&peer)),
+        duplex,
         leftover,
         Role::Server,
         Some(ws_config),
@@ -326,7 +337,7 @@ fn reply_frame(out: &mut Vec<u8>, opcode: Data, prefix: &str, payload: &[u8]) {
 /// one blocked thread, and no wake-up at all.
 #[inline(never)] // Its frame, with the caller's, is what an idle connection holds.
 fn message_loop(
-    mut ws: Box<WebSocket<Duplex>>,
+    mut ws: Box<WebSocket<Duplex<'_>>>,
     peer: &Arc<Peer>,
     shared: &Shared,
     mut on_message: impl FnMut(Message) -> Action,
@@ -344,6 +355,11 @@ fn message_loop(
             Err(WsError::ConnectionClosed) => return Ok(()),
             Err(e) => return Err(close_after_error(ws, peer, e)),
         };
+        let inbound = &mut ws.get_mut().inbound;
+        match &message {
+            Message::Text(_) | Message::Binary(_) => inbound.data_message(),
+            control => inbound.control_frame(control.len()),
+        }
         if matches!(message, Message::Pong(_)) && peer.take_pinged() {
             // The keepalive's ping found the connection silent: whatever
             // stack its last burst of messages touched can go back. (Only
@@ -389,6 +405,7 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError
         WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
         WsError::Capacity(_) => (CloseCode::Size, "message too big"),
         WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        WsError::Io(e) if is_inbound_full(e) => (CloseCode::Again, "server busy: try again later"),
         _ => return error.into(),
     };
     let frame = close_payload(code, reason);

@@ -11,6 +11,7 @@
 //! | file | concern |
 //! |---|---|
 //! | `accept` | the listener, connection slots and `503`, spawning, shutdown |
+//! | `budget` | the bytes all connections may hold in unfinished messages |
 //! | `http` | request heads, routes, plain responses, the origin policy |
 //! | `conn` | the upgrade, the message loop, close codes |
 //! | `keepalive` | pinging silent peers and dropping unanswered ones |
@@ -18,6 +19,7 @@
 //! | `input` | what a member may send: strict JSON, `text` only |
 
 mod accept;
+mod budget;
 mod conn;
 mod http;
 mod input;
@@ -33,6 +35,7 @@ pub use accept::{WsHandle, WsServer};
 
 use crate::chat::Hub;
 use crate::metrics::Metrics;
+use budget::InboundBudget;
 use keepalive::Watched;
 
 /// Largest HTTP request head accepted; browsers send well under 2 KiB.
@@ -82,6 +85,9 @@ pub struct WsConfig {
     /// Connections the kernel queues before the accept loop takes them; a
     /// burst beyond it has its SYNs dropped and retried a second later.
     pub listen_backlog: u32,
+    /// Bytes all connections together may hold in messages not yet whole
+    /// (zero: no limit); a read past it closes its connection with 1013.
+    pub inbound_budget: usize,
 }
 
 impl Default for WsConfig {
@@ -101,4 +107,5 @@ struct Shared {
     next_id: AtomicU64,
     /// When a refused browser origin was last logged.
     origin_warned: Mutex<Option<Instant>>,
+    inbound: InboundBudget,
 }
