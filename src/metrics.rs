@@ -135,6 +135,8 @@ pub struct Metrics {
     pub ws_rate_limited: AtomicU64,
     pub grpc_rate_limited: AtomicU64,
     grpc_calls: [AtomicU64; GRPC_CODES.len() + 1],
+    pub grpc_active: AtomicU64,
+    pub grpc_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -228,6 +230,18 @@ impl Metrics {
                 ("{protocol=\"ws\"}".into(), get(&self.ws_rate_limited)),
                 ("{protocol=\"grpc\"}".into(), get(&self.grpc_rate_limited)),
             ],
+        );
+        metric(
+            "papo_grpc_connections_active",
+            "gauge",
+            "gRPC client connections open now.",
+            &one(get(&self.grpc_active)),
+        );
+        metric(
+            "papo_grpc_connections_refused_total",
+            "counter",
+            "gRPC connections closed at once at the connection limit.",
+            &one(get(&self.grpc_refused)),
         );
         let calls: Vec<_> = GRPC_CODES
             .iter()

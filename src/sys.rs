@@ -168,6 +168,18 @@ impl Epoll {
             .map(drop)
     }
 
+    /// Watches `fd` for hang-up and errors only (reported whatever the
+    /// mask): the socket shut down both ways, or reset.
+    pub fn add_for_hangup(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: 0,
+            u64: token,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
+            .map(drop)
+    }
+
     pub fn remove(&self, fd: RawFd) -> io::Result<()> {
         let null = std::ptr::null_mut();
         // SAFETY: a null event is allowed for EPOLL_CTL_DEL.
@@ -276,6 +288,24 @@ pub fn shared_slice(bytes: Arc<[u8]>) -> GrpcSlice {
             grpcio_sys::grpc_slice_new_with_user_data(data.cast(), len, Some(release), owner);
     }
     slice
+}
+
+/// Hands an accepted connection to the gRPC server, which serves it as if
+/// its own listener had accepted it, and returns a watch on it: a second
+/// descriptor of the same socket, for [`Epoll::add_for_hangup`] to tell
+/// when C-core is done with it (it shuts a connection down both ways
+/// before closing it).
+pub fn hand_to_grpc(server: &mut grpcio::Server, socket: TcpStream) -> io::Result<OwnedFd> {
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    let watch = OwnedFd::from(socket.try_clone()?);
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+    // SAFETY: `fd` is a connected stream socket whose ownership moves to
+    // C-core here: nothing else reads, writes, shuts down or closes it. The
+    // watch is another descriptor: it is only polled for hang-up, and
+    // closing it does not touch C-core's.
+    unsafe { server.add_channel_from_fd(fd) };
+    Ok(watch)
 }
 
 #[cfg(test)]

@@ -9,12 +9,19 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use grpcio::{CallOption, RpcStatusCode};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
+use papo::chat::{ChatConfig, Hub};
 use papo::grpc::GrpcConfig;
+use papo::grpc::GrpcServer;
+use papo::metrics::Metrics;
 use papo::proto::chat::Message;
 use papo::proto::chat_grpc::ChatServiceClient;
 use papo::proto::health::health_check_response::ServingStatus;
 use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use papo::proto::health_grpc::HealthClient;
 
 fn send(client: &ChatServiceClient, sender: &str, text: &str) -> grpcio::Result<String> {
     let msg = Message {
@@ -139,6 +146,52 @@ fn concurrent_streams_per_connection_are_capped() {
         other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
     }
     drop(watch);
+}
+
+/// A client on a connection of its own (C-core otherwise shares one
+/// connection between channels to the same address).
+fn own_connection(addr: &str) -> HealthClient {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let channel = ChannelBuilder::new(env)
+        .use_local_subchannel_pool(true)
+        .connect(addr);
+    HealthClient::new(channel)
+}
+
+fn check(client: &HealthClient) -> Result<(), RpcStatusCode> {
+    let opt = CallOption::default().timeout(Duration::from_secs(5));
+    match client.check_opt(&health_request(""), opt) {
+        Ok(_) => Ok(()),
+        Err(grpcio::Error::RpcFailure(status)) => Err(status.code()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn client_connections_are_capped() {
+    let config = GrpcConfig {
+        max_connections: 3,
+        ..GrpcConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(ChatConfig::default());
+    let server = GrpcServer::start("127.0.0.1:0", &config, Arc::clone(&metrics), hub).unwrap();
+    let mut clients: Vec<_> = (0..3).map(|_| own_connection(server.addr())).collect();
+    for client in &clients {
+        assert_eq!(check(client), Ok(()));
+    }
+    // A fourth connection is closed as soon as it is accepted.
+    let fourth = own_connection(server.addr());
+    assert_eq!(check(&fourth), Err(RpcStatusCode::UNAVAILABLE));
+    assert!(metrics.grpc_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(metrics.grpc_active.load(Ordering::Relaxed), 3);
+    // The three are still served; when one goes, its slot is free again.
+    assert_eq!(check(&clients[0]), Ok(()));
+    drop(clients.pop());
+    common::eventually(common::SOON, "a connection's slot freed", || {
+        metrics.grpc_active.load(Ordering::Relaxed) == 2
+    });
+    assert_eq!(check(&own_connection(server.addr())), Ok(()));
 }
 
 #[test]

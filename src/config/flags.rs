@@ -91,7 +91,7 @@ pub const LISTEN_BACKLOG: Flag = Flag::count(
     "listen-backlog",
     "N",
     "4096",
-    "Connections the kernel queues for the WebSocket accept loop",
+    "Connections the kernel queues for each accept loop (WebSocket and gRPC)",
 );
 pub const ALLOWED_ORIGIN: Flag = Flag::list(
     "allowed-origin",
@@ -108,6 +108,12 @@ pub const GRPC_THREADS: Flag = Flag::count(
     "N",
     "0",
     "gRPC completion-queue threads (0: half the CPU cores, at least one)",
+);
+pub const GRPC_MAX_CONNECTIONS: Flag = Flag::count(
+    "grpc-max-connections",
+    "N",
+    "1000",
+    "gRPC client connections served at once; one more is closed at once",
 );
 pub const GRPC_MAX_STREAMS: Flag = Flag::count(
     "grpc-max-streams",
@@ -154,6 +160,7 @@ pub const SERVE: Command = Command {
         &ALLOWED_ORIGIN,
         &PUBLIC_HOST,
         &GRPC_THREADS,
+        &GRPC_MAX_CONNECTIONS,
         &GRPC_MAX_STREAMS,
         &GRPC_KEEPALIVE_TIME,
         &GRPC_KEEPALIVE_TIMEOUT,
@@ -261,6 +268,8 @@ impl ServeConfig {
             threads: v.parsed(&GRPC_THREADS)?,
             max_message_size,
             max_streams: v.parsed(&GRPC_MAX_STREAMS)?,
+            max_connections: v.parsed(&GRPC_MAX_CONNECTIONS)?,
+            listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
             keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
             keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,
             write_timeout: v.duration(&WRITE_TIMEOUT)?,

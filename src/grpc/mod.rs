@@ -5,25 +5,27 @@
 //! | file | concern |
 //! |---|---|
 //! | `mod` | limits, starting and draining the server, counting calls |
+//! | `accept` | the port's accept loop and its connection limit |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
 //! | `codec` | its messages on the wire: only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
+mod accept;
 mod chat;
 mod codec;
 mod deadline;
 mod health;
 
 use std::fmt;
+use std::net::TcpListener;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
-    ServerCredentials, UnarySink,
+    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, UnarySink,
 };
 use log::{debug, info, warn};
 
@@ -31,6 +33,8 @@ use crate::chat::Hub;
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
 use crate::proto::health_grpc;
+use crate::{lock, sys};
+use accept::{Acceptor, Listening};
 use chat::ChatServer;
 use deadline::Deadlines;
 use health::{Health, HealthServer};
@@ -44,6 +48,10 @@ pub struct GrpcConfig {
     pub max_message_size: usize,
     /// Concurrent calls per client connection.
     pub max_streams: u32,
+    /// Client connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Connections the kernel queues before the accept loop takes them.
+    pub listen_backlog: u32,
     /// Idle time after which a client connection is pinged.
     pub keepalive_time: Duration,
     /// Time a keepalive ping has to be answered.
@@ -121,7 +129,10 @@ fn finish<T>(
 
 /// A started gRPC server; dropping it shuts the server down at once.
 pub struct GrpcServer {
-    server: grpcio::Server,
+    /// Declared first, so dropped first: no connection is handed over to
+    /// a server that is going away.
+    acceptor: Acceptor,
+    server: Arc<Mutex<grpcio::Server>>,
     health: Arc<Health>,
     addr: String,
 }
@@ -151,10 +162,7 @@ impl GrpcServer {
         };
         let env = Arc::new(Environment::new(threads));
         let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
-        // C-core sets SO_REUSEPORT by default, which would let a second papo
-        // silently share a port that is already in use.
         let args = ChannelBuilder::new(Arc::clone(&env))
-            .reuse_port(false)
             .max_receive_message_len(max_len)
             .max_send_message_len(max_len)
             .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
@@ -176,7 +184,7 @@ impl GrpcServer {
         };
         let health_server = HealthServer {
             health: Arc::clone(&health),
-            metrics,
+            metrics: Arc::clone(&metrics),
         };
         let mut server = ServerBuilder::new(env)
             .channel_args(args)
@@ -184,13 +192,27 @@ impl GrpcServer {
             .register_service(health_grpc::create_health(health_server))
             .build()
             .map_err(StartError::Create)?;
-        let port = server
-            .add_listening_port(addr, ServerCredentials::insecure())
+        // papo's own listener, not C-core's: see `accept`.
+        let listener = TcpListener::bind(addr).map_err(|_| StartError::Bind(addr.to_owned()))?;
+        let port = listener
+            .local_addr()
+            .map_err(|_| StartError::Bind(addr.to_owned()))?
+            .port();
+        sys::set_listen_backlog(&listener, config.listen_backlog)
             .map_err(|_| StartError::Bind(addr.to_owned()))?;
         server.start();
+        let server = Arc::new(Mutex::new(server));
+        let acceptor = Acceptor::start(Listening {
+            listener,
+            server: Arc::clone(&server),
+            max_connections: config.max_connections,
+            metrics,
+        })
+        .map_err(StartError::Thread)?;
         let addr = format!("{host}:{port}");
         info!("grpc listening on {addr}");
         Ok(GrpcServer {
+            acceptor,
             server,
             health,
             addr,
@@ -207,13 +229,14 @@ impl GrpcServer {
     /// Returns whether every call finished in time.
     pub fn shutdown(mut self, drain: Duration) -> bool {
         self.health.set_serving(false);
-        let mut stopped = pin!(self.server.shutdown());
+        self.acceptor.stop();
+        let mut stopped = pin!(lock(&self.server).shutdown());
         if block_on_until(stopped.as_mut(), Some(Instant::now() + drain)).is_some() {
             info!("grpc drained");
             return true;
         }
         warn!("grpc calls still running after {drain:?}: cancelling them");
-        self.server.cancel_all_calls();
+        lock(&self.server).cancel_all_calls();
         let _ = block_on_until(stopped, None);
         false
     }

@@ -51,14 +51,14 @@ const REPLY_BUFFER_KEPT: usize = 16 * 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// At most one "connection refused" (or "origin refused") warning per
 /// this interval.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the accept loop backs off when `accept` fails (out of
 /// descriptors or memory) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often shutdown looks whether every connection has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Stack of the server's own helper threads (keepalive), which run shallow.
-const HELPER_STACK: usize = 64 << 10;
+pub(crate) const HELPER_STACK: usize = 64 << 10;
 
 /// Limits and policy of the WebSocket server. Defaults are `papo serve`'s.
 #[derive(Debug, Clone)]
