@@ -195,6 +195,15 @@ impl Drop for ServeProcess {
     }
 }
 
+/// The binary `serve` runs: this build's `papo`, or another named by
+/// `PAPO_SERVE_BIN` (to hold an older build to the same tests).
+fn serve_binary() -> Command {
+    match std::env::var_os("PAPO_SERVE_BIN") {
+        Some(bin) => Command::new(bin),
+        None => papo(),
+    }
+}
+
 /// Runs `papo serve ARGS` on free ports and waits for its "listening" lines.
 pub fn serve(args: &[&str]) -> ServeProcess {
     serve_logging(args, "info")
@@ -202,7 +211,7 @@ pub fn serve(args: &[&str]) -> ServeProcess {
 
 /// [`serve`] with `RUST_LOG` set to `level`.
 pub fn serve_logging(args: &[&str], level: &str) -> ServeProcess {
-    let mut child = papo()
+    let mut child = serve_binary()
         .arg("serve")
         .args(["--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
         .args(args)

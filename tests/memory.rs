@@ -1,0 +1,266 @@
+//! The memory bound, as a property: the attacks that once grew papo without
+//! limit, run together against a release server with default flags, must
+//! keep its peak RSS under the bound the README documents for them, and
+//! the server must answer a fresh client afterwards.
+//!
+//! `PAPO_SERVE_BIN=path/to/an/older/papo cargo test --release --test memory
+//! -- --nocapture` holds another build to the same attacks and prints its peak.
+
+mod common;
+
+use common::{chat_client, connect, raw_upgrade, serve};
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use grpcio::{ChannelBuilder, EnvBuilder};
+use papo::proto::chat::{Message as ChatMessage, SubscribeRequest};
+use papo::proto::chat_grpc::ChatServiceClient;
+use papo::proto::health::HealthCheckRequest;
+use papo::proto::health_grpc::HealthClient;
+use tungstenite::Message;
+
+const MIB: u64 = 1 << 20;
+
+/// `papo serve`'s defaults that the bound is made of.
+const MAX_MESSAGE: usize = 4 << 20;
+const INBOUND_BUDGET: u64 = 256 * MIB;
+
+/// The attacks' scale.
+const UNFINISHED_WS: usize = 80;
+const AMPLIFYING_WS: usize = 32;
+const STUCK_SUBSCRIBERS: usize = 22;
+const FLOOD_SENDERS: usize = 3;
+const FLOOD_MESSAGES: usize = 60;
+const FORGED_GRPC: usize = 8;
+const IDLE_GRPC_CONNECTIONS: usize = 200;
+const STREAMS_PER_CONNECTION: usize = 5;
+
+/// A kibibyte figure from `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A masked client frame of any length.
+fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37u8, 0xfa, 0x21, 0x3d];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// A3: most of a largest message, fragmented, never finished; kept alive
+/// with unsolicited pongs until `done`.
+fn hold_unfinished_message(ws: SocketAddr, done: &AtomicBool) {
+    let (mut stream, status) = raw_upgrade(ws, "/ws", "");
+    if !status.starts_with("HTTP/1.1 101") {
+        return;
+    }
+    let chunk = vec![b'x'; 64 << 10];
+    let frames = MAX_MESSAGE / chunk.len() - 1;
+    for n in 0..frames {
+        let opcode = if n == 0 { 0x01 } else { 0x00 };
+        if stream.write_all(&frame(opcode, &chunk)).is_err() {
+            return; // closed: the budget said no
+        }
+    }
+    while !done.load(Ordering::Relaxed) {
+        if stream.write_all(&frame(0x8a, b"alive")).is_err() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A4: one largest message of `{"members": ["", "", …]}` into a room.
+fn send_amplifying_json(ws: SocketAddr, n: usize) {
+    let path = format!("/chat?room=amp&name=a{n}");
+    let (mut stream, status) = raw_upgrade(ws, &path, "");
+    if !status.starts_with("HTTP/1.1 101") {
+        return;
+    }
+    let mut json = String::from(r#"{"members":["""#);
+    while json.len() < MAX_MESSAGE - 16 {
+        json.push_str(r#","""#);
+    }
+    json.push_str("]}");
+    let _ = stream.write_all(&frame(0x81, json.as_bytes()));
+    // Whatever the answer (1007, or 1013 from the budget), read it.
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// A client on a connection of its own, whose window stays small.
+fn narrow_channel(addr: &str) -> grpcio::Channel {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    ChannelBuilder::new(env)
+        .use_local_subchannel_pool(true)
+        .http2_bdp_probe(false)
+        .stream_initial_window_size(64 << 10)
+        .max_receive_message_len(64 << 20)
+        .max_send_message_len(64 << 20)
+        .connect(addr)
+}
+
+#[test]
+fn the_attacks_together_stay_under_the_documented_bound() {
+    let server = serve(&[]);
+    let pid = server.child.id();
+    let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
+    let grpc = server.grpc.clone().unwrap();
+    let baseline = status_kib(pid, "VmRSS:") * 1024;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut holders = Vec::new();
+
+    // A1: gRPC members that stop reading, then a flood into their room.
+    let subscribers: Vec<_> = (0..STUCK_SUBSCRIBERS)
+        .map(|n| {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let request = SubscribeRequest {
+                room: "heavy".into(),
+                name: format!("stuck{n}"),
+                ..Default::default()
+            };
+            let mut stream = client.subscribe(&request).unwrap();
+            assert!(common::next_within(&mut stream, "a JOIN").is_some());
+            (client, stream)
+        })
+        .collect();
+    // A2: idle connections with open streams.
+    let idle: Vec<_> = (0..IDLE_GRPC_CONNECTIONS)
+        .map(|_| {
+            let client = HealthClient::new(narrow_channel(&grpc));
+            let watches: Vec<_> = (0..STREAMS_PER_CONNECTION)
+                .filter_map(|_| client.watch(&HealthCheckRequest::default()).ok())
+                .collect();
+            (client, watches)
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(
+        UNFINISHED_WS + AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC + 1,
+    ));
+    for _ in 0..UNFINISHED_WS {
+        let (done, start) = (Arc::clone(&done), Arc::clone(&start));
+        holders.push(thread::spawn(move || {
+            start.wait();
+            hold_unfinished_message(ws, &done);
+        }));
+    }
+    let mut attackers = Vec::new();
+    for n in 0..AMPLIFYING_WS {
+        let start = Arc::clone(&start);
+        attackers.push(thread::spawn(move || {
+            start.wait();
+            send_amplifying_json(ws, n);
+        }));
+    }
+    for _ in 0..FLOOD_SENDERS {
+        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        attackers.push(thread::spawn(move || {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let text = "x".repeat(MIB as usize);
+            start.wait();
+            for _ in 0..FLOOD_MESSAGES {
+                let message = ChatMessage {
+                    sender: "flood".into(),
+                    room: "heavy".into(),
+                    text: text.clone(),
+                    ..Default::default()
+                };
+                let _ = client.send_message(&message);
+            }
+        }));
+    }
+    for _ in 0..FORGED_GRPC {
+        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        attackers.push(thread::spawn(move || {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let forged = ChatMessage {
+                sender: "svc".into(),
+                members: vec![String::new(); MAX_MESSAGE / 2 - 64],
+                ..Default::default()
+            };
+            start.wait();
+            let _ = client.send_message(&forged);
+        }));
+    }
+    start.wait();
+    let began = Instant::now();
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    // The holders are all in (or refused) once their bytes are sent.
+    thread::sleep(Duration::from_millis(500));
+    let peak = status_kib(pid, "VmHWM:") * 1024;
+    let grown = peak.saturating_sub(baseline);
+    println!(
+        "baseline RSS {} MiB, peak RSS {} MiB (+{} MiB) after {:?}",
+        baseline / MIB,
+        peak / MIB,
+        grown / MIB,
+        began.elapsed()
+    );
+
+    // The bound the README documents for these attacks: the inbound budget,
+    // the largest messages in hand at once (every attacking sender's, on
+    // either protocol, as received and as parsed), each room's shared queue
+    // bytes, and a fixed cost per connection.
+    let senders = (AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC) as u64;
+    let connections = (UNFINISHED_WS
+        + AMPLIFYING_WS
+        + STUCK_SUBSCRIBERS
+        + FLOOD_SENDERS
+        + FORGED_GRPC
+        + IDLE_GRPC_CONNECTIONS) as u64;
+    let per_connection = 256 << 10;
+    let bound = INBOUND_BUDGET
+        + senders * 2 * MAX_MESSAGE as u64
+        + 2 * (MAX_MESSAGE as u64 + 1024) * 2
+        + connections * per_connection;
+    assert!(
+        grown <= bound,
+        "peak RSS grew {} MiB, over the bound of {} MiB",
+        grown / MIB,
+        bound / MIB
+    );
+
+    // Still serving: a fresh client on each protocol.
+    let (mut fresh, _) = connect(format!("ws://{ws}/ws")).expect("a fresh WebSocket client");
+    fresh.send(Message::text("ainda aí?")).unwrap();
+    assert!(matches!(fresh.read(), Ok(Message::Text(t)) if t.as_str() == "Recebido: ainda aí?"));
+    let reply = chat_client(&grpc)
+        .send_message(&ChatMessage {
+            sender: "Alice".into(),
+            text: "Olá".into(),
+            ..Default::default()
+        })
+        .expect("a fresh gRPC client");
+    assert_eq!(reply.reply, "Mensagem recebida: Olá");
+
+    done.store(true, Ordering::Relaxed);
+    for holder in holders {
+        holder.join().unwrap();
+    }
+    drop((subscribers, idle));
+}
