@@ -264,3 +264,54 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     }
     drop((subscribers, idle));
 }
+
+#[test]
+fn grpc_members_share_one_copy_of_each_message() {
+    let server = serve(&[]);
+    let pid = server.child.id();
+    let grpc = server.grpc.clone().unwrap();
+    const MEMBERS: usize = 20;
+    const MESSAGES: usize = 3;
+    const SIZE: usize = 3_000_000;
+    let members: Vec<_> = (0..MEMBERS)
+        .map(|n| {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let request = SubscribeRequest {
+                room: "shared".into(),
+                name: format!("m{n}"),
+                ..Default::default()
+            };
+            let mut stream = client.subscribe(&request).unwrap();
+            assert!(common::next_within(&mut stream, "a JOIN").is_some());
+            (client, stream)
+        })
+        .collect();
+    let before = status_kib(pid, "VmRSS:") * 1024;
+    let sender = ChatServiceClient::new(narrow_channel(&grpc));
+    for _ in 0..MESSAGES {
+        let message = ChatMessage {
+            sender: "svc".into(),
+            room: "shared".into(),
+            text: "x".repeat(SIZE),
+            ..Default::default()
+        };
+        sender.send_message(&message).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let grown = (status_kib(pid, "VmHWM:") * 1024).saturating_sub(before);
+    println!(
+        "{MEMBERS} members x {MESSAGES} x {SIZE} bytes: +{} MiB",
+        grown / MIB
+    );
+    // Each message as published and as encoded once for every member, one
+    // in hand (as received and as stored), and what each connection costs:
+    // never a copy per member.
+    let bound = (2 * MESSAGES * SIZE + 2 * MAX_MESSAGE + (MEMBERS + 1) * (256 << 10)) as u64;
+    assert!(
+        grown <= bound,
+        "grew {} MiB for {MESSAGES} messages of {SIZE} bytes, over {} MiB",
+        grown / MIB,
+        bound / MIB
+    );
+    drop(members);
+}
