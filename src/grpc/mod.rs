@@ -145,6 +145,30 @@ fn default_poll_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// A server builder that tells C-core the limits, for every connection.
+fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
+    let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
+    let args = ChannelBuilder::new(Arc::clone(&env))
+        .max_receive_message_len(max_len)
+        .max_send_message_len(max_len)
+        .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
+        .keepalive_time(config.keepalive_time)
+        .keepalive_timeout(config.keepalive_timeout)
+        // Idle connections are the ones keepalive exists for.
+        .keepalive_permit_without_calls(true)
+        .build_args();
+    ServerBuilder::new(env).channel_args(args)
+}
+
+/// papo's own listener for the port, not C-core's (see `accept`), and the
+/// port it got.
+fn listen(addr: &str, backlog: u32) -> std::io::Result<(TcpListener, u16)> {
+    let listener = TcpListener::bind(addr)?;
+    let port = listener.local_addr()?.port();
+    sys::set_listen_backlog(&listener, backlog)?;
+    Ok((listener, port))
+}
+
 impl GrpcServer {
     /// Binds `addr` (`host:port`, port 0 picks a free one) and starts serving.
     pub fn start(
@@ -161,16 +185,6 @@ impl GrpcServer {
             n => n,
         };
         let env = Arc::new(Environment::new(threads));
-        let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
-        let args = ChannelBuilder::new(Arc::clone(&env))
-            .max_receive_message_len(max_len)
-            .max_send_message_len(max_len)
-            .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
-            .keepalive_time(config.keepalive_time)
-            .keepalive_timeout(config.keepalive_timeout)
-            // Idle connections are the ones keepalive exists for.
-            .keepalive_permit_without_calls(true)
-            .build_args();
         let health = Arc::new(Health::new());
         let write_timeout = Some(config.write_timeout).filter(|t| !t.is_zero());
         let checked_every = write_timeout.unwrap_or(STATUS_GRACE).min(STATUS_GRACE);
@@ -186,20 +200,13 @@ impl GrpcServer {
             health: Arc::clone(&health),
             metrics: Arc::clone(&metrics),
         };
-        let mut server = ServerBuilder::new(env)
-            .channel_args(args)
+        let mut server = with_limits(env, config)
             .register_service(chat.service())
             .register_service(health_grpc::create_health(health_server))
             .build()
             .map_err(StartError::Create)?;
-        // papo's own listener, not C-core's: see `accept`.
-        let listener = TcpListener::bind(addr).map_err(|_| StartError::Bind(addr.to_owned()))?;
-        let port = listener
-            .local_addr()
-            .map_err(|_| StartError::Bind(addr.to_owned()))?
-            .port();
-        sys::set_listen_backlog(&listener, config.listen_backlog)
-            .map_err(|_| StartError::Bind(addr.to_owned()))?;
+        let (listener, port) =
+            listen(addr, config.listen_backlog).map_err(|_| StartError::Bind(addr.to_owned()))?;
         server.start();
         let server = Arc::new(Mutex::new(server));
         let acceptor = Acceptor::start(Listening {
