@@ -115,11 +115,13 @@ def main():
     info = machine()
     print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
 
-    # Idle cost first, each on a fresh server.
+    # Idle cost first, each on a fresh server (2,000 gRPC connections are
+    # past --grpc-max-connections' default).
     idles = {}
     for proto, args, pattern, scheme, hold in (
             ("ws", ["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"], r"ws listening on ws://([^/]+)/ws", "ws://%s/ws", "10s"),
-            ("grpc", ["serve", "--no-ws", "--grpc-addr", "127.0.0.1:0"], r"grpc listening on (\S+)", "grpc://%s", "3s"),
+            ("grpc", ["serve", "--no-ws", "--grpc-addr", "127.0.0.1:0", "--grpc-max-connections", "4000"],
+             r"grpc listening on (\S+)", "grpc://%s", "3s"),
             ("tcp", ["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], r"tcp-echo listening on (\S+)", "tcp://%s", "3s")):
         server, addrs = start(args, {"addr": pattern})
         idles[proto] = bench("idle", "--url", scheme % addrs["addr"], "--conns", "2000", "--pid", str(server.pid), "--hold", hold)
