@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE := --release
 PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
 
-.PHONY: all prereqs test-prereqs build run run-ws run-grpc ws-client grpc-client chat \
+.PHONY: all prereqs test-prereqs build run run-tls run-ws run-grpc ws-client grpc-client chat \
         test fmt-check lint unit proto proto-check autobahn bench clean
 
 all: build
@@ -18,6 +18,16 @@ build: prereqs
 
 run: prereqs
 	$(CARGO) run $(RELEASE) -- serve
+
+# Both servers over TLS with a throwaway CA (written to dev-cert/ once).
+DEV_CERT := dev-cert
+run-tls: build
+	@test -f $(DEV_CERT)/cert.pem || $(PAPO) dev-cert --out $(DEV_CERT)
+	@echo "run-tls: trust $(DEV_CERT)/ca.pem, e.g.:"
+	@echo "  $(PAPO) ws-client --url wss://127.0.0.1:8080/ws --ca $(DEV_CERT)/ca.pem"
+	@echo "  $(PAPO) grpc-client --tls --ca $(DEV_CERT)/ca.pem"
+	@echo "  the page: https://localhost:8080/ once $(DEV_CERT)/ca.pem is among the browser's authorities"
+	$(PAPO) serve --tls-cert $(DEV_CERT)/cert.pem --tls-key $(DEV_CERT)/key.pem
 
 run-ws: prereqs
 	$(CARGO) run $(RELEASE) -- serve --no-grpc

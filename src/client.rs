@@ -4,33 +4,81 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder, WriteFlags};
+use grpcio::{
+    CallOption, Channel, ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder, WriteFlags,
+};
+use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{Connector, Message, WebSocket};
 
 use crate::executor::block_on;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
+use crate::tls;
 
 /// A client WebSocket connection, as every papo client and the bench open it.
 pub type WsConn = WebSocket<MaybeTlsStream<TcpStream>>;
 
+/// How a client speaks TLS: to `wss://` URLs always, to gRPC with `grpc`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub grpc: bool,
+    /// The CAs to trust (default: the system's).
+    pub ca: Option<PathBuf>,
+    /// A certificate and key to show a server that asks (mutual TLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
 /// Connects to a WebSocket URL with a 4 KiB read buffer: tungstenite zeroes
 /// its default 128 KiB before every read, which would make a bench client,
-/// not the server, the bottleneck (see the README's benchmarks).
-pub fn ws_connect(url: &str) -> Result<WsConn, String> {
+/// not the server, the bottleneck (see the README's benchmarks). A `wss://`
+/// URL is reached over TLS, trusting `tls.ca`.
+pub fn ws_connect(url: &str, tls: &ClientTls) -> Result<WsConn, String> {
     let config = WebSocketConfig::default().read_buffer_size(4 << 10);
-    tungstenite::client::connect_with_config(url, Some(config), 3)
+    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {url}: {e}");
+    if !url.starts_with("wss://") {
+        return tungstenite::client::connect_with_config(url, Some(config), 3)
+            .map(|(ws, _)| ws)
+            .map_err(|e| fail(&e));
+    }
+    let trust = tls::client_config(tls.ca.as_deref()).map_err(|e| fail(&e))?;
+    let request = url.into_client_request().map_err(|e| fail(&e))?;
+    let host = request.uri().host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = request.uri().port_u16().unwrap_or(443);
+    let socket = TcpStream::connect((host, port)).map_err(|e| fail(&e))?;
+    socket.set_nodelay(true).map_err(|e| fail(&e))?;
+    let connector = Connector::Rustls(trust);
+    tungstenite::client_tls_with_config(request, socket, Some(config), Some(connector))
         .map(|(ws, _)| ws)
-        .map_err(|e| format!("cannot connect to {url}: {e}"))
+        .map_err(|e| fail(&e))
+}
+
+/// A gRPC channel to `addr`, over TLS when `tls.grpc` is set.
+pub fn grpc_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    let builder = ChannelBuilder::new(env);
+    if !tls.grpc {
+        return Ok(builder.connect(addr));
+    }
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut credentials =
+        ChannelCredentialsBuilder::new().root_cert(read(&tls::trusted_cas(tls.ca.as_deref()))?);
+    if let Some((cert, key)) = &tls.identity {
+        credentials = credentials.cert(read(cert)?, read(key)?);
+    }
+    Ok(builder.set_credentials(credentials.build()).connect(addr))
 }
 
 /// `papo ws-client`: the seed's WebSocket client.
@@ -39,12 +87,13 @@ pub struct WsClientConfig {
     pub url: String,
     pub count: u32,
     pub interval: Duration,
+    pub tls: ClientTls,
 }
 
 /// Sends `Mensagem 1` … `Mensagem N`, printing each reply as the seed does,
 /// then closes with 1000 (Normal).
 pub fn ws_client(config: &WsClientConfig, out: &mut impl Write) -> Result<(), String> {
-    let mut ws = ws_connect(&config.url)?;
+    let mut ws = ws_connect(&config.url, &config.tls)?;
     for i in 1..=config.count {
         ws.send(Message::text(format!("Mensagem {i}")))
             .map_err(|e| format!("send failed: {e}"))?;
@@ -101,13 +150,12 @@ pub struct GrpcClientConfig {
     pub text: String,
     pub room: String,
     pub timeout: Duration,
+    pub tls: ClientTls,
 }
 
 /// Calls `SendMessage` once and prints the reply as the seed does.
 pub fn grpc_client(config: &GrpcClientConfig, out: &mut impl Write) -> Result<(), String> {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let channel = ChannelBuilder::new(env).connect(&config.addr);
-    let client = ChatServiceClient::new(channel);
+    let client = ChatServiceClient::new(grpc_channel(&config.addr, &config.tls)?);
     let request = ChatMessage {
         sender: config.sender.clone(),
         text: config.text.clone(),
@@ -161,6 +209,7 @@ pub struct ChatClientConfig {
     pub via: Via,
     pub addr: String,
     pub url: String,
+    pub tls: ClientTls,
 }
 
 /// One line for a chat message or event: `[HH:MM:SS] who: text`, UTC.
@@ -221,8 +270,7 @@ fn chat_via_grpc(
     lines: mpsc::Receiver<String>,
     out: &mut impl Write,
 ) -> Result<(), String> {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let client = ChatServiceClient::new(ChannelBuilder::new(env).connect(&config.addr));
+    let client = ChatServiceClient::new(grpc_channel(&config.addr, &config.tls)?);
     let failed = |e: grpcio::Error| format!("chat with {} failed: {}", config.addr, describe(&e));
     let (mut tx, mut rx) = client.chat().map_err(failed)?;
     let hello = ChatMessage {
@@ -268,8 +316,13 @@ fn chat_via_ws(
         percent_encode(&config.room),
         percent_encode(&config.name)
     );
-    let mut ws = ws_connect(&url)?;
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+    let mut ws = ws_connect(&url, &config.tls)?;
+    let socket = match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => Some(s),
+        MaybeTlsStream::Rustls(tls) => Some(tls.get_ref()),
+        _ => None,
+    };
+    if let Some(s) = socket {
         s.set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(|e| e.to_string())?;
     }

@@ -7,12 +7,14 @@
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod devcert;
 pub mod executor;
 pub mod grpc;
 pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod sys;
+pub mod tls;
 pub mod ws;
 
 mod peer;

@@ -3,11 +3,14 @@
 
 mod bench;
 
-use std::io;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use papo::client::{self, ChatClientConfig, GrpcClientConfig, WsClientConfig};
 use papo::config::{self, CliError, Command, ServeConfig};
+use papo::devcert;
+use papo::server::ServeError;
 
 /// How a run ended other than by doing its work: help was asked for (exit 0),
 /// wrong usage (exit 2) or a failure at run time (exit 1).
@@ -95,14 +98,46 @@ fn run(args: &[String]) -> Result<(), Failure> {
     let stdout = &mut io::stdout().lock();
     let done = match cmd.name {
         "serve" => {
-            papo::server::serve(ServeConfig::from_values(&values)?).map_err(|e| e.to_string())
+            return papo::server::serve(ServeConfig::from_values(&values)?).map_err(|e| match e {
+                // Files given on the command line that cannot be used: usage.
+                ServeError::Tls(_) => Failure::Usage(e.to_string()),
+                e => Failure::Runtime(e.to_string()),
+            });
         }
+        "dev-cert" => dev_cert(&values, stdout),
         "ws-client" => client::ws_client(&WsClientConfig::from_values(&values)?, stdout),
         "grpc-client" => client::grpc_client(&GrpcClientConfig::from_values(&values)?, stdout),
         "chat" => client::chat_client(&ChatClientConfig::from_values(&values)?, stdout),
         _ => bench::Mode::from_values(cmd, &values)?.run(stdout),
     };
     done.map_err(Failure::Runtime)
+}
+
+/// `papo dev-cert`: writes the files and says what to do with them.
+fn dev_cert(values: &config::Values, out: &mut impl Write) -> Result<(), String> {
+    let dir = PathBuf::from(
+        values
+            .string(&config::DEV_CERT_OUT)
+            .map_err(|e| e.to_string())?,
+    );
+    let hosts = values
+        .list(&config::DEV_CERT_HOST)
+        .map_err(|e| e.to_string())?;
+    let files = devcert::write(&dir, &hosts)?;
+    let shown = |p: &Path| p.display().to_string();
+    let _ = writeln!(
+        out,
+        "wrote {}, {} and {}
+         serve:  papo serve --tls-cert {} --tls-key {}
+         trust:  {} (the CA; e.g. python3 ssl cafile=, grpc --ca, or a browser's authorities)",
+        shown(&files.ca),
+        shown(&files.cert),
+        shown(&files.key),
+        shown(&files.cert),
+        shown(&files.key),
+        shown(&files.ca)
+    );
+    Ok(())
 }
 
 fn usage() -> String {

@@ -137,7 +137,11 @@ pub struct Metrics {
     grpc_calls: [AtomicU64; GRPC_CODES.len() + 1],
     pub grpc_active: AtomicU64,
     pub grpc_refused: AtomicU64,
+    tls_failed: [AtomicU64; TLS_FAILURES.len()],
 }
+
+/// Why a TLS handshake on the WebSocket port failed, as labelled.
+const TLS_FAILURES: [&str; 5] = ["timeout", "not_tls", "incompatible", "alert", "other"];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -146,6 +150,15 @@ impl Metrics {
 
     pub fn ws_closed(&self, reason: CloseReason) {
         self.ws_closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed TLS handshake, by one of [`TLS_FAILURES`].
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        let slot = TLS_FAILURES
+            .iter()
+            .position(|&r| r == reason)
+            .unwrap_or(TLS_FAILURES.len() - 1);
+        self.tls_failed[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a gRPC call that ended with `code` (a `grpc-status` number).
@@ -242,6 +255,17 @@ impl Metrics {
             "counter",
             "gRPC connections closed at once at the connection limit.",
             &one(get(&self.grpc_refused)),
+        );
+        let failed: Vec<_> = TLS_FAILURES
+            .iter()
+            .zip(&self.tls_failed)
+            .map(|(reason, c)| (format!("{{reason=\"{reason}\"}}"), get(c)))
+            .collect();
+        metric(
+            "papo_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes on the WebSocket port that failed, by reason.",
+            &failed,
         );
         let calls: Vec<_> = GRPC_CODES
             .iter()

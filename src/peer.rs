@@ -9,6 +9,15 @@
 //! queued bytes and writes them as they drain; a peer that takes nothing for
 //! the write timeout, or whose queue is full, is cut off. An idle peer costs
 //! nothing here: no thread, no timer, no wake-up.
+//!
+//! Over TLS the same holds, with the rustls session kept under the same lock
+//! (a session cannot be split into a read half and a write half). The
+//! connection thread blocks in `recv` on the raw socket with no lock held,
+//! then takes the lock only to feed the bytes in and take the plaintext out
+//! ([`Peer::read`]). A writer takes it to encrypt a whole frame and send
+//! the ciphertext without waiting; what the socket refuses stays in the
+//! session, and queued frames are encrypted only once it has gone, so the
+//! queue's bounds hold as they do in plaintext.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -21,6 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use rustls::ServerConnection;
 
 use crate::chat::SendError;
 use crate::{lock, sys};
@@ -39,6 +49,8 @@ pub struct OutboundLimits {
 
 #[derive(Default)]
 struct Outbound {
+    /// The TLS session, for a `wss` peer.
+    tls: Option<Box<ServerConnection>>,
     frames: VecDeque<Arc<[u8]>>,
     /// Bytes of the front frame already written.
     written: usize,
@@ -55,6 +67,8 @@ struct Outbound {
 /// An upgraded connection's socket and its outbound queue.
 pub struct Peer {
     socket: TcpStream,
+    /// Whether `out` holds a TLS session (fixed at the upgrade).
+    tls: bool,
     out: Mutex<Outbound>,
     limits: OutboundLimits,
     /// Set on every read from the socket, cleared by the keepalive.
@@ -76,11 +90,59 @@ enum Flushed {
     Dead,
 }
 
+/// Ciphertext read from the socket per `recv`, on the reading thread's
+/// stack: what it decrypts to fits rustls's plaintext buffer whole.
+const TLS_READ_CHUNK: usize = 4096;
+
+/// The socket as rustls writes to it: one non-blocking send per call.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sys::send_nonblocking(self.0, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends what ciphertext the session holds, as far as the socket takes it
+/// now: the bytes sent, and whether that was all.
+fn send_tls(session: &mut ServerConnection, socket: &TcpStream) -> io::Result<(usize, bool)> {
+    let mut sent = 0;
+    while session.wants_write() {
+        match session.write_tls(&mut NonBlocking(socket)) {
+            Ok(0) => return Ok((sent, false)),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((sent, false)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((sent, true))
+}
+
 impl Peer {
-    pub fn new(socket: TcpStream, limits: OutboundLimits) -> Arc<Peer> {
+    /// A peer on `socket`; `tls` is its session, its handshake done.
+    pub fn new(
+        socket: TcpStream,
+        limits: OutboundLimits,
+        tls: Option<ServerConnection>,
+    ) -> Arc<Peer> {
+        let is_tls = tls.is_some();
+        let tls = tls.map(|mut session| {
+            // The queue bounds what waits; the session holds at most the
+            // frame being sent.
+            session.set_buffer_limit(None);
+            Box::new(session)
+        });
         Arc::new(Peer {
             socket,
-            out: Mutex::new(Outbound::default()),
+            tls: is_tls,
+            out: Mutex::new(Outbound {
+                tls,
+                ..Outbound::default()
+            }),
             limits,
             heard: AtomicBool::new(true),
             expired: AtomicBool::new(false),
@@ -90,6 +152,63 @@ impl Peer {
 
     pub fn socket(&self) -> &TcpStream {
         &self.socket
+    }
+
+    /// The connection thread's read: from the socket, or over TLS the
+    /// plaintext of what arrived. Blocks in `recv` holding no lock.
+    pub fn read(self: &Arc<Self>, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.tls {
+            let n = (&self.socket).read(buf)?;
+            if n > 0 {
+                self.note_heard();
+            }
+            return Ok(n);
+        }
+        let mut raw = [0u8; TLS_READ_CHUNK];
+        loop {
+            {
+                let mut out = lock(&self.out);
+                let Some(session) = out.tls.as_mut() else {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                };
+                match session.reader().read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    plaintext => return plaintext,
+                }
+            }
+            let n = (&self.socket).read(&mut raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.note_heard();
+            self.take_in(&raw[..n])?;
+        }
+    }
+
+    /// Feeds ciphertext to the session, and sends what it answers (alerts,
+    /// key updates); what the socket does not take now, the flusher sends.
+    fn take_in(self: &Arc<Self>, mut ciphertext: &[u8]) -> io::Result<()> {
+        let mut out = lock(&self.out);
+        let Some(session) = out.tls.as_mut() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let mut result = Ok(());
+        while !ciphertext.is_empty() && result.is_ok() {
+            result = session
+                .read_tls(&mut ciphertext)
+                .and_then(|_| session.process_new_packets().map_err(io::Error::other))
+                .map(drop);
+        }
+        match send_tls(session, &self.socket) {
+            Ok((_, true)) => {}
+            Ok((_, false)) => self.ensure_flushing(out),
+            Err(e) => {
+                out.broken = true;
+                let _ = self.socket.shutdown(Shutdown::Both);
+                return Err(e);
+            }
+        }
+        result
     }
 
     /// Notes that the peer sent something. Called on every read: the load
@@ -148,7 +267,30 @@ impl Peer {
         if out.closing || out.broken {
             return Err(SendError::Closed);
         }
-        if out.frames.is_empty() {
+        if let (true, Some(session)) = (out.frames.is_empty(), out.tls.as_mut()) {
+            if !session.wants_write() {
+                // Encrypted whole; what the socket refuses stays in the
+                // session for the flusher.
+                let sent = session
+                    .writer()
+                    .write_all(frame)
+                    .and_then(|()| send_tls(session, &self.socket));
+                return match sent {
+                    Ok((_, true)) => Ok(()),
+                    Ok((_, false)) => {
+                        self.ensure_flushing(out);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        debug!("peer write failed: {e}");
+                        out.broken = true;
+                        let _ = self.socket.shutdown(Shutdown::Both);
+                        Err(SendError::Closed)
+                    }
+                };
+            }
+            // An earlier frame's ciphertext still waits: this one queues.
+        } else if out.frames.is_empty() {
             match sys::send_nonblocking(&self.socket, frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
                 Ok(n) => out.written = n,
@@ -206,6 +348,9 @@ impl Peer {
     /// Writes queued bytes until the socket is full or the queue empty.
     fn flush(&self) -> Flushed {
         let mut out = lock(&self.out);
+        if out.tls.is_some() {
+            return self.flush_tls(out);
+        }
         while let Some(front) = out.frames.front().cloned() {
             match sys::send_nonblocking(&self.socket, &front[out.written..]) {
                 Ok(0) => break,
@@ -233,6 +378,59 @@ impl Peer {
         out.progress = None;
         out.registered = false;
         if out.closing {
+            let _ = self.socket.shutdown(Shutdown::Both);
+            return Flushed::Dead;
+        }
+        Flushed::Done
+    }
+
+    /// [`Peer::flush`] over TLS: the session's ciphertext first, then each
+    /// queued frame, encrypted only when the one before has gone.
+    fn flush_tls(&self, mut out: MutexGuard<'_, Outbound>) -> Flushed {
+        let Outbound {
+            tls: Some(session),
+            frames,
+            bytes,
+            progress,
+            broken,
+            ..
+        } = &mut *out
+        else {
+            return Flushed::Dead;
+        };
+        loop {
+            let (sent, all) = match send_tls(session, &self.socket) {
+                Ok(sent) => sent,
+                Err(_) => {
+                    *broken = true;
+                    let _ = self.socket.shutdown(Shutdown::Both);
+                    return Flushed::Dead;
+                }
+            };
+            if sent > 0 {
+                *progress = Some(Instant::now());
+            }
+            if !all {
+                let since = *progress.get_or_insert_with(Instant::now);
+                return Flushed::Waiting(self.write_deadline(since));
+            }
+            let Some(frame) = frames.pop_front() else {
+                break;
+            };
+            *bytes -= frame.len();
+            if session.writer().write_all(&frame).is_err() {
+                *broken = true;
+                let _ = self.socket.shutdown(Shutdown::Both);
+                return Flushed::Dead;
+            }
+        }
+        *progress = None;
+        out.registered = false;
+        if out.closing {
+            if let Some(session) = out.tls.as_mut() {
+                session.send_close_notify();
+                let _ = send_tls(session, &self.socket);
+            }
             let _ = self.socket.shutdown(Shutdown::Both);
             return Flushed::Dead;
         }
@@ -376,7 +574,7 @@ mod tests {
             bytes: 1 << 20,
             write_timeout: Duration::from_secs(1),
         };
-        let peer = Peer::new(socket, limits);
+        let peer = Peer::new(socket, limits, None);
         assert!(!peer.take_pinged(), "an unsolicited pong");
         peer.ping(Arc::from(&[0x89u8, 0][..]));
         assert!(peer.take_pinged());

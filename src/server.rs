@@ -17,6 +17,7 @@ use crate::config::ServeConfig;
 use crate::grpc::{GrpcServer, StartError};
 use crate::metrics::Metrics;
 use crate::sys::{self, SignalSet};
+use crate::tls::{Tls, TlsError};
 use crate::ws::WsServer;
 
 /// Descriptors kept free besides one per WebSocket connection: listeners,
@@ -35,6 +36,8 @@ pub enum ServeError {
     WsFailed(io::Error),
     /// A thread of the server could not be started.
     Thread(&'static str, io::Error),
+    /// The TLS certificate or key cannot be used.
+    Tls(TlsError),
 }
 
 impl fmt::Display for ServeError {
@@ -45,6 +48,7 @@ impl fmt::Display for ServeError {
             ServeError::WsBind(addr, e) => write!(f, "cannot listen for WebSocket on {addr}: {e}"),
             ServeError::WsFailed(e) => write!(f, "WebSocket server failed: {e}"),
             ServeError::Thread(name, e) => write!(f, "cannot start the {name} thread: {e}"),
+            ServeError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -61,15 +65,22 @@ fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
         _ => "signal",
     }
 }
 
 /// Runs both servers until SIGINT or SIGTERM, then drains them. A second
 /// signal during the drain exits at once with status 128 + its number.
+/// SIGHUP reloads the TLS certificate.
 pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // Before any thread exists, so that every thread inherits the mask.
-    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM]).map_err(ServeError::Signals)?;
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(ServeError::Signals)?;
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files.clone()).map_err(ServeError::Tls)?),
+        None => None,
+    };
     match sys::raise_fd_limit() {
         Ok(limit)
             if config.ws_addr.is_some()
@@ -89,8 +100,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let hub = Hub::new(config.chat.clone());
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
-            GrpcServer::start(addr, &config.grpc, Arc::clone(&metrics), Arc::clone(&hub))
-                .map_err(ServeError::Grpc)?,
+            GrpcServer::start(
+                addr,
+                &config.grpc,
+                Arc::clone(&metrics),
+                Arc::clone(&hub),
+                tls.clone(),
+            )
+            .map_err(ServeError::Grpc)?,
         ),
         None => None,
     };
@@ -98,8 +115,14 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {
         let listening = |e: io::Error| ServeError::WsBind(addr.clone(), e);
-        let server = WsServer::bind(addr, config.ws.clone(), Arc::clone(&metrics), hub)
-            .map_err(listening)?;
+        let server = WsServer::bind(
+            addr,
+            config.ws.clone(),
+            Arc::clone(&metrics),
+            hub,
+            tls.clone(),
+        )
+        .map_err(listening)?;
         let handle = server.handle().map_err(listening)?;
         let events = events.clone();
         let accept = thread::Builder::new()
@@ -113,11 +136,24 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let first = signals.wait();
-            let _ = events.send(Event::Signal(first));
-            let second = signals.wait();
-            warn!("{} again: exiting at once", signal_name(second));
-            std::process::exit(128 + second);
+            let mut stopping = false;
+            loop {
+                let signal = signals.wait();
+                if signal == libc::SIGHUP {
+                    match &tls {
+                        Some(tls) => {
+                            tls.reload();
+                        }
+                        None => info!("SIGHUP: no TLS certificate to reload"),
+                    }
+                } else if stopping {
+                    warn!("{} again: exiting at once", signal_name(signal));
+                    std::process::exit(128 + signal);
+                } else {
+                    stopping = true;
+                    let _ = events.send(Event::Signal(signal));
+                }
+            }
         })
         .map_err(|e| ServeError::Thread("signals", e))?;
 

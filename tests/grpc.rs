@@ -175,7 +175,8 @@ fn client_connections_are_capped() {
     };
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(ChatConfig::default());
-    let server = GrpcServer::start("127.0.0.1:0", &config, Arc::clone(&metrics), hub).unwrap();
+    let server =
+        GrpcServer::start("127.0.0.1:0", &config, Arc::clone(&metrics), hub, None).unwrap();
     let mut clients: Vec<_> = (0..3).map(|_| own_connection(server.addr())).collect();
     for client in &clients {
         assert_eq!(check(client), Ok(()));

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use papo::client::{ws_connect, WsConn};
+use papo::client::{ws_connect, ClientTls, WsConn};
 use papo::sys::Epoll;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -83,7 +83,7 @@ fn fanout(url: &str, members: usize, msgs: usize, interval: Duration) -> Result<
             .map_err(|_| "the room did not fill in time".to_owned())??;
     }
     let started = Instant::now();
-    let mut sender = ws_connect(&format!("{url}?room={room}&name="))?;
+    let mut sender = ws_connect(&format!("{url}?room={room}&name="), &ClientTls::default())?;
     for _ in 0..msgs {
         let sent_us = epoch.elapsed().as_micros();
         sender

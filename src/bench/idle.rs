@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use grpcio::EnvBuilder;
-use papo::client::ws_connect;
+use papo::client::{ws_connect, ClientTls};
 use papo::executor::block_on;
 
 use super::cpu_of;
@@ -73,7 +73,7 @@ impl Idle {
             held.push(Box::new(env));
         } else {
             for _ in 0..conns {
-                let mut ws = ws_connect(url)?;
+                let mut ws = ws_connect(url, &ClientTls::default())?;
                 // Idle like a browser tab: blocked in read, answering keepalive
                 // pings; the connections close when this process ends.
                 thread::Builder::new()

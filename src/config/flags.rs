@@ -1,12 +1,14 @@
 //! papo's commands and flags: each flag's name, default and help, written
 //! once, and the typed configurations they resolve to.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{parse, CliError, Command, Flag, Values};
 use crate::chat::{ChatConfig, Rate, DEFAULT_ROOM, ENVELOPE};
-use crate::client::{ChatClientConfig, GrpcClientConfig, Via, WsClientConfig};
+use crate::client::{ChatClientConfig, ClientTls, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
+use crate::tls::TlsFiles;
 use crate::ws::WsConfig;
 
 // `papo serve`
@@ -131,6 +133,21 @@ pub const GRPC_KEEPALIVE_TIMEOUT: Flag = Flag::duration(
     "20s",
     "Close a gRPC client connection whose ping is not answered in time",
 );
+pub const TLS_CERT: Flag = Flag::optional(
+    "tls-cert",
+    "FILE",
+    "PEM certificate chain: both ports speak TLS only (wss://, https://, gRPC over TLS); with --tls-key",
+);
+pub const TLS_KEY: Flag = Flag::optional(
+    "tls-key",
+    "FILE",
+    "PEM private key of --tls-cert (PKCS#8, RSA or SEC1)",
+);
+pub const GRPC_CLIENT_CA: Flag = Flag::optional(
+    "grpc-client-ca",
+    "FILE",
+    "PEM CA: gRPC clients must present a certificate it signed (mutual TLS; needs --tls-cert)",
+);
 pub const DRAIN_TIMEOUT: Flag = Flag::duration(
     "drain-timeout",
     "5s",
@@ -164,6 +181,9 @@ pub const SERVE: Command = Command {
         &GRPC_MAX_STREAMS,
         &GRPC_KEEPALIVE_TIME,
         &GRPC_KEEPALIVE_TIMEOUT,
+        &TLS_CERT,
+        &TLS_KEY,
+        &GRPC_CLIENT_CA,
         &DRAIN_TIMEOUT,
     ],
 };
@@ -174,10 +194,24 @@ pub const WS_CLIENT_URL: Flag = Flag::text("url", "URL", "ws://127.0.0.1:8080/ws
 pub const COUNT: Flag = Flag::count("count", "N", "5", "Messages to send");
 pub const INTERVAL: Flag = Flag::duration("interval", "1s", "Pause between messages");
 
+// TLS for the clients: wss:// URLs always, gRPC with --tls.
+pub const CA: Flag = Flag::optional(
+    "ca",
+    "FILE",
+    "PEM CA to trust for wss:// and --tls (default: the system's, or SSL_CERT_FILE)",
+);
+pub const TLS: Flag = Flag::switch("tls", "Speak TLS to the gRPC server");
+pub const CLIENT_CERT: Flag = Flag::optional(
+    "cert",
+    "FILE",
+    "PEM certificate to show a gRPC server that asks for one (mutual TLS), with --key",
+);
+pub const CLIENT_KEY: Flag = Flag::optional("key", "FILE", "PEM private key of --cert");
+
 pub const WS_CLIENT: Command = Command {
     name: "ws-client",
     about: "The seed's WebSocket client: send 'Mensagem 1'..'Mensagem N', print each reply.",
-    flags: &[&WS_CLIENT_URL, &COUNT, &INTERVAL],
+    flags: &[&WS_CLIENT_URL, &COUNT, &INTERVAL, &CA],
 };
 
 pub const GRPC_SERVER: Flag = Flag::text("addr", "ADDR", "127.0.0.1:50051", "Server address");
@@ -194,7 +228,17 @@ pub const TIMEOUT: Flag = Flag::duration("timeout", "5s", "Deadline of the call"
 pub const GRPC_CLIENT: Command = Command {
     name: "grpc-client",
     about: "The seed's gRPC client: call ChatService.SendMessage once, print the reply.",
-    flags: &[&GRPC_SERVER, &SENDER, &TEXT, &ROOM_TOO, &TIMEOUT],
+    flags: &[
+        &GRPC_SERVER,
+        &SENDER,
+        &TEXT,
+        &ROOM_TOO,
+        &TIMEOUT,
+        &TLS,
+        &CA,
+        &CLIENT_CERT,
+        &CLIENT_KEY,
+    ],
 };
 
 pub const ROOM: Flag = Flag::text("room", "ROOM", DEFAULT_ROOM, "Room to join");
@@ -221,11 +265,34 @@ pub const CHAT_URL: Flag = Flag::text(
 pub const CHAT: Command = Command {
     name: "chat",
     about: "Join a chat room from the terminal: typed lines are sent, the room's messages printed.",
-    flags: &[&ROOM, &NAME, &VIA, &CHAT_GRPC_ADDR, &CHAT_URL],
+    flags: &[
+        &ROOM,
+        &NAME,
+        &VIA,
+        &CHAT_GRPC_ADDR,
+        &CHAT_URL,
+        &TLS,
+        &CA,
+        &CLIENT_CERT,
+        &CLIENT_KEY,
+    ],
+};
+
+pub const DEV_CERT_OUT: Flag = Flag::text("out", "DIR", "dev-cert", "Directory to write into");
+pub const DEV_CERT_HOST: Flag = Flag::list(
+    "host",
+    "NAME",
+    "Another name the certificate is for, besides localhost, 127.0.0.1 and ::1",
+);
+
+pub const DEV_CERT: Command = Command {
+    name: "dev-cert",
+    about: "Write a throwaway CA and a certificate it signs (ca.pem, cert.pem, key.pem) for TLS on this machine.",
+    flags: &[&DEV_CERT_OUT, &DEV_CERT_HOST],
 };
 
 /// The library's commands, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT];
+pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT, &DEV_CERT];
 
 /// `papo serve`, resolved.
 #[derive(Debug, Clone)]
@@ -237,6 +304,8 @@ pub struct ServeConfig {
     pub chat: ChatConfig,
     /// How long shutdown waits for in-flight gRPC calls and closing peers.
     pub drain_timeout: Duration,
+    /// The certificate both ports serve, when they speak TLS.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServeConfig {
@@ -295,6 +364,7 @@ impl ServeConfig {
             grpc,
             chat,
             drain_timeout: v.duration(&DRAIN_TIMEOUT)?,
+            tls: tls_files(v)?,
         };
         if config.ws_addr.is_none() && config.grpc_addr.is_none() {
             return Err(CliError::Usage(
@@ -306,12 +376,51 @@ impl ServeConfig {
     }
 }
 
+/// The TLS files, all or none: a certificate needs its key, a client CA
+/// needs a certificate.
+fn tls_files(v: &Values) -> Result<Option<TlsFiles>, CliError> {
+    let usage = |why: &str| Err(CliError::Usage(why.into()).in_command(SERVE.name));
+    let ca = v.optional(&GRPC_CLIENT_CA)?.map(PathBuf::from);
+    match (v.optional(&TLS_CERT)?, v.optional(&TLS_KEY)?) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            grpc_client_ca: ca,
+        })),
+        (None, None) if ca.is_none() => Ok(None),
+        (None, None) => usage("--grpc-client-ca needs --tls-cert and --tls-key"),
+        (Some(_), None) => usage("--tls-cert needs --tls-key"),
+        (None, Some(_)) => usage("--tls-key needs --tls-cert"),
+    }
+}
+
+/// A client's TLS flags; `grpc` says whether the command has `--tls`.
+fn client_tls(v: &Values, grpc: bool) -> Result<ClientTls, CliError> {
+    if !grpc {
+        return Ok(ClientTls {
+            ca: v.optional(&CA)?.map(PathBuf::from),
+            ..ClientTls::default()
+        });
+    }
+    let cert = v.optional(&CLIENT_CERT)?.map(PathBuf::from);
+    let key = v.optional(&CLIENT_KEY)?.map(PathBuf::from);
+    if cert.is_some() != key.is_some() {
+        return Err(CliError::Usage("--cert and --key go together".into()));
+    }
+    Ok(ClientTls {
+        grpc: v.switch(&TLS)?,
+        ca: v.optional(&CA)?.map(PathBuf::from),
+        identity: cert.zip(key),
+    })
+}
+
 impl WsClientConfig {
     pub fn from_values(v: &Values) -> Result<WsClientConfig, CliError> {
         Ok(WsClientConfig {
             url: v.string(&WS_CLIENT_URL)?,
             count: v.parsed(&COUNT)?,
             interval: v.duration(&INTERVAL)?,
+            tls: client_tls(v, false)?,
         })
     }
 }
@@ -324,6 +433,7 @@ impl GrpcClientConfig {
             text: v.string(&TEXT)?,
             room: v.string(&ROOM_TOO)?,
             timeout: v.duration(&TIMEOUT)?,
+            tls: client_tls(v, true)?,
         })
     }
 }
@@ -336,6 +446,7 @@ impl ChatClientConfig {
             via: v.parsed::<Via>(&VIA)?,
             addr: v.string(&CHAT_GRPC_ADDR)?,
             url: v.string(&CHAT_URL)?,
+            tls: client_tls(v, true)?,
         })
     }
 }

@@ -98,6 +98,11 @@ impl Flag {
         Flag::new(name, Kind::Switch, "", None, help)
     }
 
+    /// Text with no default: absent unless given.
+    pub const fn optional(name: &'static str, value: &'static str, help: &'static str) -> Flag {
+        Flag::new(name, Kind::Text, value, None, help)
+    }
+
     /// A repeatable flag collecting a comma-separated list, empty by default.
     pub const fn list(name: &'static str, value: &'static str, help: &'static str) -> Flag {
         Flag::new(name, Kind::List, value, None, help)
@@ -187,6 +192,12 @@ impl Values {
 
     pub fn string(&self, flag: &Flag) -> Result<String, CliError> {
         self.given(flag, &[Kind::Text]).map(str::to_owned)
+    }
+
+    /// An [`Flag::optional`] flag's value, if it was given (and not empty).
+    pub fn optional(&self, flag: &Flag) -> Result<Option<String>, CliError> {
+        let value = self.raw(flag, &[Kind::Text])?;
+        Ok(value.filter(|v| !v.is_empty()).map(str::to_owned))
     }
 
     pub fn switch(&self, flag: &Flag) -> Result<bool, CliError> {

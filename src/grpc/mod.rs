@@ -8,6 +8,7 @@
 //! | `accept` | the port's accept loop and its connection limit |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
+//! | `tls` | gRPC over TLS: C-core's TLS fed papo's certificate, reloads |
 //! | `codec` | its messages on the wire: only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
@@ -16,6 +17,7 @@ mod chat;
 mod codec;
 mod deadline;
 mod health;
+mod tls;
 
 use std::fmt;
 use std::net::TcpListener;
@@ -33,6 +35,7 @@ use crate::chat::Hub;
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
 use crate::proto::health_grpc;
+use crate::tls::Tls;
 use crate::{lock, sys};
 use accept::{Acceptor, Listening};
 use chat::ChatServer;
@@ -130,8 +133,8 @@ fn finish<T>(
 /// A started gRPC server; dropping it shuts the server down at once.
 pub struct GrpcServer {
     /// Declared first, so dropped first: no connection is handed over to
-    /// a server that is going away.
-    acceptor: Acceptor,
+    /// a server that is going away. (None over TLS: C-core accepts.)
+    acceptor: Option<Acceptor>,
     server: Arc<Mutex<grpcio::Server>>,
     health: Arc<Health>,
     addr: String,
@@ -149,6 +152,9 @@ fn default_poll_threads() -> usize {
 fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
     let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
     let args = ChannelBuilder::new(Arc::clone(&env))
+        // Over TLS C-core listens itself, and by default with SO_REUSEPORT,
+        // which would let a second papo silently share a port in use.
+        .reuse_port(false)
         .max_receive_message_len(max_len)
         .max_send_message_len(max_len)
         .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
@@ -176,6 +182,7 @@ impl GrpcServer {
         config: &GrpcConfig,
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
+        tls: Option<Arc<Tls>>,
     ) -> Result<GrpcServer, StartError> {
         let (host, _) = addr
             .rsplit_once(':')
@@ -205,17 +212,32 @@ impl GrpcServer {
             .register_service(health_grpc::create_health(health_server))
             .build()
             .map_err(StartError::Create)?;
-        let (listener, port) =
-            listen(addr, config.listen_backlog).map_err(|_| StartError::Bind(addr.to_owned()))?;
-        server.start();
-        let server = Arc::new(Mutex::new(server));
-        let acceptor = Acceptor::start(Listening {
-            listener,
-            server: Arc::clone(&server),
-            max_connections: config.max_connections,
-            metrics,
-        })
-        .map_err(StartError::Thread)?;
+        let bind_error = || StartError::Bind(addr.to_owned());
+        let (acceptor, port, server) = match tls {
+            // C-core takes over a connection papo accepted only in
+            // plaintext: over TLS its own listener accepts, uncapped.
+            Some(tls) => {
+                let port = server
+                    .add_listening_port(addr, tls::credentials(tls))
+                    .map_err(|_| bind_error())?;
+                server.start();
+                (None, port, Arc::new(Mutex::new(server)))
+            }
+            None => {
+                let (listener, port) =
+                    listen(addr, config.listen_backlog).map_err(|_| bind_error())?;
+                server.start();
+                let server = Arc::new(Mutex::new(server));
+                let acceptor = Acceptor::start(Listening {
+                    listener,
+                    server: Arc::clone(&server),
+                    max_connections: config.max_connections,
+                    metrics,
+                })
+                .map_err(StartError::Thread)?;
+                (Some(acceptor), port, server)
+            }
+        };
         let addr = format!("{host}:{port}");
         info!("grpc listening on {addr}");
         Ok(GrpcServer {
@@ -236,7 +258,9 @@ impl GrpcServer {
     /// Returns whether every call finished in time.
     pub fn shutdown(mut self, drain: Duration) -> bool {
         self.health.set_serving(false);
-        self.acceptor.stop();
+        if let Some(acceptor) = &mut self.acceptor {
+            acceptor.stop();
+        }
         let mut stopped = pin!(lock(&self.server).shutdown());
         if block_on_until(stopped.as_mut(), Some(Instant::now() + drain)).is_some() {
             info!("grpc drained");

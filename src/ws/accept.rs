@@ -20,6 +20,7 @@ use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
 use crate::chat::Hub;
 use crate::metrics::{CloseReason, Metrics};
 use crate::peer::{self, Peer};
+use crate::tls::Tls;
 use crate::{lock, sys};
 
 /// A bound WebSocket server, ready to [`run`](WsServer::run).
@@ -42,6 +43,7 @@ impl WsServer {
         config: WsConfig,
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
+        tls: Option<Arc<Tls>>,
     ) -> io::Result<WsServer> {
         let listener = TcpListener::bind(addr)?;
         sys::set_listen_backlog(&listener, config.listen_backlog)?;
@@ -50,6 +52,7 @@ impl WsServer {
             listener,
             shared: Arc::new(Shared {
                 inbound: InboundBudget::new(config.inbound_budget),
+                tls,
                 config,
                 metrics,
                 hub,
@@ -81,7 +84,12 @@ impl WsServer {
                 .stack_size(HELPER_STACK)
                 .spawn(move || keepalive::run(&shared))?;
         }
-        info!("ws listening on ws://{}/ws", self.local_addr()?);
+        let scheme = if self.shared.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        info!("ws listening on {scheme}://{}/ws", self.local_addr()?);
         let mut last_refusal_log: Option<Instant> = None;
         for conn in self.listener.incoming() {
             if self.shared.stopping.load(Ordering::Acquire) {

@@ -16,6 +16,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use super::budget::{is_inbound_full, Account};
+use super::front::{handshake_failure, Front};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
@@ -33,6 +34,8 @@ pub(super) enum ConnError {
     Rejected(u16),
     /// The peer sent nothing usable before the handshake deadline.
     HandshakeTimeout,
+    /// The TLS handshake failed, for this reason.
+    Tls(&'static str),
     /// The peer did not answer a ping in time.
     PongTimeout,
     /// The server is shutting down.
@@ -48,7 +51,10 @@ impl ConnError {
     pub fn reason(&self) -> CloseReason {
         match self {
             ConnError::Rejected(_) => CloseReason::Rejected,
-            ConnError::HandshakeTimeout => CloseReason::HandshakeTimeout,
+            ConnError::HandshakeTimeout | ConnError::Tls("timeout") => {
+                CloseReason::HandshakeTimeout
+            }
+            ConnError::Tls(_) => CloseReason::Rejected,
             ConnError::PongTimeout => CloseReason::PongTimeout,
             ConnError::Shutdown => CloseReason::Shutdown,
             ConnError::BadInput(_) => CloseReason::ProtocolError,
@@ -66,6 +72,7 @@ impl fmt::Display for ConnError {
         match self {
             ConnError::Rejected(status) => write!(f, "answered HTTP {status}"),
             ConnError::HandshakeTimeout => f.write_str("handshake timed out"),
+            ConnError::Tls(reason) => write!(f, "TLS handshake failed ({reason})"),
             ConnError::PongTimeout => f.write_str("no pong in time"),
             ConnError::Shutdown => f.write_str("server shutting down"),
             ConnError::BadInput(code) => write!(f, "closed with {code}"),
@@ -132,11 +139,8 @@ struct Duplex<'a> {
 
 impl Read for Duplex<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.peer.socket().read(buf)?;
-        if n > 0 {
-            self.peer.note_heard();
-            self.inbound.read(n)?;
-        }
+        let n = self.peer.read(buf)?;
+        self.inbound.read(n)?;
         Ok(n)
     }
 }
@@ -204,12 +208,26 @@ struct Upgraded<'a> {
 /// are the deepest a connection ever uses, and they are gone, and their
 /// pages released, before the message loop starts.
 #[inline(never)]
-fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, ConnError> {
+fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, ConnError> {
     let config = &shared.config;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(nonzero(config.write_timeout))?;
     let deadline = Instant::now() + config.handshake_timeout;
-    let (request, leftover) = match http::read_request_head(&mut stream, deadline)? {
+    let tls = shared.tls.as_ref().map(|tls| Arc::clone(&tls.current().ws));
+    let mut stream = Front::new(stream, tls)?;
+    let head = http::read_request_head(&mut stream, deadline);
+    if let (Front::Tls(tls), Err(e)) = (&stream, &head) {
+        if tls.conn.is_handshaking() {
+            let reason = match e {
+                ConnError::HandshakeTimeout => "timeout",
+                ConnError::Io(e) => handshake_failure(e).unwrap_or("other"),
+                _ => "other",
+            };
+            shared.metrics.tls_handshake_failed(reason);
+            return Err(ConnError::Tls(reason));
+        }
+    }
+    let (request, leftover) = match head? {
         Head::Request(request, leftover) => (request, leftover),
         Head::Invalid(status, why) => return http::reject(&mut stream, status, why, ""),
     };
@@ -248,7 +266,8 @@ fn upgrade(mut stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>
         bytes: config.max_message_size.saturating_mul(2),
         write_timeout: config.write_timeout,
     };
-    let peer = Peer::new(stream, limits);
+    let (socket, session) = stream.into_parts();
+    let peer = Peer::new(socket, limits, session);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)

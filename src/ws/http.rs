@@ -6,15 +6,19 @@
 //! anything is upgraded.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use tungstenite::handshake::server::Request;
 use tungstenite::http::Version;
 
 use super::conn::ConnError;
+use super::front::Front;
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::chat;
+
+/// The first byte of a TLS handshake record: a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +118,7 @@ pub enum Head {
 
 /// Reads an HTTP request head, returning it with any bytes read past its end.
 /// The whole head must arrive before `deadline`, however slowly it dribbles.
-pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<Head, ConnError> {
+pub fn read_request_head(stream: &mut Front, deadline: Instant) -> Result<Head, ConnError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -122,7 +126,7 @@ pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<He
         if left.is_zero() {
             return Err(ConnError::HandshakeTimeout);
         }
-        stream.set_read_timeout(Some(left))?;
+        stream.socket().set_read_timeout(Some(left))?;
         let n = match stream.read(&mut chunk) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
             Ok(n) => n,
@@ -138,6 +142,12 @@ pub fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<He
             Err(e) => return Err(e.into()),
         };
         buf.extend_from_slice(&chunk[..n]);
+        if buf.starts_with(&[TLS_HANDSHAKE_RECORD]) && matches!(stream, Front::Plain(_)) {
+            return Ok(Head::Invalid(
+                400,
+                "TLS sent to a plaintext port: use ws:// or http://\n",
+            ));
+        }
         match parse_head(&buf) {
             Ok(Some((len, request))) => {
                 return Ok(Head::Request(Box::new(request), buf.split_off(len)))
@@ -191,12 +201,13 @@ pub fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
 
 /// Answers with an HTTP error and ends the connection.
 pub fn reject<T>(
-    stream: &mut TcpStream,
+    stream: &mut Front,
     status: u16,
     body: &str,
     headers: &str,
 ) -> Result<T, ConnError> {
     stream.write_all(&response(status, body, headers))?;
+    stream.end();
     Err(ConnError::Rejected(status))
 }
 
@@ -205,7 +216,7 @@ const CHAT_PAGE: &str = include_str!("../page.html");
 
 /// Answers a plain-HTTP route.
 pub fn serve_http(
-    stream: &mut TcpStream,
+    stream: &mut Front,
     route: HttpRoute,
     metrics: &crate::metrics::Metrics,
 ) -> io::Result<()> {
@@ -216,7 +227,9 @@ pub fn serve_http(
             &metrics.render(),
         ),
     };
-    stream.write_all(&page)
+    stream.write_all(&page)?;
+    stream.end();
+    Ok(())
 }
 
 fn ok(content_type: &str, body: &str) -> Vec<u8> {

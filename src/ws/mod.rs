@@ -14,6 +14,7 @@
 //! | `budget` | the bytes all connections may hold in unfinished messages |
 //! | `http` | request heads, routes, plain responses, the origin policy |
 //! | `conn` | the upgrade, the message loop, close codes |
+//! | `front` | a connection before its upgrade: plain TCP or TLS |
 //! | `keepalive` | pinging silent peers and dropping unanswered ones |
 //! | `member` | a `/chat` connection as a member of a chat room |
 //! | `input` | what a member may send: strict JSON, `text` only |
@@ -21,6 +22,7 @@
 mod accept;
 mod budget;
 mod conn;
+mod front;
 mod http;
 mod input;
 mod keepalive;
@@ -35,6 +37,7 @@ pub use accept::{WsHandle, WsServer};
 
 use crate::chat::Hub;
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 use budget::InboundBudget;
 use keepalive::Watched;
 
@@ -108,4 +111,6 @@ struct Shared {
     /// When a refused browser origin was last logged.
     origin_warned: Mutex<Option<Instant>>,
     inbound: InboundBudget,
+    /// The certificate for `wss`, when the port speaks TLS.
+    tls: Option<Arc<Tls>>,
 }

@@ -95,7 +95,8 @@ pub fn ws_server(config: WsConfig) -> SocketAddr {
 pub fn ws_server_with(config: WsConfig) -> TestWs {
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(ChatConfig::default());
-    let server = WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), hub).expect("bind ws");
+    let server =
+        WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), hub, None).expect("bind ws");
     let addr = server.local_addr().expect("local addr");
     let handle = server.handle().expect("handle");
     thread::spawn(move || server.run());
@@ -113,7 +114,8 @@ pub fn grpc_server() -> GrpcServer {
 
 pub fn grpc_server_with(config: GrpcConfig) -> GrpcServer {
     let hub = Hub::new(ChatConfig::default());
-    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), hub).expect("start grpc")
+    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), hub, None)
+        .expect("start grpc")
 }
 
 /// Polls `check` until it holds, failing the test after `limit`.
@@ -231,7 +233,8 @@ pub fn serve_logging(args: &[&str], level: &str) -> ServeProcess {
             if let Ok(mut lines) = lines.lock() {
                 lines.push(line.clone());
             }
-            if let Some(rest) = line.split("ws listening on ws://").nth(1) {
+            if let Some(rest) = line.split("ws listening on ").nth(1) {
+                let rest = rest.split("://").nth(1).unwrap_or(rest);
                 let _ = tx.send(("ws", rest.trim_end_matches("/ws").to_owned()));
             } else if let Some(rest) = line.split("grpc listening on ").nth(1) {
                 let _ = tx.send(("grpc", rest.to_owned()));
