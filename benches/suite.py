@@ -10,6 +10,7 @@ without the machine: it is printed and saved with them.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,11 @@ def median(results, key):
     return sorted(results, key=lambda r: r[key])[len(results) // 2]
 
 
-def ratio(runs, proto, conns, key):
-    """The median over rounds of `proto`'s `key` divided by the floor's in
-    the same round: neighbours in time share the machine's mood."""
-    pairs = zip(runs[(proto, conns)], runs[("tcp", conns)])
-    return sorted(p[key] / t[key] for p, t in pairs)[len(runs[("tcp", conns)]) // 2]
+def ratio(runs, proto, conns, key, base="tcp"):
+    """The median over rounds of `proto`'s `key` divided by `base`'s (the
+    floor's) in the same round: neighbours in time share the machine's mood."""
+    pairs = zip(runs[(proto, conns)], runs[(base, conns)])
+    return sorted(p[key] / t[key] for p, t in pairs)[len(runs[(base, conns)]) // 2]
 
 
 def start(args, pattern):
@@ -114,6 +115,11 @@ def chart(rows, path):
 def main():
     info = machine()
     print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
+    # A throwaway CA and certificate for the TLS rows.
+    certs = tempfile.mkdtemp(prefix="papo-bench-certs-")
+    subprocess.run([PAPO, "dev-cert", "--out", certs], check=True, capture_output=True)
+    ca = os.path.join(certs, "ca.pem")
+    tls = ["--tls-cert", os.path.join(certs, "cert.pem"), "--tls-key", os.path.join(certs, "key.pem")]
 
     # Idle cost first, each on a fresh server (2,000 gRPC connections are
     # past --grpc-max-connections' default).
@@ -122,17 +128,22 @@ def main():
             ("ws", ["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"], r"ws listening on ws://([^/]+)/ws", "ws://%s/ws", "10s"),
             ("grpc", ["serve", "--no-ws", "--grpc-addr", "127.0.0.1:0", "--grpc-max-connections", "4000"],
              r"grpc listening on (\S+)", "grpc://%s", "3s"),
+            ("wss", ["serve", "--no-grpc", "--ws-addr", "127.0.0.1:0"] + tls, r"ws listening on wss://([^/]+)/ws", "wss://%s/ws", "10s"),
             ("tcp", ["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], r"tcp-echo listening on (\S+)", "tcp://%s", "3s")):
         server, addrs = start(args, {"addr": pattern})
-        idles[proto] = bench("idle", "--url", scheme % addrs["addr"], "--conns", "2000", "--pid", str(server.pid), "--hold", hold)
+        idles[proto] = bench("idle", "--url", scheme % addrs["addr"], "--conns", "2000", "--pid", str(server.pid), "--hold", hold,
+                             *(["--ca", ca] if proto == "wss" else []))
         server.terminate(); server.wait()
     idle = idles["ws"]
 
     # Load from a few connections is what is measured: no rate limit.
     server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0"],
                           {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
+    secure, secure_addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0"] + tls,
+                                 {"ws": r"ws listening on wss://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
     floor, floor_addr = start(["bench", "tcp-echo-server", "--addr", "127.0.0.1:0"], {"tcp": r"tcp-echo listening on (\S+)"})
     ws_url = "ws://%s/ws" % addrs["ws"]
+    wss_url = "wss://%s/ws" % secure_addrs["ws"]
     # Client and servers share the cores, and single runs vary by a quarter
     # with where the scheduler puts the threads: each load runs ROUNDS
     # times, the three servers in turn, and the median run stands for it.
@@ -147,31 +158,44 @@ def main():
                 runs.setdefault(("grpc", conns), []).append(
                     bench("grpc", "--addr", addrs["grpc"], "--conc", str(conns),
                           "--reqs", str(conns * msgs // 4), "--channels", str(min(conns, 4))))
+                runs.setdefault(("wss", conns), []).append(
+                    bench("ws", "--url", wss_url, "--conns", str(conns), "--msgs", str(msgs), "--ca", ca))
+                runs.setdefault(("grpcs", conns), []).append(
+                    bench("grpc", "--addr", secure_addrs["grpc"], "--conc", str(conns), "--tls", "--ca", ca,
+                          "--reqs", str(conns * msgs // 4), "--channels", str(min(conns, 4))))
         fanouts = [bench("fanout", "--url", "ws://%s/chat" % addrs["ws"], "--members", "1000", "--msgs", "100")
                    for _ in range(3)]
+        # What a wss connection costs to start: TCP, the TLS handshake, the
+        # upgrade and one reply, one client thread.
+        connects = [bench("connect", "--url", wss_url, "--count", "1000", "--ca", ca, "--pid", str(secure.pid))
+                    for _ in range(3)]
     finally:
-        server.terminate(); floor.terminate()
-        server.wait(); floor.wait()
+        server.terminate(); floor.terminate(); secure.terminate()
+        server.wait(); floor.wait(); secure.wait()
     # One connection is about latency, 32 about throughput.
     results = {k: median(v, "p50_us" if k[1] == 1 else "ops_per_sec") for k, v in runs.items()}
     fanout = median(fanouts, "p99_us")
     print("each row: the median of %d runs, each ratio the median of the %d rounds' ratios; fan-out: the median of 3"
           % (ROUNDS, ROUNDS))
 
-    names = {"tcp": ("TCP floor", "raw bytes"), "ws": ("WebSocket /ws", "text frames"), "grpc": ("gRPC unary", "protobuf")}
+    names = {"tcp": ("TCP floor", "raw bytes"), "ws": ("WebSocket /ws", "text frames"), "grpc": ("gRPC unary", "protobuf"),
+             "wss": ("WebSocket wss", "text frames"), "grpcs": ("gRPC over TLS", "protobuf")}
     print()
     print("| %-14s | %-11s | %-22s | %-22s | %-26s | %-24s |" % (
         "protocol", "encoding", "1 conn: msg/s", "1 conn: p50 / p99 us", "32 conns: msg/s, p50/p99 us", "idle conn: KiB, threads"))
     print("|" + "|".join("-" * n for n in (16, 13, 24, 24, 28, 26)) + "|")
     rows = []
-    for proto in ("tcp", "ws", "grpc"):
+    for proto in ("tcp", "ws", "wss", "grpc", "grpcs"):
         one, many = results[(proto, 1)], results[(proto, 32)]
-        kib = idles[proto]["rss_kib_per_conn"]
-        print("| %-14s | %-11s | %8.0f (%.2fx)      | %6.1f / %-6.1f (%.2fx) | %7.0f (%.2fx), %4.0f/%-5.0f | %5.1f (%.2fx), %.2f       |" % (
+        idle_cell = "%-24s" % "-"
+        if proto in idles:
+            kib = idles[proto]["rss_kib_per_conn"]
+            idle_cell = "%5.1f (%.2fx), %.2f      " % (kib, kib / idles["tcp"]["rss_kib_per_conn"], idles[proto]["threads_per_conn"])
+        print("| %-14s | %-11s | %8.0f (%.2fx)      | %6.1f / %-6.1f (%.2fx) | %7.0f (%.2fx), %4.0f/%-5.0f | %s |" % (
             names[proto][0], names[proto][1], one["ops_per_sec"], ratio(runs, proto, 1, "ops_per_sec"),
             one["p50_us"], one["p99_us"], ratio(runs, proto, 1, "p50_us"),
             many["ops_per_sec"], ratio(runs, proto, 32, "ops_per_sec"), many["p50_us"], many["p99_us"],
-            kib, kib / idles["tcp"]["rss_kib_per_conn"], idles[proto]["threads_per_conn"]))
+            idle_cell))
         rows.append(dict(label="%s x1" % proto, **one))
         rows.append(dict(label="%s x32" % proto, **many))
     rows.append(dict(label="fanout 1000", **fanout))
@@ -179,6 +203,13 @@ def main():
     print("fan-out to 1,000 WebSocket members: p50 %.0f us, p99 %.0f us" % (fanout["p50_us"], fanout["p99_us"]))
     print("idle WebSocket connection: %.1f KiB RSS, %.2f threads (server CPU %.2f s over %.0f s idle)" % (
         idle["rss_kib_per_conn"], idle["threads_per_conn"], idle["server_cpu_s"], idle["seconds"]))
+    connect = median(connects, "ops_per_sec")
+    print("new wss connections (TCP + TLS handshake + upgrade + one reply, one client): %.0f/s, p50 %.0f us, "
+          "server CPU %.0f us each" % (connect["ops_per_sec"], connect["p50_us"], connect["server_cpu_us_per_op"]))
+    print("over TLS: WebSocket p50 at 1 conn %.2fx plain, msg/s at 32 conns %.2fx plain; "
+          "gRPC unary p50 %.2fx plain, calls/s at 32 %.2fx plain" % (
+              ratio(runs, "wss", 1, "p50_us", "ws"), ratio(runs, "wss", 32, "ops_per_sec", "ws"),
+              ratio(runs, "grpcs", 1, "p50_us", "grpc"), ratio(runs, "grpcs", 32, "ops_per_sec", "grpc")))
 
     goals = [
         ("WebSocket p50 at 1 conn <= 1.3x TCP", ratio(runs, "ws", 1, "p50_us"), "<=", 1.3),
@@ -187,6 +218,10 @@ def main():
         ("fan-out to 1,000 members p99 <= 10 ms", fanout["p99_us"] / 1000.0, "<=", 10.0),
         ("idle connection <= 16 KiB RSS", idle["rss_kib_per_conn"], "<=", 16.0),
         ("idle connection <= 1 thread", idle["threads_per_conn"], "<=", 1.0),
+        ("wss p50 at 1 conn <= 1.3x ws", ratio(runs, "wss", 1, "p50_us", "ws"), "<=", 1.3),
+        ("wss msg/s at 32 conns >= 0.8x ws", ratio(runs, "wss", 32, "ops_per_sec", "ws"), ">=", 0.8),
+        ("idle wss connection <= 32 KiB RSS", idles["wss"]["rss_kib_per_conn"], "<=", 32.0),
+        ("idle wss connection <= 1 thread", idles["wss"]["threads_per_conn"], "<=", 1.0),
     ]
     print()
     for name, value, op, limit in goals:
@@ -196,12 +231,14 @@ def main():
     rounds = {"%s_%d_%s" % (p, c, key): [round(a[key] / b[key], 3) for a, b in zip(runs[(p, c)], runs[("tcp", c)])]
               for p, c, key in (("ws", 1, "p50_us"), ("grpc", 1, "p50_us"), ("ws", 32, "ops_per_sec"))}
     out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idles,
+           "connect_wss": connect,
            "ratios_per_round": rounds,
            "goals": [{"goal": g, "measured": round(v, 3), "limit": l, "met": (v <= l if o == "<=" else v >= l)} for g, v, o, l in goals]}
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(out, f, indent=2)
     chart(rows, os.path.join(HERE, "chart.svg"))
     print("\nwrote benches/results.json and benches/chart.svg")
+    shutil.rmtree(certs, ignore_errors=True)
     for name in LOGS:
         with open(name) as f:
             warnings = [l for l in f if " WARN " in l]

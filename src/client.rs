@@ -63,12 +63,10 @@ pub fn ws_connect(url: &str, tls: &ClientTls) -> Result<WsConn, String> {
         .map_err(|e| fail(&e))
 }
 
-/// A gRPC channel to `addr`, over TLS when `tls.grpc` is set.
-pub fn grpc_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    let builder = ChannelBuilder::new(env);
+/// `builder` set up for TLS when `tls.grpc` is set.
+pub fn grpc_tls(builder: ChannelBuilder, tls: &ClientTls) -> Result<ChannelBuilder, String> {
     if !tls.grpc {
-        return Ok(builder.connect(addr));
+        return Ok(builder);
     }
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
@@ -78,7 +76,13 @@ pub fn grpc_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
     if let Some((cert, key)) = &tls.identity {
         credentials = credentials.cert(read(cert)?, read(key)?);
     }
-    Ok(builder.set_credentials(credentials.build()).connect(addr))
+    Ok(builder.set_credentials(credentials.build()))
+}
+
+/// A gRPC channel to `addr`, over TLS when `tls.grpc` is set.
+pub fn grpc_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    Ok(grpc_tls(ChannelBuilder::new(env), tls)?.connect(addr))
 }
 
 /// `papo ws-client`: the seed's WebSocket client.

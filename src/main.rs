@@ -127,9 +127,9 @@ fn dev_cert(values: &config::Values, out: &mut impl Write) -> Result<(), String>
     let shown = |p: &Path| p.display().to_string();
     let _ = writeln!(
         out,
-        "wrote {}, {} and {}
-         serve:  papo serve --tls-cert {} --tls-key {}
-         trust:  {} (the CA; e.g. python3 ssl cafile=, grpc --ca, or a browser's authorities)",
+        "wrote {}, {} and {}\n\
+         serve:  papo serve --tls-cert {} --tls-key {}\n\
+         trust:  {} (the CA: a client's --ca, Python's ssl cafile=, or a browser's authorities)",
         shown(&files.ca),
         shown(&files.cert),
         shown(&files.key),

@@ -90,10 +90,6 @@ enum Flushed {
     Dead,
 }
 
-/// Ciphertext read from the socket per `recv`, on the reading thread's
-/// stack: what it decrypts to fits rustls's plaintext buffer whole.
-const TLS_READ_CHUNK: usize = 4096;
-
 /// The socket as rustls writes to it: one non-blocking send per call.
 struct NonBlocking<'a>(&'a TcpStream);
 
@@ -164,7 +160,6 @@ impl Peer {
             }
             return Ok(n);
         }
-        let mut raw = [0u8; TLS_READ_CHUNK];
         loop {
             {
                 let mut out = lock(&self.out);
@@ -176,12 +171,15 @@ impl Peer {
                     plaintext => return plaintext,
                 }
             }
-            let n = (&self.socket).read(&mut raw)?;
+            // The caller's buffer takes the ciphertext first: the session
+            // copies it in before any plaintext is written there, and an
+            // idle connection keeps no buffer of its own.
+            let n = (&self.socket).read(buf)?;
             if n == 0 {
                 return Ok(0);
             }
             self.note_heard();
-            self.take_in(&raw[..n])?;
+            self.take_in(&buf[..n])?;
         }
     }
 

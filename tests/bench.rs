@@ -170,6 +170,43 @@ fn every_bench_mode_reports_cleanly() {
 }
 
 #[test]
+fn bench_modes_speak_tls() {
+    let dir = std::env::temp_dir().join(format!("papo-bench-tls-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).unwrap();
+    let (cert, key, ca) = (
+        files.cert.to_str().unwrap(),
+        files.key.to_str().unwrap(),
+        files.ca.to_str().unwrap(),
+    );
+    let server = serve(&["--rate-limit", "0", "--tls-cert", cert, "--tls-key", key]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let wss = format!("wss://{ws}/ws");
+    check(
+        &bench(&[
+            "ws", "--url", &wss, "--conns", "2", "--msgs", "200", "--ca", ca,
+        ]),
+        400.0,
+    );
+    check(
+        &bench(&[
+            "grpc", "--addr", &grpc, "--tls", "--ca", ca, "--reqs", "200",
+        ]),
+        200.0,
+    );
+    let pid = server.child.id().to_string();
+    let connect = bench(&[
+        "connect", "--url", &wss, "--count", "50", "--ca", ca, "--pid", &pid,
+    ]);
+    check(&connect, 50.0);
+    assert!(number(&connect, "server_cpu_us_per_op") > 0.0, "{connect}");
+    let idle = bench(&[
+        "idle", "--url", &wss, "--conns", "20", "--pid", &pid, "--hold", "1s", "--ca", ca,
+    ]);
+    assert!(number(&idle, "threads_per_conn") > 0.9, "{idle}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bench_fails_clearly_against_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

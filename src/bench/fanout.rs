@@ -57,7 +57,7 @@ fn fanout(url: &str, members: usize, msgs: usize, interval: Duration) -> Result<
     let cpu_before = process_cpu();
     let mut groups: Vec<Vec<Member>> = (0..FANOUT_READERS).map(|_| Vec::new()).collect();
     for i in 0..members {
-        let ws = LeanWs::connect(&format!("{url}?room={room}&name=m{i}"), b"", i as u64)?;
+        let ws = LeanWs::connect(&format!("{url}?room={room}&name=m{i}"), b"", i as u64, None)?;
         groups[i % FANOUT_READERS].push(Member {
             ws,
             present: 0,
@@ -111,6 +111,7 @@ fn fanout(url: &str, members: usize, msgs: usize, interval: Duration) -> Result<
         elapsed: started.elapsed(),
         samples,
         client_cpu: process_cpu().saturating_sub(cpu_before),
+        server_cpu: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! `/proc` entries while this process holds the connections open.
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct Idle {
     pub pid: u32,
     /// How long to hold the connections idle while measuring CPU.
     pub hold: Duration,
+    /// The CA to trust for `wss://` (default: the system's).
+    pub ca: Option<PathBuf>,
 }
 
 impl Idle {
@@ -40,7 +43,12 @@ impl Idle {
             conns,
             pid,
             hold,
+            ca,
         } = self;
+        let tls = ClientTls {
+            ca,
+            ..ClientTls::default()
+        };
         let url = url.as_str();
         // One descriptor per connection, as many as the server holds.
         let _ = papo::sys::raise_fd_limit();
@@ -73,7 +81,7 @@ impl Idle {
             held.push(Box::new(env));
         } else {
             for _ in 0..conns {
-                let mut ws = ws_connect(url, &ClientTls::default())?;
+                let mut ws = ws_connect(url, &tls)?;
                 // Idle like a browser tab: blocked in read, answering keepalive
                 // pings; the connections close when this process ends.
                 thread::Builder::new()

@@ -7,7 +7,11 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -17,9 +21,49 @@ const TEXT: OpCode = OpCode::Data(Data::Text);
 const BINARY: OpCode = OpCode::Data(Data::Binary);
 const CONTINUATION: OpCode = OpCode::Data(Data::Continue);
 
+/// The connection under the frames: TCP, or TLS over it for `wss://`.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(socket) => socket,
+            Conn::Tls(tls) => tls.get_ref(),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(socket) => socket.read(buf),
+            Conn::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(socket) => socket.write(buf),
+            Conn::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(socket) => socket.flush(),
+            Conn::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 /// A client connection that sends one fixed text message, again and again.
 pub struct LeanWs {
-    stream: TcpStream,
+    stream: Conn,
     payload: Vec<u8>,
     /// The outgoing frame; its mask and masked payload change per send.
     frame: Vec<u8>,
@@ -77,24 +121,49 @@ pub fn client_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4], out: &mut Vec
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
 }
 
-/// `ws://host:port/path?query` as (`host:port`, `/path?query`).
-fn split_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+/// `ws://host:port/path?query` (or `wss://`) as (`host:port`,
+/// `/path?query`, whether it is TLS).
+fn split_url(url: &str) -> Result<(&str, &str, bool), String> {
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+    };
     Ok(match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+        Some(i) => (&rest[..i], &rest[i..], tls),
+        None => (rest, "/", tls),
     })
+}
+
+/// TLS to `authority`'s host, trusting `ca` (or the system's CAs).
+fn tls_over(socket: TcpStream, authority: &str, ca: Option<&Path>) -> Result<Conn, String> {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))?;
+    let config = papo::tls::client_config(ca).map_err(|e| e.to_string())?;
+    let session = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    Ok(Conn::Tls(Box::new(StreamOwned::new(session, socket))))
 }
 
 impl LeanWs {
     /// Opens a connection to `url` that will send `payload` as text.
-    pub fn connect(url: &str, payload: &[u8], seed: u64) -> Result<LeanWs, String> {
-        let (authority, path) = split_url(url)?;
-        let stream =
+    pub fn connect(
+        url: &str,
+        payload: &[u8],
+        seed: u64,
+        ca: Option<&Path>,
+    ) -> Result<LeanWs, String> {
+        let (authority, path, tls) = split_url(url)?;
+        let socket =
             TcpStream::connect(authority).map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        socket.set_nodelay(true).map_err(|e| e.to_string())?;
+        let stream = match tls {
+            true => tls_over(socket, authority, ca)?,
+            false => Conn::Plain(socket),
+        };
         let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -153,11 +222,14 @@ impl LeanWs {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.stream.socket().as_raw_fd()
     }
 
     pub fn set_nonblocking(&self) -> Result<(), String> {
-        self.stream.set_nonblocking(true).map_err(|e| e.to_string())
+        self.stream
+            .socket()
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -334,9 +406,10 @@ mod tests {
     fn splits_urls() {
         assert_eq!(
             split_url("ws://127.0.0.1:80/chat?room=a").unwrap(),
-            ("127.0.0.1:80", "/chat?room=a")
+            ("127.0.0.1:80", "/chat?room=a", false)
         );
-        assert_eq!(split_url("ws://h:1").unwrap(), ("h:1", "/"));
-        assert!(split_url("wss://h:1/ws").is_err());
+        assert_eq!(split_url("ws://h:1").unwrap(), ("h:1", "/", false));
+        assert_eq!(split_url("wss://h:1/ws").unwrap(), ("h:1", "/ws", true));
+        assert!(split_url("http://h:1/ws").is_err());
     }
 }

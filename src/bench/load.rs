@@ -5,11 +5,13 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder};
+use papo::client::{grpc_tls, ClientTls};
 use papo::proto::chat::Message as ChatMessage;
 use papo::proto::chat_grpc::ChatServiceClient;
 
@@ -30,6 +32,8 @@ pub struct WsLoad {
     pub size: usize,
     /// Messages in flight per connection (1: ping-pong).
     pub inflight: usize,
+    /// The CA to trust for `wss://` (default: the system's).
+    pub ca: Option<PathBuf>,
 }
 
 impl WsLoad {
@@ -40,13 +44,14 @@ impl WsLoad {
             msgs,
             size,
             inflight,
+            ca,
         } = self;
         let payload = "x".repeat(size);
         let expected = papo::chat::ws_reply_text(&payload);
         let target = url.clone();
         let inflight = inflight.max(1);
         run_workers("ws", target, conns, move |i, start_line| {
-            let connected = LeanWs::connect(&url, payload.as_bytes(), i as u64);
+            let connected = LeanWs::connect(&url, payload.as_bytes(), i as u64, ca.as_deref());
             start_line.wait();
             let mut ws = connected?;
             let mut samples = Samples::default();
@@ -73,6 +78,54 @@ impl WsLoad {
     }
 }
 
+/// `bench connect`: new connections as fast as `conns` threads open them,
+/// each a full handshake (TCP, TLS for `wss://`, the upgrade) and one reply,
+/// then a close: what a connection costs to start.
+pub struct ConnectLoad {
+    pub url: String,
+    pub conns: usize,
+    /// Connections in all.
+    pub count: usize,
+    pub ca: Option<PathBuf>,
+    /// The server's process id, for its CPU per connection (0: not measured).
+    pub pid: u32,
+}
+
+impl ConnectLoad {
+    pub fn run(self) -> Result<Report, String> {
+        let ConnectLoad {
+            url,
+            conns,
+            count,
+            ca,
+            pid,
+        } = self;
+        let expected = papo::chat::ws_reply_text("x");
+        let per_thread = count.div_ceil(conns.max(1));
+        let server_cpu = || (pid != 0).then(|| super::cpu_of(&pid.to_string()));
+        let before = server_cpu();
+        let mut report = run_workers("connect", url.clone(), conns, move |i, start_line| {
+            start_line.wait();
+            let mut samples = Samples::default();
+            let mut errors = 0;
+            for n in 0..per_thread {
+                let at = Instant::now();
+                let seed = (i * per_thread + n) as u64;
+                let mut ws = LeanWs::connect(&url, b"x", seed, ca.as_deref())?;
+                ws.send().map_err(|e| format!("send: {e}"))?;
+                match ws.receive(expected.as_bytes())? {
+                    true => samples.record(at.elapsed()),
+                    false => errors += 1,
+                }
+                ws.close();
+            }
+            Ok((samples, errors))
+        })?;
+        report.server_cpu = before.zip(server_cpu()).map(|(b, a)| a.saturating_sub(b));
+        Ok(report)
+    }
+}
+
 /// `bench grpc`: unary `SendMessage`, `conc` callers over `channels` channels.
 pub struct GrpcLoad {
     pub addr: String,
@@ -82,6 +135,7 @@ pub struct GrpcLoad {
     pub reqs: usize,
     pub size: usize,
     pub channels: usize,
+    pub tls: ClientTls,
 }
 
 impl GrpcLoad {
@@ -92,11 +146,15 @@ impl GrpcLoad {
             reqs,
             size,
             channels,
+            tls,
         } = self;
         let env = Arc::new(EnvBuilder::new().cq_count(channels.clamp(1, 4)).build());
-        let clients: Vec<ChatServiceClient> = (0..channels.max(1))
-            .map(|i| ChatServiceClient::new(distinct_channel(&env, i).connect(&addr)))
-            .collect();
+        let clients = (0..channels.max(1))
+            .map(|i| {
+                let builder = grpc_tls(distinct_channel(&env, i), &tls)?;
+                Ok(ChatServiceClient::new(builder.connect(&addr)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let clients = Arc::new(clients);
         let text = "x".repeat(size);
         let expected = papo::chat::grpc_reply(&text);

@@ -11,15 +11,17 @@ mod load;
 
 use std::fmt::Write as _;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use papo::client::ClientTls;
 use papo::config::{CliError, Command, Flag, Values};
 
 pub use fanout::Fanout;
 pub use idle::Idle;
-pub use load::{GrpcLoad, TcpEchoServer, TcpLoad, WsLoad};
+pub use load::{ConnectLoad, GrpcLoad, TcpEchoServer, TcpLoad, WsLoad};
 
 /// Stack of each bench client thread.
 const CLIENT_STACK: usize = 256 << 10;
@@ -75,6 +77,12 @@ const IDLE_URL: Flag = Flag::text(
 );
 const IDLE_CONNS: Flag = Flag::count("conns", "N", "1000", "Idle connections");
 const PID: Flag = Flag::count("pid", "PID", "0", "The server's process id");
+const CA: Flag = Flag::optional(
+    "ca",
+    "FILE",
+    "PEM CA to trust for wss:// and --tls (default: the system's)",
+);
+const TLS: Flag = Flag::switch("tls", "Speak TLS to the gRPC server");
 const HOLD: Flag = Flag::duration(
     "hold",
     "5s",
@@ -84,13 +92,13 @@ const HOLD: Flag = Flag::duration(
 const WS: Command = Command {
     name: "bench ws",
     about: "Load a /ws-style endpoint: N connections x M messages, every reply checked.",
-    flags: &[&WS_URL, &CONNS, &MSGS, &SIZE, &INFLIGHT],
+    flags: &[&WS_URL, &CONNS, &MSGS, &SIZE, &INFLIGHT, &CA],
 };
 const GRPC: Command = Command {
     name: "bench grpc",
     about:
         "Load ChatService.SendMessage: C concurrent callers, R requests in all, replies checked.",
-    flags: &[&GRPC_ADDR, &CONC, &REQS, &TEXT_SIZE, &CHANNELS],
+    flags: &[&GRPC_ADDR, &CONC, &REQS, &TEXT_SIZE, &CHANNELS, &TLS, &CA],
 };
 const TCP: Command = Command {
     name: "bench tcp",
@@ -107,14 +115,26 @@ const FANOUT: Command = Command {
     about: "One sender, N WebSocket members in a room: latency from send to each receipt.",
     flags: &[&CHAT_URL, &MEMBERS, &FANOUT_MSGS, &FANOUT_INTERVAL],
 };
+const CONNECT_URL: Flag = Flag::text(
+    "url",
+    "URL",
+    "ws://127.0.0.1:8080/ws",
+    "Endpoint replying 'Recebido: <msg>' (wss:// for TLS handshakes)",
+);
+const CONNECT_COUNT: Flag = Flag::count("count", "N", "1000", "Connections in all");
+const CONNECT: Command = Command {
+    name: "bench connect",
+    about: "Open N connections, each a full handshake and one reply: connections/s and server CPU each.",
+    flags: &[&CONNECT_URL, &CONNS, &CONNECT_COUNT, &CA, &PID],
+};
 const IDLE: Command = Command {
     name: "bench idle",
     about: "Open N idle connections and read the server's RSS, threads and CPU from /proc.",
-    flags: &[&IDLE_URL, &IDLE_CONNS, &PID, &HOLD],
+    flags: &[&IDLE_URL, &IDLE_CONNS, &PID, &HOLD, &CA],
 };
 
 /// Every bench mode, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&WS, &GRPC, &TCP, &TCP_ECHO, &FANOUT, &IDLE];
+pub const COMMANDS: &[&Command] = &[&WS, &GRPC, &TCP, &TCP_ECHO, &FANOUT, &CONNECT, &IDLE];
 
 /// A bench mode with its settings, resolved from its flags.
 pub enum Mode {
@@ -123,6 +143,7 @@ pub enum Mode {
     Tcp(TcpLoad),
     TcpEchoServer(TcpEchoServer),
     Fanout(Fanout),
+    Connect(ConnectLoad),
     Idle(Idle),
 }
 
@@ -136,6 +157,7 @@ impl Mode {
                 msgs: v.parsed(&MSGS)?,
                 size: v.size(&SIZE)?,
                 inflight: v.parsed(&INFLIGHT)?,
+                ca: v.optional(&CA)?.map(PathBuf::from),
             }),
             "bench grpc" => Mode::Grpc(GrpcLoad {
                 addr: v.string(&GRPC_ADDR)?,
@@ -143,6 +165,11 @@ impl Mode {
                 reqs: v.parsed(&REQS)?,
                 size: v.size(&TEXT_SIZE)?,
                 channels: v.parsed(&CHANNELS)?,
+                tls: ClientTls {
+                    grpc: v.switch(&TLS)?,
+                    ca: v.optional(&CA)?.map(PathBuf::from),
+                    identity: None,
+                },
             }),
             "bench tcp" => Mode::Tcp(TcpLoad {
                 addr: v.string(&TCP_ADDR)?,
@@ -159,11 +186,19 @@ impl Mode {
                 msgs: v.parsed(&FANOUT_MSGS)?,
                 interval: v.duration(&FANOUT_INTERVAL)?,
             }),
+            "bench connect" => Mode::Connect(ConnectLoad {
+                url: v.string(&CONNECT_URL)?,
+                conns: v.parsed(&CONNS)?,
+                count: v.parsed(&CONNECT_COUNT)?,
+                ca: v.optional(&CA)?.map(PathBuf::from),
+                pid: v.parsed(&PID)?,
+            }),
             "bench idle" => Mode::Idle(Idle {
                 url: v.string(&IDLE_URL)?,
                 conns: v.parsed(&IDLE_CONNS)?,
                 pid: v.parsed(&PID)?,
                 hold: v.duration(&HOLD)?,
+                ca: v.optional(&CA)?.map(PathBuf::from),
             }),
             other => return Err(CliError::Usage(format!("unknown command '{other}'"))),
         })
@@ -178,6 +213,7 @@ impl Mode {
             Mode::Tcp(load) => load.run()?.render(),
             Mode::TcpEchoServer(server) => (server.run().map(|()| String::new())?, 0),
             Mode::Fanout(fanout) => fanout.run()?.render(),
+            Mode::Connect(load) => load.run()?.render(),
             Mode::Idle(idle) => (idle.run()?, 0),
         };
         out.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
@@ -226,6 +262,8 @@ pub struct Report {
     pub elapsed: Duration,
     pub samples: Samples,
     pub client_cpu: Duration,
+    /// The server's CPU over the run, when its pid was given.
+    pub server_cpu: Option<Duration>,
 }
 
 impl Report {
@@ -258,11 +296,23 @@ impl Report {
         );
         let _ = writeln!(out, "errors      {}", self.errors);
         let _ = writeln!(out, "client cpu  {:.2} s", self.client_cpu.as_secs_f64());
+        let server_cpu = self.server_cpu.map_or(String::new(), |cpu| {
+            let per_op = cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64;
+            let _ = writeln!(
+                out,
+                "server cpu  {:.2} s = {per_op:.0} us per op",
+                cpu.as_secs_f64()
+            );
+            format!(
+                ",\"server_cpu_s\":{:.3},\"server_cpu_us_per_op\":{per_op:.1}",
+                cpu.as_secs_f64()
+            )
+        });
         let _ = writeln!(
             out,
             "{{\"mode\":\"{}\",\"target\":\"{}\",\"conns\":{},\"ops\":{},\"errors\":{},\"seconds\":{:.3},\
              \"ops_per_sec\":{:.1},\"p50_us\":{p50:.1},\"p90_us\":{p90:.1},\"p99_us\":{p99:.1},\"max_us\":{max:.1},\
-             \"client_cpu_s\":{:.3}}}",
+             \"client_cpu_s\":{:.3}{server_cpu}}}",
             self.mode,
             self.target.replace('"', "'"),
             self.conns,
@@ -346,6 +396,7 @@ fn run_workers(
         elapsed,
         samples,
         client_cpu: process_cpu().saturating_sub(cpu_before),
+        server_cpu: None,
     })
 }
 
