@@ -6,7 +6,7 @@ RELEASE := --release
 PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
 
 .PHONY: all prereqs test-prereqs build run run-tls run-ws run-grpc ws-client grpc-client chat \
-        test fmt-check lint unit proto proto-check autobahn bench clean
+        test fmt-check lint unit proto proto-check autobahn tls-interop bench clean
 
 all: build
 
@@ -46,7 +46,7 @@ chat: prereqs
 
 # The whole suite: formatting, lints, generated-code freshness, unit and
 # integration tests, then Autobahn conformance.
-test: prereqs test-prereqs fmt-check lint proto-check unit autobahn
+test: prereqs test-prereqs fmt-check lint proto-check unit tls-interop autobahn
 
 # The browser test drives Debian's chromium headless.
 test-prereqs:
@@ -78,6 +78,10 @@ proto-check: prereqs
 
 autobahn: build
 	PAPO_BIN=$(PAPO) bash tests/autobahn/run.sh
+
+# Python websockets and grpcio, and openssl s_client, against papo over TLS.
+tls-interop: build
+	PAPO_BIN=$(PAPO) bash tests/tls/run.sh
 
 # The seed's comparison table, measured on this machine (a few minutes).
 bench: build
