@@ -32,9 +32,13 @@ impl Drop for Browser {
     }
 }
 
-fn launch(url: &str) -> (Browser, u16) {
+fn launch(url: &str, extra: &[String]) -> (Browser, u16) {
     let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    let profile = std::env::temp_dir().join(format!("papo-chromium-{}", std::process::id()));
+    let profile = std::env::temp_dir().join(format!(
+        "papo-chromium-{}-{}",
+        std::process::id(),
+        extra.len()
+    ));
     let _ = std::fs::remove_dir_all(&profile);
     std::fs::create_dir_all(&profile).unwrap();
     let child = Command::new(&binary)
@@ -52,6 +56,7 @@ fn launch(url: &str) -> (Browser, u16) {
             "--remote-allow-origins=*",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -238,7 +243,7 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     };
     let mut observer = client.subscribe(&request).unwrap();
 
-    let (_browser, port) = launch(&format!("http://{ws}/?room=web&name=Navegador"));
+    let (_browser, port) = launch(&format!("http://{ws}/?room=web&name=Navegador"), &[]);
     let mut page = DevTools::attach(port);
     page.wait_for(
         "connected",
@@ -345,4 +350,91 @@ fn ws_member(addr: &str, name: &str) -> common::Ws {
             }
         }
     }
+}
+
+/// The base64 SHA-256 of a certificate's public key (its SPKI), as
+/// Chromium's `--ignore-certificate-errors-spki-list` takes it.
+fn spki_pin(cert: &std::path::Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output_within();
+    assert!(out.status.success(), "openssl: {:?}", out);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn the_chat_page_talks_over_wss_with_a_grpc_over_tls_member() {
+    let dir = std::env::temp_dir().join(format!("papo-browser-tls-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).unwrap();
+    let (cert, key, ca) = (
+        files.cert.to_str().unwrap(),
+        files.key.to_str().unwrap(),
+        files.ca.to_str().unwrap(),
+    );
+    let server = serve(&["--tls-cert", cert, "--tls-key", key]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let tls = papo::client::ClientTls {
+        grpc: true,
+        ca: Some(files.ca.clone()),
+        identity: None,
+    };
+    let client = papo::proto::chat_grpc::ChatServiceClient::new(
+        papo::client::grpc_channel(&grpc, &tls).unwrap(),
+    );
+    let request = SubscribeRequest {
+        room: "tls".into(),
+        name: "servico".into(),
+        ..Default::default()
+    };
+    let mut observer = client.subscribe(&request).unwrap();
+    let pin = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        spki_pin(&files.cert)
+    );
+    let (_browser, port) = launch(&format!("https://{ws}/?room=tls&name=Navegador"), &[pin]);
+    let mut page = DevTools::attach(port);
+    page.wait_for(
+        "connected over wss",
+        "location.protocol + ' ' + document.getElementById('state').textContent",
+        |s| s == "https: conectado",
+    );
+    let out = papo()
+        .args(["grpc-client", "--addr", &grpc, "--tls", "--ca", ca])
+        .args(["--room", "tls", "--text", "Olá por TLS"])
+        .output_within();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    page.wait_for(
+        "the gRPC-over-TLS message shown",
+        "document.getElementById('log').innerText",
+        |s| s.contains("Olá por TLS"),
+    );
+    page.eval("document.getElementById('text').focus(), 'ok'");
+    page.call("Input.insertText", r#"{"text":"Olá do navegador seguro"}"#);
+    for kind in ["keyDown", "keyUp"] {
+        page.call(
+            "Input.dispatchKeyEvent",
+            &format!(r#"{{"type":"{kind}","key":"Enter","code":"Enter","windowsVirtualKeyCode":13,"text":"\r"}}"#),
+        );
+    }
+    let start = Instant::now();
+    loop {
+        let m = next_within(&mut observer, "the page's message over gRPC with TLS")
+            .expect("stream open")
+            .expect("message");
+        if m.kind.enum_value_or_default() == Kind::MESSAGE && m.sender == "Navegador" {
+            assert_eq!(m.text, "Olá do navegador seguro");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chat-page-tls.png");
+    assert!(page.screenshot(&shot) > 5_000, "screenshot nearly empty");
+    let _ = std::fs::remove_dir_all(&dir);
 }
