@@ -78,6 +78,7 @@ proto-check: prereqs
 
 autobahn: build
 	PAPO_BIN=$(PAPO) bash tests/autobahn/run.sh
+	AUTOBAHN_TLS=1 PAPO_BIN=$(PAPO) bash tests/autobahn/run.sh
 
 # Python websockets and grpcio, and openssl s_client, against papo over TLS.
 tls-interop: build

@@ -8,6 +8,7 @@
 #   PYTHON2       a Python 2.7 interpreter (default: pyenv's 2.7.18, else python2.7)
 #   AUTOBAHN_CASES    comma-separated case patterns (default: all)
 #   AUTOBAHN_REPORTS  keep the HTML/JSON reports in this directory
+#   AUTOBAHN_TLS      1: serve over TLS (a papo dev-cert) and fuzz wss://…/echo
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,13 +45,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+scheme=ws
+tls=()
+if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
+    "$papo" dev-cert --out "$work/certs" >/dev/null
+    scheme=wss
+    tls=(--tls-cert "$work/certs/cert.pem" --tls-key "$work/certs/key.pem")
+fi
+
 # Autobahn's section 9 sends messages of up to 16 MiB.
 RUST_LOG=${RUST_LOG:-info} "$papo" serve --no-grpc --ws-addr 127.0.0.1:0 --max-message-size 20MiB \
-    2>"$work/server.log" &
+    "${tls[@]}" 2>"$work/server.log" &
 server_pid=$!
 addr=
 for _ in $(seq 100); do
-    addr=$(sed -n 's#.*ws listening on ws://\([^/]*\)/ws.*#\1#p' "$work/server.log")
+    addr=$(sed -n "s#.*ws listening on $scheme://\([^/]*\)/ws.*#\1#p" "$work/server.log")
     [ -n "$addr" ] && break
     sleep 0.1
 done
@@ -61,14 +70,14 @@ cases_json=$(printf '%s' "$cases" | python3 -c 'import json,sys; print(json.dump
 cat >"$work/fuzzingclient.json" <<JSON
 {
   "outdir": "$reports",
-  "servers": [{"agent": "papo", "url": "ws://$addr/echo"}],
+  "servers": [{"agent": "papo", "url": "$scheme://$addr/echo"}],
   "cases": $cases_json,
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 JSON
 
-echo "autobahn: fuzzingclient against ws://$addr/echo" >&2
+echo "autobahn: fuzzingclient against $scheme://$addr/echo" >&2
 (cd "$work" && "$PYTHON2" -c "
 import site, sys
 site.addsitedir('$site')
