@@ -597,63 +597,17 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
     assert_eq!(end, RpcStatusCode::RESOURCE_EXHAUSTED);
 }
 
-/// A `papo chat` process with its stdin and stdout piped.
-struct Terminal {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Terminal {
-    fn start(args: &[&str]) -> Terminal {
-        use std::io::BufRead;
-        use std::process::Stdio;
-        let mut child = papo()
-            .arg("chat")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        Terminal { child, lines }
-    }
-
-    fn say(&mut self, text: &str) {
-        use std::io::Write;
-        writeln!(self.child.stdin.as_mut().unwrap(), "{text}").unwrap();
-    }
-
-    /// Waits for a printed line ending with `suffix`.
-    fn expect(&self, suffix: &str) {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.ends_with(suffix) => return,
-                Ok(_) => continue,
-                Err(_) => panic!("never printed a line ending with {suffix:?}"),
-            }
-        }
-    }
-}
-
 #[test]
 fn terminal_clients_talk_across_protocols() {
     let server = serve(&[]);
     let ws_url = format!("ws://{}/chat", server.ws.as_deref().unwrap());
     let grpc = server.grpc.clone().unwrap();
-    let mut via_ws = Terminal::start(&[
+    let mut via_ws = common::Terminal::start(&[
         "--via", "ws", "--url", &ws_url, "--room", "term", "--name", "ana",
     ]);
     via_ws.expect("* ana entrou (na sala: ana)");
-    let mut via_grpc = Terminal::start(&["--addr", &grpc, "--room", "term", "--name", "bob"]);
+    let mut via_grpc =
+        common::Terminal::start(&["--addr", &grpc, "--room", "term", "--name", "bob"]);
     via_grpc.expect("* bob entrou (na sala: ana, bob)");
     via_ws.expect("* bob entrou");
     via_ws.say("olá, bob");

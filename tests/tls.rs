@@ -362,3 +362,29 @@ fn fan_out_across_the_tls_split_keeps_every_message_in_order() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn terminal_clients_chat_over_tls() {
+    let dir = cert_dir("terminal");
+    let (server, files) = serve_tls(&dir, &[]);
+    let url = format!("wss://{}/chat", server.ws.as_deref().unwrap());
+    let grpc = server.grpc.clone().unwrap();
+    let ca = files.ca.to_str().unwrap();
+    let mut via_ws = common::Terminal::start(&[
+        "--via", "ws", "--url", &url, "--ca", ca, "--room", "t", "--name", "ana",
+    ]);
+    via_ws.expect("* ana entrou (na sala: ana)");
+    let mut via_grpc = common::Terminal::start(&[
+        "--addr", &grpc, "--tls", "--ca", ca, "--room", "t", "--name", "bob",
+    ]);
+    via_grpc.expect("* bob entrou (na sala: ana, bob)");
+    via_ws.say("olá, bob");
+    via_grpc.expect("] ana: olá, bob");
+    via_grpc.say("olá, ana");
+    via_ws.expect("] bob: olá, ana");
+    drop(via_grpc.child.stdin.take());
+    drop(via_ws.child.stdin.take());
+    assert!(common::wait_exit(&mut via_grpc.child, SOON).success());
+    assert!(common::wait_exit(&mut via_ws.child, SOON).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

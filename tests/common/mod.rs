@@ -375,3 +375,50 @@ pub fn upgrade_request(path: &str) -> String {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
 }
+
+/// A `papo chat` process with its stdin and stdout piped.
+pub struct Terminal {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Terminal {
+    pub fn start(args: &[&str]) -> Terminal {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = papo()
+            .arg("chat")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Terminal { child, lines }
+    }
+
+    pub fn say(&mut self, text: &str) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "{text}").unwrap();
+    }
+
+    /// Waits for a printed line ending with `suffix`.
+    pub fn expect(&self, suffix: &str) {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.ends_with(suffix) => return,
+                Ok(_) => continue,
+                Err(_) => panic!("never printed a line ending with {suffix:?}"),
+            }
+        }
+    }
+}
