@@ -287,6 +287,19 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
     assert_eq!(presented_certificate(ws, &files.ca), before);
     // New files, same paths: new handshakes get the new certificate.
     let renewed = devcert::write(&dir, &[]).unwrap();
+    let grpc_trusting_renewed = || {
+        papo()
+            .args([
+                "grpc-client",
+                "--addr",
+                server.grpc.as_deref().unwrap(),
+                "--tls",
+            ])
+            .args(["--ca", renewed.ca.to_str().unwrap(), "--timeout", "3s"])
+            .output_within()
+    };
+    // Until the signal, both ports keep the old certificate.
+    assert_eq!(grpc_trusting_renewed().status.code(), Some(1));
     common::signal(&server.child, libc::SIGHUP);
     common::eventually(SOON, "the reload logged", || {
         server
@@ -299,6 +312,13 @@ fn sighup_reloads_the_certificate_for_new_connections_only() {
     let after = presented_certificate(ws, &renewed.ca);
     assert_eq!(after, first_certificate(&renewed.cert));
     assert_ne!(after, before);
+    // The gRPC port serves it too: a client trusting only the new CA.
+    let out = grpc_trusting_renewed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The connection opened before talks on.
     open.send(Message::text("ainda")).unwrap();
     match open.read().unwrap() {
