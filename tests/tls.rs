@@ -408,3 +408,31 @@ fn terminal_clients_chat_over_tls() {
     assert!(common::wait_exit(&mut via_ws.child, SOON).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_client_that_pauses_after_the_handshake_is_still_answered() {
+    let dir = cert_dir("pause");
+    let (server, files) = serve_tls(&dir, &[]);
+    let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
+    for _ in 0..5 {
+        let config = papo::tls::client_config(Some(&files.ca)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut session = rustls::ClientConnection::new(config, name).unwrap();
+        let mut socket = TcpStream::connect(ws).unwrap();
+        socket.set_read_timeout(Some(SOON)).unwrap();
+        while session.is_handshaking() {
+            session.complete_io(&mut socket).unwrap();
+        }
+        // The server has its session tickets to send meanwhile.
+        thread::sleep(Duration::from_millis(300));
+        let mut https = rustls::StreamOwned::new(session, socket);
+        https
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = https.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "answered {answer:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

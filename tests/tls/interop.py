@@ -22,16 +22,24 @@ PAPO = sys.argv[1]
 TIMEOUT = 10
 
 
+LOGS = []
+
+
 def fail(why):
+    # What the servers logged, to see the other side of a failure.
+    for name in LOGS:
+        with open(name) as f:
+            sys.stderr.write("--- papo's log %s:\n%s" % (name, f.read()[-4000:]))
     sys.exit("tls-interop: " + why)
 
 
 def serve(certs, *extra):
     """Starts papo over TLS on free ports; returns it and its two addresses."""
     log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-tls-", suffix=".log", delete=False)
+    LOGS.append(log.name)
     args = [PAPO, "serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
             "--tls-cert", os.path.join(certs, "cert.pem"), "--tls-key", os.path.join(certs, "key.pem")]
-    proc = subprocess.Popen(args + list(extra), stderr=log, env=dict(os.environ, RUST_LOG="info"))
+    proc = subprocess.Popen(args + list(extra), stderr=log, env=dict(os.environ, RUST_LOG="debug,grpcio=warn"))
     deadline = time.time() + 30
     while time.time() < deadline:
         time.sleep(0.05)
@@ -40,7 +48,6 @@ def serve(certs, *extra):
         ws = re.search(r"ws listening on wss://([^/]+)/ws", text)
         rpc = re.search(r"grpc listening on (\S+)", text)
         if ws and rpc:
-            os.unlink(log.name)
             return proc, ws.group(1), rpc.group(1)
     proc.kill()
     fail("papo serve did not start:\n" + text)
@@ -192,4 +199,12 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - any failure is reported with the logs
+        import traceback
+        traceback.print_exc()
+        fail("%s: %s" % (type(e).__name__, e))
+    finally:
+        for name in LOGS:
+            os.unlink(name)
