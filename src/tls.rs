@@ -101,6 +101,12 @@ impl TlsFiles {
                 ))
             })?;
         ws.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No TLS 1.3 session tickets: they arrive after the handshake, while
+        // the client is already writing its request, and a client that reads
+        // and writes one TLS session from two threads (Python websockets'
+        // sync client does) loses its request to that race now and then.
+        // Resumption would save one handshake's CPU per reconnect.
+        ws.send_tls13_tickets = 0;
         let grpc_client_ca_pem = match &self.grpc_client_ca {
             Some(path) => {
                 let pem = read(path, "client CA file")?;

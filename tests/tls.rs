@@ -436,3 +436,47 @@ fn a_client_that_pauses_after_the_handshake_is_still_answered() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_request_sent_with_the_clients_finished_is_answered() {
+    let dir = cert_dir("coalesced");
+    let (server, files) = serve_tls(&dir, &[]);
+    let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
+    for _ in 0..5 {
+        let config = papo::tls::client_config(Some(&files.ca)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut session = rustls::ClientConnection::new(config, name).unwrap();
+        let mut socket = TcpStream::connect(ws).unwrap();
+        socket.set_read_timeout(Some(SOON)).unwrap();
+        // Handshake until the client's last flight is ready, then send it
+        // and the request in one write: one TCP segment, as a fast client
+        // (or Nagle's algorithm) often makes it.
+        let mut flight = Vec::new();
+        loop {
+            while session.wants_write() {
+                session.write_tls(&mut flight).unwrap();
+            }
+            if !session.is_handshaking() {
+                break;
+            }
+            socket.write_all(&flight).unwrap();
+            flight.clear();
+            session.read_tls(&mut socket).unwrap();
+            session.process_new_packets().unwrap();
+        }
+        session
+            .writer()
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        while session.wants_write() {
+            session.write_tls(&mut flight).unwrap();
+        }
+        socket.write_all(&flight).unwrap();
+        let mut https = rustls::StreamOwned::new(session, socket);
+        let mut answer = Vec::new();
+        let _ = https.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "answered {answer:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
