@@ -232,6 +232,7 @@ pub fn format_chat_line(m: &ChatMessage) -> String {
         }
         Kind::JOIN => format!("[{time}] * {who} entrou"),
         Kind::LEAVE => format!("[{time}] * {who} saiu"),
+        Kind::ERROR => format!("[{time}] ! {}", visible(&m.text)),
     }
 }
 

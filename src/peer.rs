@@ -247,19 +247,26 @@ impl Peer {
     /// Writes `frame` as far as the socket takes it now and queues the rest.
     /// Never blocks on the peer.
     pub fn send(self: &Arc<Self>, frame: Arc<[u8]>) -> Result<(), SendError> {
-        self.send_with(&frame, || frame.clone())
+        self.send_with(&frame, || frame.clone(), true)
+    }
+
+    /// [`Peer::send`] for a frame of a replay: bounded by bytes only, as a
+    /// resuming member is owed the whole of what it missed at once.
+    pub fn send_replayed(self: &Arc<Self>, frame: Arc<[u8]>) -> Result<(), SendError> {
+        self.send_with(&frame, || frame.clone(), false)
     }
 
     /// [`Peer::send`] for a borrowed frame: copied only if some of it must
     /// wait, so an idle connection's replies cost no allocation here.
     pub fn send_slice(self: &Arc<Self>, frame: &[u8]) -> Result<(), SendError> {
-        self.send_with(frame, || frame.into())
+        self.send_with(frame, || frame.into(), true)
     }
 
     fn send_with(
         self: &Arc<Self>,
         frame: &[u8],
         owned: impl FnOnce() -> Arc<[u8]>,
+        count_bound: bool,
     ) -> Result<(), SendError> {
         let mut out = lock(&self.out);
         if out.closing || out.broken {
@@ -301,7 +308,7 @@ impl Peer {
                     return Err(SendError::Closed);
                 }
             }
-        } else if out.frames.len() >= self.limits.frames
+        } else if count_bound && out.frames.len() >= self.limits.frames
             || out.bytes + frame.len() > self.limits.bytes
         {
             return Err(SendError::Full);

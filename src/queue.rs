@@ -83,6 +83,16 @@ impl<T> Sender<T> {
     /// Queues `item` without waiting: `Full` when the consumer is too far
     /// behind, `Closed` when it is gone or the queue closed.
     pub fn try_send(&self, item: T) -> Result<(), SendError> {
+        self.send_bounded(item, true)
+    }
+
+    /// [`Sender::try_send`] for an item of a replay, bounded by bytes only:
+    /// a resuming member is owed the whole of what it missed at once.
+    pub fn try_send_replayed(&self, item: T) -> Result<(), SendError> {
+        self.send_bounded(item, false)
+    }
+
+    fn send_bounded(&self, item: T, count_bound: bool) -> Result<(), SendError> {
         let weight = (self.0.weight)(&item);
         let waker = {
             let mut state = self.0.lock();
@@ -91,7 +101,7 @@ impl<T> Sender<T> {
             }
             let over_bytes =
                 !state.items.is_empty() && state.bytes.saturating_add(weight) > self.0.max_bytes;
-            if state.items.len() >= self.0.capacity || over_bytes {
+            if count_bound && state.items.len() >= self.0.capacity || over_bytes {
                 return Err(SendError::Full);
             }
             state.bytes += weight;

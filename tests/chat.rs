@@ -570,6 +570,7 @@ fn slow_members_are_dropped_and_the_room_carries_on_in_order() {
                 Kind::MESSAGE => texts.push(m.seq),
                 Kind::LEAVE => assert!(m.sender.starts_with("stuck"), "{m:?}"),
                 Kind::JOIN => {}
+                Kind::ERROR => panic!("{m:?}"),
             }
         }
         texts
@@ -620,4 +621,65 @@ fn terminal_clients_talk_across_protocols() {
     assert!(common::wait_exit(&mut via_grpc.child, Duration::from_secs(10)).success());
     drop(via_ws.child.stdin.take());
     assert!(common::wait_exit(&mut via_ws.child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_member_that_reconnects_with_since_and_epoch_misses_nothing() {
+    let server = serve(&[]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let mut ana = ws_member(&ws_addr, "resume", "ana");
+    let (mut bob, _) = connect(format!("ws://{ws_addr}/chat?room=resume&name=bob")).unwrap();
+    let joined = ws_next(&mut bob);
+    let (since, epoch) = (joined.seq, joined.epoch.clone());
+    assert!(!epoch.is_empty(), "{joined:?}");
+    drop(bob); // the phone loses signal
+    for n in 1..=3 {
+        ana.send(Message::text(format!(r#"{{"text":"m{n}"}}"#)))
+            .unwrap();
+    }
+    assert_eq!(messages(|| ws_next(&mut ana), 3).len(), 3);
+    let url = format!("ws://{ws_addr}/chat?room=resume&name=bob&since={since}&epoch={epoch}");
+    let (mut bob, _) = connect(url).unwrap();
+    let mut got = Vec::new();
+    let own_join = loop {
+        let m = ws_next(&mut bob);
+        if kind(&m) == Kind::JOIN && m.sender == "bob" {
+            break m;
+        }
+        got.push((m.seq, kind(&m), m.text));
+    };
+    // His own LEAVE, then the three he missed, in order, none twice.
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0].1, Kind::LEAVE);
+    assert_eq!(
+        got[1..].iter().map(|m| m.2.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2", "m3"]
+    );
+    assert!(got.windows(2).all(|w| w[1].0 == w[0].0 + 1) && got[0].0 == since + 1);
+    assert!(own_join.recovered, "{own_join:?}");
+    assert_eq!(own_join.seq, since + 5);
+    // Then live.
+    ana.send(Message::text(r#"{"text":"m4"}"#)).unwrap();
+    assert_eq!(messages(|| ws_next(&mut bob), 1)[0].2, "m4");
+    // A gRPC subscriber asking for everything kept (since 0) sees it all.
+    let client = chat_client(&grpc_addr);
+    let request = SubscribeRequest {
+        room: "resume".into(),
+        name: "svc".into(),
+        since: Some(0),
+        ..Default::default()
+    };
+    let mut stream = client.subscribe(&request).unwrap();
+    let mut texts = Vec::new();
+    loop {
+        let m = next_within(&mut stream, "the replay").unwrap().unwrap();
+        if kind(&m) == Kind::JOIN && m.sender == "svc" {
+            assert!(m.recovered);
+            break;
+        }
+        if kind(&m) == Kind::MESSAGE {
+            texts.push(m.text);
+        }
+    }
+    assert_eq!(texts, ["m1", "m2", "m3", "m4"]);
 }

@@ -1,11 +1,15 @@
 //! The chat core shared by both transports, free of sockets so that unit
 //! tests exercise it directly.
 //!
-//! A [`Hub`] owns the rooms. A room is created by its first member and
-//! removed with its last. Publishing to a room takes the room's lock, gives
-//! the message the room's next sequence number and the server's clock, and
-//! hands it to every member's [`Subscriber`] before letting go: so every
-//! member sees the room in one total order. Handing over never blocks (a
+//! A [`Hub`] owns the rooms. A room is a numbered log: created by its first
+//! member or message, it keeps its last `history` messages (events too)
+//! for `history_ttl` after its last activity, members or not; then its log
+//! is gone, and the room starts again under a new epoch. Publishing to a
+//! room takes the room's lock, gives the message the room's next sequence
+//! number and the server's clock, records it, and hands it to every
+//! member's [`Subscriber`] before letting go: so every member sees the room
+//! in one total order. A member joining with a [`Resume`] is handed what it
+//! missed under the same lock, so nothing is lost or repeated. Handing over never blocks (a
 //! subscriber only queues), and a subscriber whose queue is full is dropped
 //! from the room on the spot: one stuck member never slows the others.
 mod names;
@@ -17,7 +21,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::debug;
 
@@ -26,7 +30,8 @@ use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
-use room::{lock_room, MemberEntry, Room};
+pub use room::new_epoch;
+use room::{lock_room, HistoryBudget, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
 pub const WS_REPLY_PREFIX: &str = "Recebido: ";
@@ -104,6 +109,21 @@ pub struct ChatConfig {
     pub max_text: usize,
     /// Messages a member may say, per second and at once.
     pub rate: Rate,
+    /// Messages (and events) a room keeps for members who resume (0: none).
+    pub history: usize,
+    /// How long a room without members keeps its log after its last message.
+    pub history_ttl: Duration,
+    /// Bytes all rooms' logs together may hold: past it, the room being
+    /// written to forgets its oldest entries.
+    pub history_budget: usize,
+}
+
+/// Where a joining member stopped: the last `seq` it saw, in `epoch` (an
+/// empty epoch with `since` 0 asks for everything the room keeps).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: String,
 }
 
 /// Why a text was not said; nothing was published.
@@ -134,6 +154,12 @@ impl Default for ChatConfig {
 pub trait Subscriber: Send + Sync {
     /// Queues `delivery` without blocking.
     fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError>;
+    /// Queues a message of a replay (a resuming member's missed messages):
+    /// like `deliver`, but the queue's count bound does not apply, only its
+    /// byte bound.
+    fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        self.deliver(delivery)
+    }
     /// The hub dropped this subscriber because its queue was full. Called
     /// once, under the room's lock: it must not block either.
     fn evicted(&self);
@@ -144,14 +170,25 @@ pub struct Hub {
     config: ChatConfig,
     rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
     next_id: AtomicU64,
+    /// When expired rooms were last let go of.
+    swept: Mutex<Instant>,
+    history_budget: Arc<HistoryBudget>,
 }
+
+/// How often, at most, the hub looks for rooms whose log has expired.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Hub {
     pub fn new(config: ChatConfig) -> Arc<Hub> {
         Arc::new(Hub {
-            config,
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
+            swept: Mutex::new(Instant::now()),
+            history_budget: Arc::new(HistoryBudget {
+                held: std::sync::atomic::AtomicUsize::new(0),
+                limit: config.history_budget,
+            }),
+            config,
         })
     }
 
@@ -167,6 +204,19 @@ impl Hub {
         name: &str,
         subscriber: Arc<dyn Subscriber>,
     ) -> Member {
+        self.join_from(room, name, subscriber, None)
+    }
+
+    /// [`Hub::join`] for a member that says where it stopped: first it is
+    /// handed every message the room keeps after that point, then its own
+    /// JOIN (which tells whether that was all it missed), then the live ones.
+    pub fn join_from(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        subscriber: Arc<dyn Subscriber>,
+        resume: Option<Resume>,
+    ) -> Member {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let room_arc = loop {
             let room_arc = self.room(room);
@@ -177,6 +227,8 @@ impl Hub {
             if locked.closed {
                 continue;
             }
+            locked.expire_if_idle(self.config.history_ttl);
+            let recovered = resume.as_ref().map(|r| locked.replay(r, &*subscriber));
             locked.members.push(MemberEntry {
                 id,
                 name: name.to_owned(),
@@ -185,6 +237,7 @@ impl Hub {
             if !name.is_empty() {
                 let mut own = Room::event(Kind::JOIN, name);
                 own.members = locked.names();
+                own.recovered = recovered.unwrap_or(false);
                 locked.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
             }
             drop(locked);
@@ -200,29 +253,48 @@ impl Hub {
         }
     }
 
-    /// The room named `name`, created if need be.
+    /// The room named `name`, created if need be. Now and then, rooms
+    /// whose log has expired are let go of here (a room another thread
+    /// holds locked is looked at next time).
     fn room(&self, name: &str) -> Arc<Mutex<Room>> {
         let mut rooms = lock(&self.rooms);
+        let now = Instant::now();
+        let mut swept = lock(&self.swept);
+        if now.saturating_duration_since(*swept) >= SWEEP_INTERVAL {
+            *swept = now;
+            let ttl = self.config.history_ttl;
+            rooms.retain(|_, room| match room.try_lock() {
+                Ok(mut room) if room.members.is_empty() && room.idle_past(ttl, now) => {
+                    room.closed = true;
+                    false
+                }
+                _ => true,
+            });
+        }
+        drop(swept);
         let room = rooms.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(Mutex::new(Room {
-                name: name.to_owned(),
-                seq: 0,
-                members: Vec::new(),
-                dropped: Vec::new(),
-                closed: false,
-            }))
+            let budget = Arc::clone(&self.history_budget);
+            Arc::new(Mutex::new(Room::new(name, self.config.history, budget)))
         });
         Arc::clone(room)
     }
 
-    /// Publishes `text` from `sender` to `room` if it has members; returns
-    /// the message's number in the room (0: nobody was there to hear it).
+    /// Publishes `text` from `sender` to `room`; returns the message's
+    /// number in the room. A room that keeps history records it even with
+    /// no member to hear it; one that keeps none drops it (0).
     pub fn publish(&self, room: &str, sender: &str, text: &str) -> Result<u64, Refusal> {
         self.check(text)?;
-        let Some(room) = lock(&self.rooms).get(room).cloned() else {
-            return Ok(0);
+        let found = lock(&self.rooms).get(room).cloned();
+        let room = match found {
+            Some(room) => room,
+            None if self.config.history > 0 => self.room(room),
+            None => return Ok(0),
         };
         let mut room = lock_room(&room);
+        if room.closed {
+            return Ok(0);
+        }
+        room.expire_if_idle(self.config.history_ttl);
         Ok(room.publish(Message {
             sender: sender.to_owned(),
             text: text.to_owned(),
@@ -240,7 +312,7 @@ impl Hub {
         }
     }
 
-    /// The names of the rooms that have members.
+    /// The names of the rooms the hub holds: with members, or keeping a log.
     pub fn rooms(&self) -> Vec<String> {
         lock(&self.rooms).keys().cloned().collect()
     }
@@ -252,7 +324,9 @@ impl Hub {
         if room.members.len() < before && !name.is_empty() {
             room.publish(Room::event(Kind::LEAVE, name));
         }
-        if room.members.is_empty() {
+        // A room that keeps history outlives its members (until its log
+        // expires); one that keeps none goes with its last member.
+        if room.members.is_empty() && self.config.history == 0 {
             let mut rooms = lock(&self.rooms);
             // Only if no one joined it again meanwhile (the map holds the only other reference).
             if rooms

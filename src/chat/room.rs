@@ -1,13 +1,15 @@
-//! A room: its members and its numbering. Publishing happens under the
-//! room's lock, which is what gives every member one order.
+//! A room: its members, its numbering and its log. Publishing happens under
+//! the room's lock, which is what gives every member one order, and what
+//! lets a resuming member be handed the log without a gap or a repeat.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::warn;
 
-use super::{Delivery, SendError, Subscriber};
+use super::{Delivery, Resume, SendError, Subscriber};
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
@@ -21,11 +23,45 @@ pub(super) struct MemberEntry {
 pub(super) struct Room {
     pub(super) name: String,
     pub(super) seq: u64,
+    /// Names this log: a new one whenever the log starts over.
+    pub(super) epoch: String,
+    /// The last `keep` messages and events, oldest first: a contiguous run
+    /// of numbers ending at `seq`, within the hub's history budget.
+    history: VecDeque<Arc<Delivery>>,
+    keep: usize,
+    budget: Arc<HistoryBudget>,
+    /// What `history` weighs against the budget.
+    held: usize,
+    /// When the room last published.
+    last_active: Instant,
     pub(super) members: Vec<MemberEntry>,
     /// Members dropped for a full queue, to be logged after unlocking.
     pub(super) dropped: Vec<String>,
-    /// No longer the hub's: its last member left and it was removed.
+    /// No longer the hub's: it was removed, empty (its log expired, or it
+    /// keeps none).
     pub(super) closed: bool,
+}
+
+/// The bytes every room's log together may hold.
+pub(super) struct HistoryBudget {
+    pub(super) held: AtomicUsize,
+    pub(super) limit: usize,
+}
+
+/// What a logged message costs, near enough: its strings as published and
+/// in the two encodings a delivery caches, and the bookkeeping.
+fn weight(delivery: &Delivery) -> usize {
+    let m = &delivery.message;
+    3 * (m.text.len() + m.sender.len() + m.room.len()) + 256
+}
+
+/// A new epoch: unique in this process and, by the clock, across restarts.
+pub fn new_epoch() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A locked room that, when unlocked, logs the members it dropped.
@@ -67,6 +103,80 @@ impl Drop for RoomGuard<'_> {
 }
 
 impl Room {
+    pub(super) fn new(name: &str, keep: usize, budget: Arc<HistoryBudget>) -> Room {
+        Room {
+            name: name.to_owned(),
+            seq: 0,
+            epoch: new_epoch(),
+            history: VecDeque::new(),
+            keep,
+            budget,
+            held: 0,
+            last_active: Instant::now(),
+            members: Vec::new(),
+            dropped: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Whether the room has had no members and no message for `ttl`.
+    pub(super) fn idle_past(&self, ttl: Duration, now: Instant) -> bool {
+        self.members.is_empty() && now.saturating_duration_since(self.last_active) >= ttl
+    }
+
+    /// Starts the log over under a new epoch if it has expired.
+    pub(super) fn expire_if_idle(&mut self, ttl: Duration) {
+        if self.idle_past(ttl, Instant::now()) && (self.seq > 0 || !self.history.is_empty()) {
+            self.seq = 0;
+            self.epoch = new_epoch();
+            while self.forget_oldest() {}
+        }
+    }
+
+    /// Hands `subscriber` what the log keeps after `resume`'s point, in
+    /// order; returns whether that is everything it missed (same epoch, and
+    /// nothing after `since` fell out of the log).
+    pub(super) fn replay(&self, resume: &Resume, subscriber: &dyn Subscriber) -> bool {
+        let same_epoch = resume.epoch == self.epoch || resume.epoch.is_empty() && resume.since == 0;
+        let since = if same_epoch { resume.since } else { 0 };
+        let first_kept = self.history.front().map_or(self.seq + 1, |d| d.message.seq);
+        let complete = same_epoch && (since >= self.seq || first_kept <= since + 1);
+        for delivery in self.history.iter().filter(|d| d.message.seq > since) {
+            if subscriber.replay(delivery).is_err() {
+                return false;
+            }
+        }
+        complete
+    }
+
+    /// Logs `delivery`, then forgets the oldest entries while the room
+    /// keeps more than `keep` or the hub's logs weigh more than the budget
+    /// (down to forgetting this one: the log stays a contiguous run).
+    fn record(&mut self, delivery: &Arc<Delivery>) {
+        let weight = weight(delivery);
+        self.budget.held.fetch_add(weight, Ordering::Relaxed);
+        self.held += weight;
+        self.history.push_back(Arc::clone(delivery));
+        while self.history.len() > self.keep
+            || self.budget.held.load(Ordering::Relaxed) > self.budget.limit
+        {
+            if !self.forget_oldest() {
+                break;
+            }
+        }
+    }
+
+    /// Drops the oldest logged entry; false when there is none.
+    fn forget_oldest(&mut self) -> bool {
+        let Some(oldest) = self.history.pop_front() else {
+            return false;
+        };
+        let weight = weight(&oldest);
+        self.held -= weight;
+        self.budget.held.fetch_sub(weight, Ordering::Relaxed);
+        true
+    }
+
     pub(super) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .members
@@ -101,13 +211,19 @@ impl Room {
             message.room = self.name.clone();
             message.seq = self.seq;
             message.timestamp_ms = now_ms();
+            message.epoch = self.epoch.clone();
             let own_copy = special.take().map(|(id, mut own)| {
                 own.room = message.room.clone();
                 own.seq = message.seq;
                 own.timestamp_ms = message.timestamp_ms;
+                own.epoch = message.epoch.clone();
                 (id, Delivery::new(own))
             });
             let delivery = Delivery::new(message);
+            self.last_active = Instant::now();
+            if self.keep > 0 {
+                self.record(&delivery);
+            }
             let mut dropped = Vec::new();
             self.members.retain(|m| {
                 let delivery = match &own_copy {
@@ -154,4 +270,11 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Drop for Room {
+    /// A room let go of gives its log's weight back to the budget.
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }

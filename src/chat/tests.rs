@@ -13,6 +13,14 @@ fn unlimited() -> ChatConfig {
         ..ChatConfig::default()
     }
 }
+
+/// Rooms that keep no log, and so end with their last member.
+fn without_history() -> ChatConfig {
+    ChatConfig {
+        history: 0,
+        ..unlimited()
+    }
+}
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
@@ -72,7 +80,7 @@ fn seed_replies() {
 
 #[test]
 fn members_see_joins_messages_and_leaves_with_stamps() {
-    let hub = Hub::new(unlimited());
+    let hub = Hub::new(without_history());
     let ana = Inbox::new(100);
     let a = hub.join("sala", "ana", ana.clone());
     let bob = Inbox::new(100);
@@ -200,7 +208,7 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
 
 #[test]
 fn join_and_leave_races_leave_no_ghosts() {
-    let hub = Hub::new(unlimited());
+    let hub = Hub::new(without_history());
     let watcher = Inbox::new(1_000_000);
     let _w = hub.join("r", "watcher", watcher.clone());
     thread::scope(|s| {
@@ -224,7 +232,7 @@ fn join_and_leave_races_leave_no_ghosts() {
             Kind::JOIN if !m.members.is_empty() => present = m.members.clone(),
             Kind::JOIN => present.push(m.sender.clone()),
             Kind::LEAVE => present.retain(|n| *n != m.sender),
-            Kind::MESSAGE => {}
+            Kind::MESSAGE | Kind::ERROR => {}
         }
     }
     assert_eq!(present, ["watcher"]);
@@ -236,7 +244,7 @@ fn join_and_leave_races_leave_no_ghosts() {
 fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
     // One room name, emptied and refilled all the time: a joiner must always
     // land in the room the hub publishes to, never in one just removed.
-    let hub = Hub::new(unlimited());
+    let hub = Hub::new(without_history());
     let stranded = AtomicU64::new(0);
     thread::scope(|s| {
         for t in 0..4 {
@@ -294,4 +302,155 @@ fn a_member_over_its_rate_is_refused_and_nothing_is_published() {
         [Err(Refusal::RateLimited), Err(Refusal::RateLimited)]
     );
     assert_eq!(inbox.texts(), ["0", "1", "2"]);
+}
+
+/// A room keeping `keep` messages for `ttl`.
+fn with_history(keep: usize, ttl: Duration) -> Arc<Hub> {
+    Hub::new(ChatConfig {
+        history: keep,
+        history_ttl: ttl,
+        ..unlimited()
+    })
+}
+
+/// What `inbox` got, as (seq, kind, sender, text).
+fn log_of(inbox: &Inbox) -> Vec<(u64, Kind, String, String)> {
+    lock(&inbox.messages)
+        .iter()
+        .map(|m| {
+            (
+                m.seq,
+                m.kind.enum_value_or_default(),
+                m.sender.clone(),
+                m.text.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
+    let hub = with_history(100, Duration::from_secs(3600));
+    let ana = Inbox::new(1000);
+    let a = hub.join("r", "ana", ana.clone());
+    let bob = Inbox::new(1000);
+    let b = hub.join("r", "bob", bob.clone());
+    a.say("1").unwrap();
+    let last = log_of(&bob).last().map(|m| m.0).unwrap();
+    let epoch = lock(&bob.messages)[0].epoch.clone();
+    assert!(!epoch.is_empty());
+    drop(b); // bob's connection drops
+    for n in 2..=4 {
+        a.say(&n.to_string()).unwrap();
+    }
+    let back = Inbox::new(1000);
+    let resume = Resume {
+        since: last,
+        epoch: epoch.clone(),
+    };
+    let _b = hub.join_from("r", "bob", back.clone(), Some(resume));
+    a.say("5").unwrap();
+    let got = log_of(&back);
+    // bob's own LEAVE, the three he missed, his JOIN, then the live one.
+    let seqs: Vec<u64> = got.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, (last + 1..=last + 6).collect::<Vec<_>>(), "{got:?}");
+    let texts: Vec<&str> = got
+        .iter()
+        .filter(|m| m.1 == Kind::MESSAGE)
+        .map(|m| m.3.as_str())
+        .collect();
+    assert_eq!(texts, ["2", "3", "4", "5"]);
+    let own_join = lock(&back.messages)
+        .iter()
+        .find(|m| m.kind.enum_value_or_default() == Kind::JOIN)
+        .cloned()
+        .unwrap();
+    assert!(own_join.recovered, "{own_join:?}");
+    assert!(lock(&back.messages).iter().all(|m| m.epoch == epoch));
+}
+
+#[test]
+fn resuming_past_the_log_or_from_another_epoch_says_so() {
+    let hub = with_history(3, Duration::from_secs(3600));
+    let ana = Inbox::new(1000);
+    let a = hub.join("r", "ana", ana.clone());
+    for n in 0..10 {
+        a.say(&n.to_string()).unwrap();
+    }
+    let epoch = lock(&ana.messages)[0].epoch.clone();
+    // Too old: what remains (the last three), not recovered.
+    let old = Inbox::new(1000);
+    let _o = hub.join_from(
+        "r",
+        "old",
+        old.clone(),
+        Some(Resume {
+            since: 2,
+            epoch: epoch.clone(),
+        }),
+    );
+    let texts: Vec<String> = old.texts();
+    assert_eq!(texts, ["7", "8", "9"]);
+    let join = lock(&old.messages).last().cloned().unwrap();
+    assert_eq!(join.kind.enum_value_or_default(), Kind::JOIN);
+    assert!(!join.recovered);
+    // Another epoch: everything kept, not recovered.
+    let other = Inbox::new(1000);
+    let _x = hub.join_from(
+        "r",
+        "x",
+        other.clone(),
+        Some(Resume {
+            since: 5,
+            epoch: "gone".into(),
+        }),
+    );
+    assert!(!lock(&other.messages).last().unwrap().recovered);
+    // since 0, no epoch: everything kept, recovered only if the log is whole.
+    let fresh = Inbox::new(1000);
+    let _f = hub.join_from("r", "f", fresh.clone(), Some(Resume::default()));
+    assert!(!lock(&fresh.messages).last().unwrap().recovered);
+    // No resume at all: live messages only, as before.
+    let live = Inbox::new(1000);
+    let _l = hub.join("r", "live", live.clone());
+    assert_eq!(log_of(&live).len(), 1);
+}
+
+#[test]
+fn a_room_emptied_keeps_its_numbering_and_log_until_it_expires() {
+    let hub = with_history(100, Duration::from_millis(200));
+    let ana = Inbox::new(1000);
+    let a = hub.join("r", "ana", ana.clone());
+    a.say("oi").unwrap();
+    let epoch = lock(&ana.messages)[0].epoch.clone();
+    drop(a);
+    // Said to an empty room: kept too.
+    assert_eq!(hub.publish("r", "svc", "anyone?"), Ok(4));
+    assert_eq!(hub.rooms(), ["r"]);
+    let back = Inbox::new(1000);
+    let _b = hub.join_from("r", "bob", back.clone(), Some(Resume::default()));
+    assert_eq!(back.texts(), ["oi", "anyone?"]);
+    let join = lock(&back.messages).last().cloned().unwrap();
+    assert_eq!(
+        (join.seq, join.epoch.as_str(), join.recovered),
+        (5, epoch.as_str(), true)
+    );
+    drop(_b);
+    // Past the TTL: a new epoch, numbered from 1, nothing replayed.
+    thread::sleep(Duration::from_millis(300));
+    let late = Inbox::new(1000);
+    let _l = hub.join_from(
+        "r",
+        "late",
+        late.clone(),
+        Some(Resume {
+            since: 5,
+            epoch: epoch.clone(),
+        }),
+    );
+    let got = lock(&late.messages).clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].seq, 1);
+    assert_ne!(got[0].epoch, epoch);
+    assert!(!got[0].recovered);
 }

@@ -77,6 +77,23 @@ pub const SEND_QUEUE: Flag = Flag::count(
     "256",
     "Messages queued for a slow peer or stream before it is dropped (1008 / RESOURCE_EXHAUSTED)",
 );
+pub const HISTORY: Flag = Flag::count(
+    "history",
+    "N",
+    "1000",
+    "Messages each room keeps for members who resume (0: none; rooms then end with their last member)",
+);
+pub const HISTORY_TTL: Flag = Flag::duration(
+    "history-ttl",
+    "1h",
+    "How long a room without members keeps its log after its last message",
+);
+pub const HISTORY_BUDGET: Flag = Flag::size(
+    "history-budget",
+    "SIZE",
+    "64MiB",
+    "Bytes all rooms' logs together may hold; past it a room forgets its oldest messages",
+);
 pub const RATE_LIMIT: Flag = Flag::count(
     "rate-limit",
     "N",
@@ -171,6 +188,9 @@ pub const SERVE: Command = Command {
         &STACK_SIZE,
         &INBOUND_BUDGET,
         &SEND_QUEUE,
+        &HISTORY,
+        &HISTORY_TTL,
+        &HISTORY_BUDGET,
         &RATE_LIMIT,
         &RATE_BURST,
         &LISTEN_BACKLOG,
@@ -350,6 +370,9 @@ impl ServeConfig {
                 per_second: v.parsed(&RATE_LIMIT)?,
                 burst: v.parsed(&RATE_BURST)?,
             },
+            history: v.parsed(&HISTORY)?,
+            history_ttl: v.duration(&HISTORY_TTL)?,
+            history_budget: v.size(&HISTORY_BUDGET)?,
         };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {
             Ok(match v.switch(off)? {

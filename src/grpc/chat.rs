@@ -98,6 +98,15 @@ impl Subscriber for GrpcMember {
         Ok(())
     }
 
+    fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        let bytes = delivery.encoded(Encoding::Protobuf, |m| {
+            m.write_to_bytes().unwrap_or_default()
+        });
+        self.tx.try_send_replayed(Outgoing(bytes))?;
+        self.metrics.grpc.sent(delivery.message.text.len());
+        Ok(())
+    }
+
     fn evicted(&self) {
         self.evicted.store(true, Ordering::Release);
         self.tx.close_now();
@@ -154,6 +163,7 @@ impl ChatServer {
         &self,
         room: &str,
         name: &str,
+        resume: Option<chat::Resume>,
     ) -> (Member, Arc<GrpcMember>, queue::Receiver<Outgoing>) {
         let config = self.hub.config();
         // As a WebSocket peer's: two of the largest messages.
@@ -167,9 +177,12 @@ impl ChatServer {
             deadline: self.deadlines.new_deadline(),
             write_timeout: self.write_timeout,
         });
-        let member = self
-            .hub
-            .join(room, name, Arc::clone(&subscriber) as Arc<dyn Subscriber>);
+        let member = self.hub.join_from(
+            room,
+            name,
+            Arc::clone(&subscriber) as Arc<dyn Subscriber>,
+            resume,
+        );
         (member, subscriber, rx)
     }
 }
@@ -252,7 +265,11 @@ impl ChatServer {
                     return metrics.grpc_call(code.into());
                 }
             };
-            let (member, subscriber, rx) = server.member(&room, &name);
+            let resume = first.since.map(|since| chat::Resume {
+                since,
+                epoch: first.epoch.clone(),
+            });
+            let (member, subscriber, rx) = server.member(&room, &name, resume);
             let speaker = Arc::clone(&subscriber);
             // Borrowed, not moved: the request stream must outlive the call's
             // status, or dropping it would cancel the call first.
@@ -310,7 +327,11 @@ impl ChatServer {
                 });
             }
         };
-        let (member, subscriber, rx) = self.member(&room, &name);
+        let resume = req.since.map(|since| chat::Resume {
+            since,
+            epoch: req.epoch.clone(),
+        });
+        let (member, subscriber, rx) = self.member(&room, &name, resume);
         let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
             let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;

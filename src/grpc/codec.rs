@@ -23,6 +23,10 @@ pub struct Incoming {
     pub sender: String,
     pub text: String,
     pub room: String,
+    /// Where a `Chat` stream's first message asks to resume, and in which
+    /// epoch of the room's log.
+    pub since: Option<u64>,
+    pub epoch: String,
     /// Why the message cannot be taken, if it cannot: a field only the
     /// server sets, or bytes that are not a `Message`.
     pub refused: Option<String>,
@@ -45,6 +49,9 @@ impl Incoming {
                 10 => self.sender = is.read_string()?,
                 18 => self.text = is.read_string()?,
                 26 => self.room = is.read_string()?,
+                // Field 8, varint; field 9, length-delimited.
+                64 => self.since = Some(is.read_uint64()?),
+                74 => self.epoch = is.read_string()?,
                 tag => match SERVER_FIELDS.iter().find(|(number, _)| tag >> 3 == *number) {
                     Some((_, name)) => {
                         self.refused = Some(format!("{name} is set by the server, not sent"));
@@ -59,8 +66,13 @@ impl Incoming {
 }
 
 /// The `Message` fields only the server sets, by number.
-const SERVER_FIELDS: [(u32, &str); 4] =
-    [(4, "seq"), (5, "timestamp_ms"), (6, "kind"), (7, "members")];
+const SERVER_FIELDS: [(u32, &str); 5] = [
+    (4, "seq"),
+    (5, "timestamp_ms"),
+    (6, "kind"),
+    (7, "members"),
+    (10, "recovered"),
+];
 
 fn incoming_de(mut reader: MessageReader) -> grpcio::Result<Incoming> {
     Ok(Incoming::decode(&mut CodedInputStream::from_buf_read(
@@ -147,6 +159,18 @@ mod tests {
         assert_eq!(incoming.text, "Olá, servidor gRPC!");
         assert_eq!(incoming.room, "sala");
         assert_eq!(incoming.refused, None);
+        let resuming = Message {
+            since: Some(0),
+            epoch: "e1".into(),
+            ..Default::default()
+        };
+        let incoming = decode(&resuming);
+        assert_eq!((incoming.since, incoming.epoch.as_str()), (Some(0), "e1"));
+        let recovered = Message {
+            recovered: true,
+            ..Default::default()
+        };
+        assert!(decode(&recovered).refused.is_some());
     }
 
     #[test]

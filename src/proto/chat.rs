@@ -42,6 +42,12 @@ pub struct Message {
     pub kind: ::protobuf::EnumOrUnknown<message::Kind>,
     // @@protoc_insertion_point(field:chat.Message.members)
     pub members: ::std::vec::Vec<::std::string::String>,
+    // @@protoc_insertion_point(field:chat.Message.since)
+    pub since: ::std::option::Option<u64>,
+    // @@protoc_insertion_point(field:chat.Message.epoch)
+    pub epoch: ::std::string::String,
+    // @@protoc_insertion_point(field:chat.Message.recovered)
+    pub recovered: bool,
     // special fields
     // @@protoc_insertion_point(special_field:chat.Message.special_fields)
     pub special_fields: ::protobuf::SpecialFields,
@@ -59,7 +65,7 @@ impl Message {
     }
 
     fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
-        let mut fields = ::std::vec::Vec::with_capacity(7);
+        let mut fields = ::std::vec::Vec::with_capacity(10);
         let mut oneofs = ::std::vec::Vec::with_capacity(0);
         fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
             "sender",
@@ -95,6 +101,21 @@ impl Message {
             "members",
             |m: &Message| { &m.members },
             |m: &mut Message| { &mut m.members },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_option_accessor::<_, _>(
+            "since",
+            |m: &Message| { &m.since },
+            |m: &mut Message| { &mut m.since },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "epoch",
+            |m: &Message| { &m.epoch },
+            |m: &mut Message| { &mut m.epoch },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "recovered",
+            |m: &Message| { &m.recovered },
+            |m: &mut Message| { &mut m.recovered },
         ));
         ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<Message>(
             "Message",
@@ -135,6 +156,15 @@ impl ::protobuf::Message for Message {
                 58 => {
                     self.members.push(is.read_string()?);
                 },
+                64 => {
+                    self.since = ::std::option::Option::Some(is.read_uint64()?);
+                },
+                74 => {
+                    self.epoch = is.read_string()?;
+                },
+                80 => {
+                    self.recovered = is.read_bool()?;
+                },
                 tag => {
                     ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
                 },
@@ -168,6 +198,15 @@ impl ::protobuf::Message for Message {
         for value in &self.members {
             my_size += ::protobuf::rt::string_size(7, &value);
         };
+        if let Some(v) = self.since {
+            my_size += ::protobuf::rt::uint64_size(8, v);
+        }
+        if !self.epoch.is_empty() {
+            my_size += ::protobuf::rt::string_size(9, &self.epoch);
+        }
+        if self.recovered != false {
+            my_size += 1 + 1;
+        }
         my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
         self.special_fields.cached_size().set(my_size as u32);
         my_size
@@ -195,6 +234,15 @@ impl ::protobuf::Message for Message {
         for v in &self.members {
             os.write_string(7, &v)?;
         };
+        if let Some(v) = self.since {
+            os.write_uint64(8, v)?;
+        }
+        if !self.epoch.is_empty() {
+            os.write_string(9, &self.epoch)?;
+        }
+        if self.recovered != false {
+            os.write_bool(10, self.recovered)?;
+        }
         os.write_unknown_fields(self.special_fields.unknown_fields())?;
         ::std::result::Result::Ok(())
     }
@@ -219,6 +267,9 @@ impl ::protobuf::Message for Message {
         self.timestamp_ms = 0;
         self.kind = ::protobuf::EnumOrUnknown::new(message::Kind::MESSAGE);
         self.members.clear();
+        self.since = ::std::option::Option::None;
+        self.epoch.clear();
+        self.recovered = false;
         self.special_fields.clear();
     }
 
@@ -231,6 +282,9 @@ impl ::protobuf::Message for Message {
             timestamp_ms: 0,
             kind: ::protobuf::EnumOrUnknown::from_i32(0),
             members: ::std::vec::Vec::new(),
+            since: ::std::option::Option::None,
+            epoch: ::std::string::String::new(),
+            recovered: false,
             special_fields: ::protobuf::SpecialFields::new(),
         };
         &instance
@@ -265,6 +319,8 @@ pub mod message {
         JOIN = 1,
         // @@protoc_insertion_point(enum_value:chat.Message.Kind.LEAVE)
         LEAVE = 2,
+        // @@protoc_insertion_point(enum_value:chat.Message.Kind.ERROR)
+        ERROR = 3,
     }
 
     impl ::protobuf::Enum for Kind {
@@ -279,6 +335,7 @@ pub mod message {
                 0 => ::std::option::Option::Some(Kind::MESSAGE),
                 1 => ::std::option::Option::Some(Kind::JOIN),
                 2 => ::std::option::Option::Some(Kind::LEAVE),
+                3 => ::std::option::Option::Some(Kind::ERROR),
                 _ => ::std::option::Option::None
             }
         }
@@ -288,6 +345,7 @@ pub mod message {
                 "MESSAGE" => ::std::option::Option::Some(Kind::MESSAGE),
                 "JOIN" => ::std::option::Option::Some(Kind::JOIN),
                 "LEAVE" => ::std::option::Option::Some(Kind::LEAVE),
+                "ERROR" => ::std::option::Option::Some(Kind::ERROR),
                 _ => ::std::option::Option::None
             }
         }
@@ -296,6 +354,7 @@ pub mod message {
             Kind::MESSAGE,
             Kind::JOIN,
             Kind::LEAVE,
+            Kind::ERROR,
         ];
     }
 
@@ -454,6 +513,10 @@ pub struct SubscribeRequest {
     pub room: ::std::string::String,
     // @@protoc_insertion_point(field:chat.SubscribeRequest.name)
     pub name: ::std::string::String,
+    // @@protoc_insertion_point(field:chat.SubscribeRequest.since)
+    pub since: ::std::option::Option<u64>,
+    // @@protoc_insertion_point(field:chat.SubscribeRequest.epoch)
+    pub epoch: ::std::string::String,
     // special fields
     // @@protoc_insertion_point(special_field:chat.SubscribeRequest.special_fields)
     pub special_fields: ::protobuf::SpecialFields,
@@ -471,7 +534,7 @@ impl SubscribeRequest {
     }
 
     fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
-        let mut fields = ::std::vec::Vec::with_capacity(2);
+        let mut fields = ::std::vec::Vec::with_capacity(4);
         let mut oneofs = ::std::vec::Vec::with_capacity(0);
         fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
             "room",
@@ -482,6 +545,16 @@ impl SubscribeRequest {
             "name",
             |m: &SubscribeRequest| { &m.name },
             |m: &mut SubscribeRequest| { &mut m.name },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_option_accessor::<_, _>(
+            "since",
+            |m: &SubscribeRequest| { &m.since },
+            |m: &mut SubscribeRequest| { &mut m.since },
+        ));
+        fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
+            "epoch",
+            |m: &SubscribeRequest| { &m.epoch },
+            |m: &mut SubscribeRequest| { &mut m.epoch },
         ));
         ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<SubscribeRequest>(
             "SubscribeRequest",
@@ -507,6 +580,12 @@ impl ::protobuf::Message for SubscribeRequest {
                 18 => {
                     self.name = is.read_string()?;
                 },
+                24 => {
+                    self.since = ::std::option::Option::Some(is.read_uint64()?);
+                },
+                34 => {
+                    self.epoch = is.read_string()?;
+                },
                 tag => {
                     ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
                 },
@@ -525,6 +604,12 @@ impl ::protobuf::Message for SubscribeRequest {
         if !self.name.is_empty() {
             my_size += ::protobuf::rt::string_size(2, &self.name);
         }
+        if let Some(v) = self.since {
+            my_size += ::protobuf::rt::uint64_size(3, v);
+        }
+        if !self.epoch.is_empty() {
+            my_size += ::protobuf::rt::string_size(4, &self.epoch);
+        }
         my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
         self.special_fields.cached_size().set(my_size as u32);
         my_size
@@ -536,6 +621,12 @@ impl ::protobuf::Message for SubscribeRequest {
         }
         if !self.name.is_empty() {
             os.write_string(2, &self.name)?;
+        }
+        if let Some(v) = self.since {
+            os.write_uint64(3, v)?;
+        }
+        if !self.epoch.is_empty() {
+            os.write_string(4, &self.epoch)?;
         }
         os.write_unknown_fields(self.special_fields.unknown_fields())?;
         ::std::result::Result::Ok(())
@@ -556,6 +647,8 @@ impl ::protobuf::Message for SubscribeRequest {
     fn clear(&mut self) {
         self.room.clear();
         self.name.clear();
+        self.since = ::std::option::Option::None;
+        self.epoch.clear();
         self.special_fields.clear();
     }
 
@@ -563,6 +656,8 @@ impl ::protobuf::Message for SubscribeRequest {
         static instance: SubscribeRequest = SubscribeRequest {
             room: ::std::string::String::new(),
             name: ::std::string::String::new(),
+            since: ::std::option::Option::None,
+            epoch: ::std::string::String::new(),
             special_fields: ::protobuf::SpecialFields::new(),
         };
         &instance
@@ -587,20 +682,24 @@ impl ::protobuf::reflect::ProtobufValue for SubscribeRequest {
 }
 
 static file_descriptor_proto_data: &'static [u8] = b"\
-    \n\nchat.proto\x12\x04chat\"\xea\x01\n\x07Message\x12\x16\n\x06sender\
+    \n\nchat.proto\x12\x04chat\"\xce\x02\n\x07Message\x12\x16\n\x06sender\
     \x18\x01\x20\x01(\tR\x06sender\x12\x12\n\x04text\x18\x02\x20\x01(\tR\x04\
     text\x12\x12\n\x04room\x18\x03\x20\x01(\tR\x04room\x12\x10\n\x03seq\x18\
     \x04\x20\x01(\x04R\x03seq\x12!\n\x0ctimestamp_ms\x18\x05\x20\x01(\x03R\
     \x0btimestampMs\x12&\n\x04kind\x18\x06\x20\x01(\x0e2\x12.chat.Message.Ki\
-    ndR\x04kind\x12\x18\n\x07members\x18\x07\x20\x03(\tR\x07members\"(\n\x04\
-    Kind\x12\x0b\n\x07MESSAGE\x10\0\x12\x08\n\x04JOIN\x10\x01\x12\t\n\x05LEA\
-    VE\x10\x02\"\x20\n\x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\
-    \x05reply\":\n\x10SubscribeRequest\x12\x12\n\x04room\x18\x01\x20\x01(\tR\
-    \x04room\x12\x12\n\x04name\x18\x02\x20\x01(\tR\x04name2\x9b\x01\n\x0bCha\
-    tService\x12,\n\x0bSendMessage\x12\r.chat.Message\x1a\x0e.chat.Response\
-    \x12(\n\x04Chat\x12\r.chat.Message\x1a\r.chat.Message(\x010\x01\x124\n\t\
-    Subscribe\x12\x16.chat.SubscribeRequest\x1a\r.chat.Message0\x01b\x06prot\
-    o3\
+    ndR\x04kind\x12\x18\n\x07members\x18\x07\x20\x03(\tR\x07members\x12\x19\
+    \n\x05since\x18\x08\x20\x01(\x04H\0R\x05since\x88\x01\x01\x12\x14\n\x05e\
+    poch\x18\t\x20\x01(\tR\x05epoch\x12\x1c\n\trecovered\x18\n\x20\x01(\x08R\
+    \trecovered\"3\n\x04Kind\x12\x0b\n\x07MESSAGE\x10\0\x12\x08\n\x04JOIN\
+    \x10\x01\x12\t\n\x05LEAVE\x10\x02\x12\t\n\x05ERROR\x10\x03B\x08\n\x06_si\
+    nce\"\x20\n\x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\x05reply\
+    \"u\n\x10SubscribeRequest\x12\x12\n\x04room\x18\x01\x20\x01(\tR\x04room\
+    \x12\x12\n\x04name\x18\x02\x20\x01(\tR\x04name\x12\x19\n\x05since\x18\
+    \x03\x20\x01(\x04H\0R\x05since\x88\x01\x01\x12\x14\n\x05epoch\x18\x04\
+    \x20\x01(\tR\x05epochB\x08\n\x06_since2\x9b\x01\n\x0bChatService\x12,\n\
+    \x0bSendMessage\x12\r.chat.Message\x1a\x0e.chat.Response\x12(\n\x04Chat\
+    \x12\r.chat.Message\x1a\r.chat.Message(\x010\x01\x124\n\tSubscribe\x12\
+    \x16.chat.SubscribeRequest\x1a\r.chat.Message0\x01b\x06proto3\
 ";
 
 /// `FileDescriptorProto` object which was a source for this generated file

@@ -178,12 +178,14 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
     let served = match endpoint {
         Endpoint::Reply => message_loop(ws, &peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
         Endpoint::Echo => message_loop(ws, &peer, shared, |m| Action::Reply("", m)),
-        Endpoint::Chat { room, name } => {
+        Endpoint::Chat { room, name, resume } => {
             let subscriber = WsMember {
                 peer: Arc::clone(&peer),
                 metrics: Arc::clone(&shared.metrics),
             };
-            let member = shared.hub.join(&room, &name, Arc::new(subscriber));
+            let member = shared
+                .hub
+                .join_from(&room, &name, Arc::new(subscriber), resume);
             message_loop(ws, &peer, shared, |m| {
                 member::on_message(&member, &shared.metrics, m)
             })

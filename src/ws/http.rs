@@ -45,8 +45,13 @@ pub enum Endpoint {
     Reply,
     /// `/echo`: exact echo, for conformance tools.
     Echo,
-    /// `/chat?room=R&name=N`: a member of room R, JSON in and out.
-    Chat { room: String, name: String },
+    /// `/chat?room=R&name=N[&since=S&epoch=E]`: a member of room R, JSON in
+    /// and out, resuming after message S of epoch E if it says so.
+    Chat {
+        room: String,
+        name: String,
+        resume: Option<chat::Resume>,
+    },
 }
 
 /// An HTTP status and the plain-text body that explains it.
@@ -64,7 +69,17 @@ pub fn route(target: &str) -> Result<Route, HttpError> {
             let name = query_param(query, "name").map_err(bad)?;
             let room = chat::room_name(&room).map_err(bad)?.to_owned();
             let name = chat::member_name(&name).map_err(bad)?.to_owned();
-            Ok(Route::WebSocket(Endpoint::Chat { room, name }))
+            let since = query_param(query, "since").map_err(bad)?;
+            let resume = match since.as_str() {
+                "" => None,
+                since => Some(chat::Resume {
+                    since: since
+                        .parse()
+                        .map_err(|_| bad(format!("since must be a message number: {since:?}")))?,
+                    epoch: query_param(query, "epoch").map_err(bad)?,
+                }),
+            };
+            Ok(Route::WebSocket(Endpoint::Chat { room, name, resume }))
         }
         "/" | "/index.html" => Ok(Route::Http(HttpRoute::ChatPage)),
         "/metrics" => Ok(Route::Http(HttpRoute::Metrics)),
@@ -341,6 +356,7 @@ mod tests {
         Ok(Route::WebSocket(Endpoint::Chat {
             room: room.into(),
             name: name.into(),
+            resume: None,
         }))
     }
 
@@ -355,6 +371,19 @@ mod tests {
             route("/chat?name=Jo%C3%A3o+Silva&room=sala%201"),
             chat("sala 1", "João Silva")
         );
+        // Resuming: since (a number) and its epoch.
+        assert_eq!(
+            route("/chat?room=r&name=n&since=7&epoch=e1"),
+            Ok(Route::WebSocket(Endpoint::Chat {
+                room: "r".into(),
+                name: "n".into(),
+                resume: Some(chat::Resume {
+                    since: 7,
+                    epoch: "e1".into()
+                }),
+            }))
+        );
+        assert_eq!(route("/chat?room=r&since=x").map_err(|e| e.0), Err(400));
         // Malformed escapes, bytes that are not UTF-8, control characters.
         for bad in ["%zz", "%+1", "%4", "%FF", "a%1Bb", "%E2%80%AE"] {
             let target = format!("/chat?room={bad}");

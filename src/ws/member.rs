@@ -41,6 +41,14 @@ impl Subscriber for WsMember {
         Ok(())
     }
 
+    fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        let frame = delivery.encoded(Encoding::WsJson, json_frame);
+        let len = frame.len();
+        self.peer.send_replayed(frame)?;
+        self.metrics.ws.sent(len);
+        Ok(())
+    }
+
     fn evicted(&self) {
         self.peer.close_with(close_frame(
             CloseCode::Policy,
