@@ -311,6 +311,32 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     assert!(page.screenshot(&dir.join("chat-page-phone.png")) > 5_000);
     eprintln!("screenshots in {}", dir.display());
 
+    // Reloaded, the page opens with the room's recent history.
+    page.eval("location.reload(), 'ok'");
+    page.wait_for(
+        "the history shown after a reload",
+        "document.getElementById('state').textContent + ' ' + document.getElementById('log').innerText",
+        |s| s.starts_with("conectado") && s.contains("Olá do gRPC") && s.contains("Olá do navegador"),
+    );
+
+    // The connection drops; what is said meanwhile arrives on reconnecting.
+    page.eval("ws.close(), 'ok'");
+    page.wait_for(
+        "disconnected",
+        "document.getElementById('state').textContent",
+        |s| s.starts_with("desconectado"),
+    );
+    let out = papo()
+        .args(["grpc-client", "--addr", &grpc, "--room", "web"])
+        .args(["--text", "Dito durante a queda"])
+        .output_within();
+    assert!(out.status.success());
+    page.wait_for(
+        "the message said while away",
+        "document.getElementById('log').innerText",
+        |s| s.contains("Dito durante a queda"),
+    );
+
     // Two members of one name are two members, and one leaving leaves one.
     let twin = ws_member(&ws, "Navegador");
     page.wait_for(
