@@ -315,13 +315,52 @@ fn chat_via_ws(
     lines: mpsc::Receiver<String>,
     out: &mut impl Write,
 ) -> Result<(), String> {
-    let url = format!(
-        "{}?room={}&name={}",
-        config.url,
-        percent_encode(&config.room),
-        percent_encode(&config.name)
-    );
-    let mut ws = ws_connect(&url, &config.tls)?;
+    // Where the room's log stood when last heard: a reconnect resumes there.
+    let mut last: Option<(u64, String)> = None;
+    let mut failures = 0;
+    loop {
+        let resume = last.as_ref().map_or(String::new(), |(seq, epoch)| {
+            format!("&since={seq}&epoch={}", percent_encode(epoch))
+        });
+        let url = format!(
+            "{}?room={}&name={}{resume}",
+            config.url,
+            percent_encode(&config.room),
+            percent_encode(&config.name)
+        );
+        let lost = match ws_connect(&url, &config.tls) {
+            Ok(mut ws) => match ws_session(&mut ws, &lines, out, &mut last)? {
+                None => return Ok(()),
+                Some(lost) => {
+                    failures = 0;
+                    lost
+                }
+            },
+            Err(e) => e,
+        };
+        // Never connected, or it keeps failing: that is the answer.
+        if last.is_none() || failures == RECONNECTS {
+            return Err(lost);
+        }
+        thread::sleep(RECONNECT_BACKOFF * 2u32.pow(failures));
+        failures += 1;
+    }
+}
+
+/// Consecutive failed reconnects before `papo chat` gives up.
+const RECONNECTS: u32 = 5;
+/// The first wait before reconnecting; it doubles with each failure.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
+
+/// One connection's life: typed lines out, the room's messages printed, the
+/// log's position kept in `last`. `Ok(None)`: the input ended; `Ok(Some)`:
+/// the connection was lost, and why.
+fn ws_session(
+    ws: &mut WsConn,
+    lines: &mpsc::Receiver<String>,
+    out: &mut impl Write,
+    last: &mut Option<(u64, String)>,
+) -> Result<Option<String>, String> {
     let socket = match ws.get_ref() {
         MaybeTlsStream::Plain(s) => Some(s),
         MaybeTlsStream::Rustls(tls) => Some(tls.get_ref()),
@@ -341,13 +380,14 @@ fn chat_via_ws(
                     };
                     let json =
                         protobuf_json_mapping::print_to_string(&m).map_err(|e| e.to_string())?;
-                    ws.send(Message::text(json))
-                        .map_err(|e| format!("send failed: {e}"))?;
+                    if let Err(e) = ws.send(Message::text(json)) {
+                        return Ok(Some(format!("send failed: {e}")));
+                    }
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     let _ = ws.close(None);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -355,17 +395,20 @@ fn chat_via_ws(
             Ok(Message::Text(json)) => {
                 let m: ChatMessage = protobuf_json_mapping::parse_from_str(json.as_str())
                     .map_err(|e| e.to_string())?;
+                if m.seq > 0 {
+                    *last = Some((m.seq, m.epoch.clone()));
+                }
                 writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
                 out.flush().map_err(|e| e.to_string())?;
             }
-            Ok(Message::Close(frame)) => return Err(closed_by_server(frame)),
+            Ok(Message::Close(frame)) => return Ok(Some(closed_by_server(frame))),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return Err(format!("connection lost: {e}")),
+            Err(e) => return Ok(Some(format!("connection lost: {e}"))),
         }
     }
 }

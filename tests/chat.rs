@@ -683,3 +683,32 @@ fn a_member_that_reconnects_with_since_and_epoch_misses_nothing() {
     }
     assert_eq!(texts, ["m1", "m2", "m3", "m4"]);
 }
+
+#[test]
+fn papo_chat_reconnects_and_resumes_where_it_stopped() {
+    // One message a second: ana's quick second line gets her closed (1008),
+    // and papo chat comes back, resuming where it stopped.
+    let server = serve_logging(&["--rate-limit", "1", "--rate-burst", "1"], "debug");
+    let ws_url = format!("ws://{}/chat", server.ws.as_deref().unwrap());
+    let grpc = server.grpc.clone().unwrap();
+    let mut ana = common::Terminal::start(&[
+        "--via", "ws", "--url", &ws_url, "--room", "volta", "--name", "ana",
+    ]);
+    ana.expect("* ana entrou (na sala: ana)");
+    ana.say("um");
+    ana.say("dois");
+    eventually(SOON, "ana closed for her rate", || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("rate limit"))
+    });
+    // Said while she is away: she gets it when she is back.
+    let client = chat_client(&grpc);
+    post(&client, "volta", "dito na ausência").unwrap();
+    ana.expect("] svc: dito na ausência");
+    drop(ana.child.stdin.take());
+    assert!(common::wait_exit(&mut ana.child, SOON).success());
+}
