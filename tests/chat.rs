@@ -633,6 +633,13 @@ fn a_member_that_reconnects_with_since_and_epoch_misses_nothing() {
     let (since, epoch) = (joined.seq, joined.epoch.clone());
     assert!(!epoch.is_empty(), "{joined:?}");
     drop(bob); // the phone loses signal
+               // Once the server has noticed (ana hears him leave), the room goes on.
+    loop {
+        let m = ws_next(&mut ana);
+        if kind(&m) == Kind::LEAVE && m.sender == "bob" {
+            break;
+        }
+    }
     for n in 1..=3 {
         ana.send(Message::text(format!(r#"{{"text":"m{n}"}}"#)))
             .unwrap();
