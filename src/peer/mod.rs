@@ -5,7 +5,7 @@
 //! other threads, close frames) goes through [`Peer::send`]: under the peer's
 //! lock it writes what the socket takes right now (`MSG_DONTWAIT`) and queues
 //! the rest, whole frames only, so frames never interleave. The one
-//! `ws-flush` thread of the process waits (`poll`) on the sockets that have
+//! `ws-flush` thread (`flusher`) of the process waits (`poll`) on the sockets that have
 //! queued bytes and writes them as they drain; a peer that takes nothing for
 //! the write timeout, or whose queue is full, is cut off. An idle peer costs
 //! nothing here: no thread, no timer, no wake-up.
@@ -22,18 +22,19 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use rustls::ServerConnection;
 
 use crate::chat::SendError;
+
+mod flusher;
 use crate::{lock, sys};
+pub use flusher::start_flusher;
+use flusher::FLUSHER;
 
 /// Bounds of one peer's outbound queue.
 #[derive(Debug, Clone, Copy)]
@@ -460,106 +461,6 @@ impl Peer {
         out.bytes = 0;
         out.registered = false;
         let _ = self.socket.shutdown(Shutdown::Both);
-    }
-}
-
-/// The process's one flusher thread.
-struct Flusher {
-    incoming: Mutex<Vec<Arc<Peer>>>,
-    wake: UnixStream,
-}
-
-static FLUSHER: OnceLock<Flusher> = OnceLock::new();
-/// The flusher's stack: it runs shallow.
-const FLUSHER_STACK: usize = 64 << 10;
-static FLUSHER_START: Mutex<()> = Mutex::new(());
-
-/// Starts the process's flusher thread unless it runs already. Servers call
-/// it when they bind, so a failure is an error at start-up, and the thread
-/// count is settled from the start.
-pub fn start_flusher() -> io::Result<()> {
-    let _once = lock(&FLUSHER_START);
-    if FLUSHER.get().is_some() {
-        return Ok(());
-    }
-    let (wake, wakened) = UnixStream::pair()?;
-    wake.set_nonblocking(true)?;
-    wakened.set_nonblocking(true)?;
-    // Set before the thread runs: it reads FLUSHER for new registrations.
-    let _ = FLUSHER.set(Flusher {
-        incoming: Mutex::new(Vec::new()),
-        wake,
-    });
-    thread::Builder::new()
-        .name("ws-flush".into())
-        .stack_size(FLUSHER_STACK)
-        .spawn(move || run(wakened))?;
-    Ok(())
-}
-
-impl Flusher {
-    fn register(&self, peer: Arc<Peer>) {
-        lock(&self.incoming).push(peer);
-        // A full wake socket already holds a wake-up: nothing is lost.
-        let _ = (&self.wake).write(&[1]);
-    }
-}
-
-fn run(wakened: UnixStream) {
-    let mut peers: Vec<(Arc<Peer>, Option<Instant>)> = Vec::new();
-    let mut fds: Vec<sys::PollFd> = Vec::new();
-    loop {
-        let Some(flusher) = FLUSHER.get() else { return };
-        for peer in lock(&flusher.incoming).drain(..) {
-            let deadline = peer.write_deadline(Instant::now());
-            peers.push((peer, deadline));
-        }
-        fds.clear();
-        fds.push(sys::poll_fd(wakened.as_raw_fd(), false));
-        fds.extend(
-            peers
-                .iter()
-                .map(|(p, _)| sys::poll_fd(p.socket.as_raw_fd(), true)),
-        );
-        let now = Instant::now();
-        let timeout = peers
-            .iter()
-            .filter_map(|(_, deadline)| *deadline)
-            .map(|deadline| deadline.saturating_duration_since(now))
-            .min();
-        sys::poll(&mut fds, timeout);
-        if sys::is_ready(&fds[0]) {
-            let mut sink = [0u8; 64];
-            while matches!((&wakened).read(&mut sink), Ok(n) if n > 0) {}
-        }
-        let now = Instant::now();
-        let mut i = 0;
-        while i < peers.len() {
-            let ready = sys::is_ready(&fds[i + 1]);
-            let (peer, deadline) = &mut peers[i];
-            let keep = if ready || deadline.is_some_and(|d| now >= d) {
-                match peer.flush() {
-                    Flushed::Waiting(Some(next)) if now >= next => {
-                        peer.abort();
-                        false
-                    }
-                    Flushed::Waiting(next) => {
-                        *deadline = next;
-                        true
-                    }
-                    Flushed::Done | Flushed::Dead => false,
-                }
-            } else {
-                true
-            };
-            if keep {
-                i += 1;
-            } else {
-                // Keep `fds` in step with `peers` for the rest of this pass.
-                peers.swap_remove(i);
-                fds.swap_remove(i + 1);
-            }
-        }
     }
 }
 
