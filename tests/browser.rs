@@ -196,6 +196,18 @@ impl DevTools {
         }
     }
 
+    /// Types `text` into the message box and sends it with Enter.
+    fn type_and_send(&mut self, text: &str) {
+        self.eval("document.getElementById('text').focus(), 'ok'");
+        self.call("Input.insertText", &format!(r#"{{"text":"{text}"}}"#));
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                &format!(r#"{{"type":"{kind}","key":"Enter","code":"Enter","windowsVirtualKeyCode":13,"text":"\r"}}"#),
+            );
+        }
+    }
+
     fn screenshot(&mut self, path: &PathBuf) -> usize {
         let reply = self.call("Page.captureScreenshot", r#"{"format":"png"}"#);
         let png = base64_decode(&field(&reply, "data").expect("screenshot data"));
@@ -276,14 +288,7 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
     );
 
     // A message typed into the page, sent with Enter, reaches the gRPC subscriber.
-    page.eval("document.getElementById('text').focus(), 'ok'");
-    page.call("Input.insertText", r#"{"text":"Olá do navegador"}"#);
-    for kind in ["keyDown", "keyUp"] {
-        page.call(
-            "Input.dispatchKeyEvent",
-            &format!(r#"{{"type":"{kind}","key":"Enter","code":"Enter","windowsVirtualKeyCode":13,"text":"\r"}}"#),
-        );
-    }
+    page.type_and_send("Olá do navegador");
     let start = Instant::now();
     loop {
         let m = next_within(&mut observer, "the page's message on gRPC")
@@ -441,14 +446,7 @@ fn the_chat_page_talks_over_wss_with_a_grpc_over_tls_member() {
         "document.getElementById('log').innerText",
         |s| s.contains("Olá por TLS"),
     );
-    page.eval("document.getElementById('text').focus(), 'ok'");
-    page.call("Input.insertText", r#"{"text":"Olá do navegador seguro"}"#);
-    for kind in ["keyDown", "keyUp"] {
-        page.call(
-            "Input.dispatchKeyEvent",
-            &format!(r#"{{"type":"{kind}","key":"Enter","code":"Enter","windowsVirtualKeyCode":13,"text":"\r"}}"#),
-        );
-    }
+    page.type_and_send("Olá do navegador seguro");
     let start = Instant::now();
     loop {
         let m = next_within(&mut observer, "the page's message over gRPC with TLS")

@@ -58,6 +58,22 @@ fn presented_certificate(addr: SocketAddr, ca: &Path) -> Vec<u8> {
     session.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// `GET /metrics` over https, trusting `ca`: the whole answer.
+fn https_metrics(addr: SocketAddr, ca: &Path) -> String {
+    let config = papo::tls::client_config(Some(ca)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(config, name).unwrap();
+    let socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(SOON)).unwrap();
+    let mut https = rustls::StreamOwned::new(session, socket);
+    https
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = https.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn first_certificate(pem: &Path) -> Vec<u8> {
     CertificateDer::pem_file_iter(pem)
         .unwrap()
@@ -111,18 +127,7 @@ fn wss_and_https_serve_what_ws_and_http_do() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
     // /metrics over https.
-    let config = papo::tls::client_config(Some(&files.ca)).unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let session = rustls::ClientConnection::new(config, name).unwrap();
-    let socket = TcpStream::connect(&ws).unwrap();
-    socket.set_read_timeout(Some(SOON)).unwrap();
-    let mut https = rustls::StreamOwned::new(session, socket);
-    https
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = https.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = https_metrics(ws.parse().unwrap(), &files.ca);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("papo_tls_handshakes_failed_total"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -209,20 +214,7 @@ fn the_tls_layer_refuses_what_it_must() {
         "{took:?}"
     );
     // Both counted.
-    let metrics = {
-        let config = papo::tls::client_config(Some(&dir.join("ca.pem"))).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let session = rustls::ClientConnection::new(config, name).unwrap();
-        let socket = TcpStream::connect(ws).unwrap();
-        socket.set_read_timeout(Some(SOON)).unwrap();
-        let mut https = rustls::StreamOwned::new(session, socket);
-        https
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut answer = Vec::new();
-        let _ = https.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+    let metrics = https_metrics(ws, &dir.join("ca.pem"));
     for line in [
         "papo_tls_handshakes_failed_total{reason=\"not_tls\"} 1",
         "papo_tls_handshakes_failed_total{reason=\"timeout\"} 1",
