@@ -12,6 +12,7 @@
 //! missed under the same lock, so nothing is lost or repeated. Handing over never blocks (a
 //! subscriber only queues), and a subscriber whose queue is full is dropped
 //! from the room on the spot: one stuck member never slows the others.
+mod engine;
 mod names;
 mod rate;
 mod room;
@@ -26,12 +27,12 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use crate::lock;
-use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
+pub use engine::{Done, Engine, Memory};
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
-pub use room::new_epoch;
-use room::{lock_room, HistoryBudget, MemberEntry, Room};
+use room::HistoryBudget;
+pub use room::{lock_room, new_epoch, Arrival, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
 pub const WS_REPLY_PREFIX: &str = "Recebido: ";
@@ -133,6 +134,8 @@ pub enum Refusal {
     TooLong { max: usize },
     /// Over the member's (or connection's) rate limit.
     RateLimited,
+    /// The engine that keeps rooms' logs cannot be reached.
+    Unavailable,
 }
 
 impl std::fmt::Display for Refusal {
@@ -140,6 +143,7 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::TooLong { max } => write!(f, "text longer than {max} bytes"),
             Refusal::RateLimited => f.write_str("rate limit"),
+            Refusal::Unavailable => f.write_str("chat engine unavailable: try again later"),
         }
     }
 }
@@ -163,6 +167,9 @@ pub trait Subscriber: Send + Sync {
     /// The hub dropped this subscriber because its queue was full. Called
     /// once, under the room's lock: it must not block either.
     fn evicted(&self);
+    /// A message this member said was not taken after all (a shared
+    /// engine failed to append it): tell the member why. Must not block.
+    fn not_said(&self, _why: &Refusal) {}
 }
 
 /// Every room and its members.
@@ -173,14 +180,25 @@ pub struct Hub {
     /// When expired rooms were last let go of.
     swept: Mutex<Instant>,
     history_budget: Arc<HistoryBudget>,
+    engine: Arc<dyn Engine>,
 }
 
 /// How often, at most, the hub looks for rooms whose log has expired.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Hub {
+    /// A hub whose rooms keep their logs in memory.
     pub fn new(config: ChatConfig) -> Arc<Hub> {
+        let memory = Memory {
+            history_ttl: config.history_ttl,
+        };
+        Hub::with_engine(config, Arc::new(memory))
+    }
+
+    /// A hub whose rooms' logs `engine` keeps.
+    pub fn with_engine(config: ChatConfig, engine: Arc<dyn Engine>) -> Arc<Hub> {
         Arc::new(Hub {
+            engine,
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             swept: Mutex::new(Instant::now()),
@@ -194,6 +212,16 @@ impl Hub {
 
     pub fn config(&self) -> &ChatConfig {
         &self.config
+    }
+
+    /// Whether the engine takes messages now (health and metrics say so).
+    pub fn engine_up(&self) -> bool {
+        self.engine.is_up()
+    }
+
+    /// Whether a room outlives its members: it keeps a log here.
+    fn rooms_outlive_members(&self) -> bool {
+        self.engine.local_log() && self.config.history > 0
     }
 
     /// Adds a member to `room` (created if need be) and announces it. The
@@ -227,19 +255,14 @@ impl Hub {
             if locked.closed {
                 continue;
             }
-            locked.expire_if_idle(self.config.history_ttl);
-            let recovered = resume.as_ref().map(|r| locked.replay(r, &*subscriber));
-            locked.members.push(MemberEntry {
+            let entry = MemberEntry {
                 id,
                 name: name.to_owned(),
                 subscriber,
-            });
-            if !name.is_empty() {
-                let mut own = Room::event(Kind::JOIN, name);
-                own.members = locked.names();
-                own.recovered = recovered.unwrap_or(false);
-                locked.publish_with(Room::event(Kind::JOIN, name), Some((id, own)));
-            }
+                arrival: Arrival::Here,
+                hold: self.config.send_queue,
+            };
+            self.engine.join(&room_arc, &mut locked, entry, resume);
             drop(locked);
             break room_arc;
         };
@@ -273,8 +296,13 @@ impl Hub {
         }
         drop(swept);
         let room = rooms.entry(name.to_owned()).or_insert_with(|| {
+            let keep = if self.engine.local_log() {
+                self.config.history
+            } else {
+                0
+            };
             let budget = Arc::clone(&self.history_budget);
-            Arc::new(Mutex::new(Room::new(name, self.config.history, budget)))
+            Arc::new(Mutex::new(Room::new(name, keep, budget)))
         });
         Arc::clone(room)
     }
@@ -283,23 +311,46 @@ impl Hub {
     /// number in the room. A room that keeps history records it even with
     /// no member to hear it; one that keeps none drops it (0).
     pub fn publish(&self, room: &str, sender: &str, text: &str) -> Result<u64, Refusal> {
+        self.publish_then(room, sender, text, None)
+    }
+
+    /// [`Hub::publish`], telling `done` how it ended (with a shared engine,
+    /// once the log has it).
+    pub fn publish_then(
+        &self,
+        room: &str,
+        sender: &str,
+        text: &str,
+        done: Option<Done>,
+    ) -> Result<u64, Refusal> {
         self.check(text)?;
+        if !self.engine.is_up() {
+            return Err(Refusal::Unavailable);
+        }
         let found = lock(&self.rooms).get(room).cloned();
         let room = match found {
             Some(room) => room,
-            None if self.config.history > 0 => self.room(room),
-            None => return Ok(0),
+            None if self.rooms_outlive_members() => self.room(room),
+            // Nobody here to hear it, and nothing to keep it in.
+            None if self.engine.local_log() => {
+                if let Some(done) = done {
+                    done(Ok(0));
+                }
+                return Ok(0);
+            }
+            // A shared log takes it for the members elsewhere.
+            None => Arc::new(Mutex::new(Room::new(
+                room,
+                0,
+                Arc::clone(&self.history_budget),
+            ))),
         };
-        let mut room = lock_room(&room);
-        if room.closed {
-            return Ok(0);
-        }
-        room.expire_if_idle(self.config.history_ttl);
-        Ok(room.publish(Message {
+        let message = Message {
             sender: sender.to_owned(),
             text: text.to_owned(),
             ..Default::default()
-        }))
+        };
+        self.engine.append(&room, None, message, done)
     }
 
     /// Whether `text` may be said at all.
@@ -319,14 +370,10 @@ impl Hub {
 
     fn leave(&self, room_arc: &Arc<Mutex<Room>>, id: u64, name: &str) {
         let mut room = lock_room(room_arc);
-        let before = room.members.len();
-        room.members.retain(|m| m.id != id);
-        if room.members.len() < before && !name.is_empty() {
-            room.publish(Room::event(Kind::LEAVE, name));
-        }
+        self.engine.leave(&mut room, id, name);
         // A room that keeps history outlives its members (until its log
         // expires); one that keeps none goes with its last member.
-        if room.members.is_empty() && self.config.history == 0 {
+        if room.members.is_empty() && !self.rooms_outlive_members() {
             let mut rooms = lock(&self.rooms);
             // Only if no one joined it again meanwhile (the map holds the only other reference).
             if rooms
@@ -360,15 +407,17 @@ impl Member {
         if limited && !lock(&self.bucket).take(Instant::now()) {
             return Err(Refusal::RateLimited);
         }
-        let mut room = lock_room(&self.room);
-        if !room.members.iter().any(|m| m.id == self.id) {
-            return Ok(0); // dropped for being slow: it no longer speaks here
+        if !self.hub.engine.is_up() {
+            return Err(Refusal::Unavailable);
         }
-        Ok(room.publish(Message {
+        let message = Message {
             sender: self.name.clone(),
             text: text.to_owned(),
             ..Default::default()
-        }))
+        };
+        self.hub
+            .engine
+            .append(&self.room, Some(self.id), message, None)
     }
 }
 

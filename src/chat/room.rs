@@ -14,13 +14,38 @@ use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
 
-pub(super) struct MemberEntry {
-    pub(super) id: u64,
-    pub(super) name: String,
+pub struct MemberEntry {
+    pub(crate) id: u64,
+    pub(crate) name: String,
     pub(super) subscriber: Arc<dyn Subscriber>,
+    pub(super) arrival: Arrival,
+    /// Deliveries held for it at most while it is [`Arrival::Waiting`]:
+    /// its queue's bound.
+    pub(super) hold: usize,
 }
 
-pub(super) struct Room {
+/// Where a member is in joining. With the in-memory engine a member is
+/// [`Arrival::Here`] at once; with a shared one its JOIN is numbered by the
+/// engine, and what the room delivers before the member knows where it
+/// starts is held for it, then sorted out.
+pub enum Arrival {
+    /// Gets every delivery.
+    Here,
+    /// Its JOIN is not numbered yet: deliveries are held (up to the
+    /// member's queue bound).
+    Waiting(Vec<Arc<Delivery>>),
+    /// Its JOIN is `seq` of `epoch`: earlier entries of that epoch were
+    /// replayed to it, or are not its to see; at `seq` it gets its own copy
+    /// of its JOIN, with what `own` adds (a nameless member, which has no
+    /// JOIN, starts at `seq` with `own` empty).
+    Expecting {
+        epoch: String,
+        seq: u64,
+        own: Option<Message>,
+    },
+}
+
+pub struct Room {
     pub(super) name: String,
     pub(super) seq: u64,
     /// Names this log: a new one whenever the log starts over.
@@ -65,9 +90,9 @@ pub fn new_epoch() -> String {
 }
 
 /// A locked room that, when unlocked, logs the members it dropped.
-pub(super) struct RoomGuard<'a>(Option<MutexGuard<'a, Room>>);
+pub struct RoomGuard<'a>(Option<MutexGuard<'a, Room>>);
 
-pub(super) fn lock_room(room: &Mutex<Room>) -> RoomGuard<'_> {
+pub fn lock_room(room: &Mutex<Room>) -> RoomGuard<'_> {
     RoomGuard(Some(lock(room)))
 }
 
@@ -177,6 +202,41 @@ impl Room {
         true
     }
 
+    /// Hands a delivery to every member, each as its arrival says; returns
+    /// the members that refused it, dropped from the room (the evicted told
+    /// so and logged once the room is unlocked).
+    pub(super) fn fan_out(
+        &mut self,
+        delivery: &Arc<Delivery>,
+        own_copy: Option<&(u64, Arc<Delivery>)>,
+    ) -> Vec<(u64, String)> {
+        let mut dropped = Vec::new();
+        let mut evicted = Vec::new();
+        self.members.retain_mut(|m| {
+            let delivery = match own_copy {
+                Some((id, own)) if *id == m.id => own,
+                _ => delivery,
+            };
+            match arrive(m, delivery) {
+                Ok(()) => true,
+                Err(error) => {
+                    dropped.push((m.id, m.name.clone()));
+                    if error == SendError::Full {
+                        evicted.push((m.name.clone(), Arc::clone(&m.subscriber)));
+                    }
+                    false
+                }
+            }
+        });
+        for (name, subscriber) in evicted {
+            // Logged once the room's lock is released: a slow log must not
+            // stall the room.
+            self.dropped.push(name);
+            subscriber.evicted();
+        }
+        dropped
+    }
+
     pub(super) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .members
@@ -224,27 +284,7 @@ impl Room {
             if self.keep > 0 {
                 self.record(&delivery);
             }
-            let mut dropped = Vec::new();
-            self.members.retain(|m| {
-                let delivery = match &own_copy {
-                    Some((id, own)) if *id == m.id => own,
-                    _ => &delivery,
-                };
-                match m.subscriber.deliver(delivery) {
-                    Ok(()) => true,
-                    Err(error) => {
-                        dropped.push((m.name.clone(), error, Arc::clone(&m.subscriber)));
-                        false
-                    }
-                }
-            });
-            for (name, error, subscriber) in dropped {
-                if error == SendError::Full {
-                    // Logged once the room's lock is released: a slow log
-                    // must not stall the room.
-                    self.dropped.push(name.clone());
-                    subscriber.evicted();
-                }
+            for (_, name) in self.fan_out(&delivery, own_copy.as_ref()) {
                 if !name.is_empty() {
                     pending.push_back(Room::event(Kind::LEAVE, &name));
                 }
@@ -263,6 +303,136 @@ impl Room {
             kind: kind.into(),
             ..Default::default()
         }
+    }
+}
+
+/// Hands `delivery` to member `m` as its arrival says.
+fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+    match &mut m.arrival {
+        Arrival::Here => m.subscriber.deliver(delivery),
+        Arrival::Waiting(held) => {
+            // Held no further than its queue would hold it.
+            if held.len() >= m.hold {
+                return Err(SendError::Full);
+            }
+            held.push(Arc::clone(delivery));
+            Ok(())
+        }
+        Arrival::Expecting { epoch, seq, own } => {
+            let message = &delivery.message;
+            if message.epoch == *epoch && message.seq < *seq {
+                return Ok(()); // replayed, or from before it came
+            }
+            let delivery = match own.take() {
+                Some(own) if message.epoch == *epoch && message.seq == *seq => {
+                    Delivery::new(Message {
+                        members: own.members,
+                        recovered: own.recovered,
+                        ..message.clone()
+                    })
+                }
+                _ => Arc::clone(delivery),
+            };
+            m.arrival = Arrival::Here;
+            m.subscriber.deliver(&delivery)
+        }
+    }
+}
+
+/// What a shared engine does to a room: its members are here, its log is
+/// elsewhere, and entries come back numbered, in log order.
+impl Room {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Members as "id:name", for the engine's presence.
+    pub fn member_tags(&self) -> Vec<(u64, String)> {
+        self.members
+            .iter()
+            .map(|m| (m.id, m.name.clone()))
+            .collect()
+    }
+
+    /// Adds a member whose JOIN the engine is about to number: what comes
+    /// meanwhile is held for it.
+    pub fn add_waiting(&mut self, mut member: MemberEntry) {
+        member.arrival = Arrival::Waiting(Vec::new());
+        self.members.push(member);
+    }
+
+    /// Member `id`'s JOIN is `seq` of `epoch`: it is handed `replay` (what
+    /// it missed, oldest first), then what was held for it from `seq` on,
+    /// its own JOIN made of `own`. Returns the members dropped meanwhile.
+    pub fn arrived(
+        &mut self,
+        id: u64,
+        epoch: String,
+        seq: u64,
+        own: Option<Message>,
+        replay: Vec<Message>,
+    ) -> Vec<(u64, String)> {
+        let Some(at) = self.members.iter().position(|m| m.id == id) else {
+            return Vec::new(); // it left meanwhile
+        };
+        let member = &mut self.members[at];
+        let mut refused = replay
+            .into_iter()
+            .map(|m| member.subscriber.replay(&Delivery::new(m)))
+            .find_map(Result::err);
+        let held =
+            match std::mem::replace(&mut member.arrival, Arrival::Expecting { epoch, seq, own }) {
+                Arrival::Waiting(held) => held,
+                _ => Vec::new(),
+            };
+        for delivery in held {
+            if refused.is_some() {
+                break;
+            }
+            refused = arrive(member, &delivery).err();
+        }
+        match refused {
+            None => Vec::new(),
+            Some(error) => self.drop_member(at, error),
+        }
+    }
+
+    /// Member `id`'s JOIN could not be numbered: it gets what comes from now
+    /// on, and is told why.
+    pub fn join_failed(&mut self, id: u64, why: &super::Refusal) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
+            m.arrival = Arrival::Here;
+            m.subscriber.not_said(why);
+        }
+    }
+
+    /// Tells member `id` that what it said was not taken.
+    pub fn tell_not_said(&self, id: u64, why: &super::Refusal) {
+        if let Some(m) = self.members.iter().find(|m| m.id == id) {
+            m.subscriber.not_said(why);
+        }
+    }
+
+    /// An entry of the shared log, numbered: to every member here.
+    /// Returns the members dropped for refusing it.
+    pub fn deliver_numbered(&mut self, mut message: Message) -> Vec<(u64, String)> {
+        message.room = self.name.clone();
+        self.last_active = Instant::now();
+        self.fan_out(&Delivery::new(message), None)
+    }
+
+    /// Takes the member at `at` out of the room for refusing a delivery.
+    fn drop_member(&mut self, at: usize, error: SendError) -> Vec<(u64, String)> {
+        let m = self.members.remove(at);
+        if error == SendError::Full {
+            self.dropped.push(m.name.clone());
+            m.subscriber.evicted();
+        }
+        vec![(m.id, m.name)]
     }
 }
 

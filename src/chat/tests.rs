@@ -2,6 +2,7 @@
 //! and join/leave races.
 
 use super::*;
+use crate::proto::chat::message::Kind;
 
 /// The serve defaults without a rate limit: these tests say a lot at once.
 fn unlimited() -> ChatConfig {

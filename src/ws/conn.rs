@@ -179,15 +179,15 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
         Endpoint::Reply => message_loop(ws, &peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
         Endpoint::Echo => message_loop(ws, &peer, shared, |m| Action::Reply("", m)),
         Endpoint::Chat { room, name, resume } => {
-            let subscriber = WsMember {
+            let subscriber = Arc::new(WsMember {
                 peer: Arc::clone(&peer),
                 metrics: Arc::clone(&shared.metrics),
-            };
+            });
             let member = shared
                 .hub
-                .join_from(&room, &name, Arc::new(subscriber), resume);
+                .join_from(&room, &name, subscriber.clone(), resume);
             message_loop(ws, &peer, shared, |m| {
-                member::on_message(&member, &shared.metrics, m)
+                member::on_message(&member, &subscriber, &shared.metrics, m)
             })
         }
     };

@@ -14,6 +14,7 @@ use super::input;
 use crate::chat::{Delivery, Encoding, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
+use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
 
 /// A `/chat` member's way out: messages of its room, as JSON text frames.
@@ -55,13 +56,33 @@ impl Subscriber for WsMember {
             "too slow: outbound queue full",
         ));
     }
+
+    /// An `ERROR`-kind message with the reason: the member stays, and may
+    /// say it again.
+    fn not_said(&self, why: &Refusal) {
+        let error = ChatMessage {
+            kind: Kind::ERROR.into(),
+            text: why.to_string(),
+            ..Default::default()
+        };
+        let frame = json_frame(&error);
+        let len = frame.len();
+        if self.peer.send(frame.into()).is_ok() {
+            self.metrics.ws.sent(len);
+        }
+    }
 }
 
 /// What a member's message does: its text is said in the room; anything but
 /// a JSON text message of the member's kind (see `input`) ends the
 /// connection with a reason.
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
-pub(super) fn on_message(member: &Member, metrics: &Metrics, message: Message) -> Action {
+pub(super) fn on_message(
+    member: &Member,
+    subscriber: &WsMember,
+    metrics: &Metrics,
+    message: Message,
+) -> Action {
     let Message::Text(json) = message else {
         return Action::Close(
             CloseCode::Unsupported,
@@ -78,6 +99,10 @@ pub(super) fn on_message(member: &Member, metrics: &Metrics, message: Message) -
             Err(refusal @ Refusal::RateLimited) => {
                 metrics.ws_rate_limited.fetch_add(1, Ordering::Relaxed);
                 Action::Close(CloseCode::Policy, refusal.to_string())
+            }
+            Err(refusal @ Refusal::Unavailable) => {
+                subscriber.not_said(&refusal);
+                Action::Nothing
             }
         },
         Err(why) => Action::Close(CloseCode::Invalid, why),
