@@ -48,13 +48,17 @@ chat: prereqs
 # integration tests, then Autobahn conformance.
 test: prereqs test-prereqs fmt-check lint proto-check unit tls-interop autobahn
 
-# The browser test drives Debian's chromium headless.
+# The browser test drives Debian's chromium headless; the multi-instance
+# tests start their own Debian redis-server.
 test-prereqs:
-	@command -v chromium >/dev/null 2>&1 || command -v "$$CHROMIUM" >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v "$$CHROMIUM" >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "test-prereqs: installing chromium" >&2; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "test-prereqs: the browser test needs chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+	    echo "test-prereqs: installing$$missing" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "test-prereqs: the tests need:$$missing: sudo apt-get install -y$$missing" >&2; exit 1; fi; }
 
 fmt-check:
 	$(CARGO) fmt --check

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod grpc;
 pub mod metrics;
 pub mod proto;
+pub mod redis;
 pub mod server;
 pub mod sys;
 pub mod tls;

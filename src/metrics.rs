@@ -136,6 +136,8 @@ pub struct Metrics {
     pub grpc_rate_limited: AtomicU64,
     grpc_calls: [AtomicU64; GRPC_CODES.len() + 1],
     pub grpc_active: AtomicU64,
+    /// 1 while the chat engine takes messages (see [`Metrics::new`]).
+    pub engine_up: AtomicU64,
     pub grpc_refused: AtomicU64,
     tls_failed: [AtomicU64; TLS_FAILURES.len()],
 }
@@ -145,7 +147,10 @@ const TLS_FAILURES: [&str; 5] = ["timeout", "not_tls", "incompatible", "alert", 
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics::default()
+        Metrics {
+            engine_up: AtomicU64::new(1),
+            ..Metrics::default()
+        }
     }
 
     pub fn ws_closed(&self, reason: CloseReason) {
@@ -243,6 +248,12 @@ impl Metrics {
                 ("{protocol=\"ws\"}".into(), get(&self.ws_rate_limited)),
                 ("{protocol=\"grpc\"}".into(), get(&self.grpc_rate_limited)),
             ],
+        );
+        metric(
+            "papo_engine_up",
+            "gauge",
+            "1 while the chat engine (in memory, or Redis) takes messages, 0 while it cannot.",
+            &one(get(&self.engine_up)),
         );
         metric(
             "papo_grpc_connections_active",

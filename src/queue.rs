@@ -148,6 +148,16 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// The next item if one is queued, without waiting.
+    pub fn try_recv(&self) -> Option<T> {
+        let mut state = self.0.lock();
+        let item = state.items.pop_front()?;
+        state.bytes -= (self.0.weight)(&item);
+        Some(item)
+    }
+}
+
 impl<T> Stream for Receiver<T> {
     type Item = T;
 

@@ -7,15 +7,17 @@
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
 use log::{info, warn};
 
-use crate::chat::Hub;
+use crate::chat::{Engine, Hub};
 use crate::config::ServeConfig;
 use crate::grpc::{GrpcServer, StartError};
 use crate::metrics::Metrics;
+use crate::redis::Redis;
 use crate::sys::{self, SignalSet};
 use crate::tls::{Tls, TlsError};
 use crate::ws::WsServer;
@@ -96,8 +98,24 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Err(e) => warn!("cannot raise the open-file limit: {e}"),
     }
     let metrics = Arc::new(Metrics::new());
-    // One hub: browsers and services meet in the same rooms.
-    let hub = Hub::new(config.chat.clone());
+    // One hub: browsers and services meet in the same rooms, kept in this
+    // process or, shared with other instances, in Redis.
+    let redis = match &config.redis {
+        Some(redis) => {
+            info!("rooms live in {}", redis.address);
+            let engine = Redis::start(redis.clone()).map_err(|e| ServeError::Thread("redis", e))?;
+            let gauge = Arc::clone(&metrics);
+            engine.watch(move |up| gauge.engine_up.store(u64::from(up), Ordering::Relaxed));
+            Some(engine)
+        }
+        None => None,
+    };
+    let hub = match &redis {
+        Some(engine) => {
+            Hub::with_engine(config.chat.clone(), Arc::clone(engine) as Arc<dyn Engine>)
+        }
+        None => Hub::new(config.chat.clone()),
+    };
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
             GrpcServer::start(
@@ -111,6 +129,9 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         ),
         None => None,
     };
+    if let (Some(engine), Some(grpc)) = (&redis, &grpc) {
+        engine.watch(grpc.engine_watcher());
+    }
     let (events, next_event) = mpsc::channel();
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {

@@ -219,6 +219,12 @@ impl Hub {
         self.engine.is_up()
     }
 
+    /// Whether rooms' logs are shared with other instances (appends then
+    /// take a round trip).
+    pub fn log_is_shared(&self) -> bool {
+        !self.engine.local_log()
+    }
+
     /// Whether a room outlives its members: it keeps a log here.
     fn rooms_outlive_members(&self) -> bool {
         self.engine.local_log() && self.config.history > 0

@@ -350,6 +350,22 @@ impl Room {
         self.members.is_empty()
     }
 
+    /// Whether the room is no longer the hub's (it emptied and was let go).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn has_member(&self, id: u64) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// Takes member `id` out; false if it was not here.
+    pub fn remove_member(&mut self, id: u64) -> bool {
+        let before = self.members.len();
+        self.members.retain(|m| m.id != id);
+        self.members.len() < before
+    }
+
     /// Members as "id:name", for the engine's presence.
     pub fn member_tags(&self) -> Vec<(u64, String)> {
         self.members

@@ -8,6 +8,7 @@ use super::{parse, CliError, Command, Flag, Values};
 use crate::chat::{ChatConfig, Rate, DEFAULT_ROOM, ENVELOPE};
 use crate::client::{ChatClientConfig, ClientTls, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
+use crate::redis::RedisConfig;
 use crate::tls::TlsFiles;
 use crate::ws::WsConfig;
 
@@ -93,6 +94,22 @@ pub const HISTORY_BUDGET: Flag = Flag::size(
     "SIZE",
     "64MiB",
     "Bytes all rooms' logs together may hold; past it a room forgets its oldest messages",
+);
+pub const REDIS: Flag = Flag::optional(
+    "redis",
+    "URL",
+    "Share rooms with every instance pointed at this Redis: redis://[:PASSWORD@]HOST[:PORT][/DB] (default: rooms in memory)",
+);
+pub const PRESENCE_TTL: Flag = Flag::duration(
+    "presence-ttl",
+    "15s",
+    "With --redis: how long a member's presence lasts unless its instance renews it (a dead instance's members leave then)",
+);
+pub const REDIS_PENDING: Flag = Flag::size(
+    "redis-pending",
+    "SIZE",
+    "64MiB",
+    "With --redis: bytes of messages waiting for Redis; past it, new ones are refused as unavailable",
 );
 pub const RATE_LIMIT: Flag = Flag::count(
     "rate-limit",
@@ -191,6 +208,9 @@ pub const SERVE: Command = Command {
         &HISTORY,
         &HISTORY_TTL,
         &HISTORY_BUDGET,
+        &REDIS,
+        &PRESENCE_TTL,
+        &REDIS_PENDING,
         &RATE_LIMIT,
         &RATE_BURST,
         &LISTEN_BACKLOG,
@@ -326,6 +346,9 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// The certificate both ports serve, when they speak TLS.
     pub tls: Option<TlsFiles>,
+    /// The Redis that rooms live in, shared with other instances (`None`:
+    /// rooms in this process's memory).
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for ServeConfig {
@@ -374,6 +397,18 @@ impl ServeConfig {
             history_ttl: v.duration(&HISTORY_TTL)?,
             history_budget: v.size(&HISTORY_BUDGET)?,
         };
+        let redis = match v.optional(&REDIS)? {
+            None => None,
+            Some(url) => Some(RedisConfig {
+                address: url
+                    .parse()
+                    .map_err(|e| CliError::Usage(format!("--redis: {e}")).in_command(SERVE.name))?,
+                history: chat.history,
+                history_ttl: chat.history_ttl,
+                presence_ttl: v.duration(&PRESENCE_TTL)?,
+                pending: v.size(&REDIS_PENDING)?,
+            }),
+        };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {
             Ok(match v.switch(off)? {
                 true => None,
@@ -388,6 +423,7 @@ impl ServeConfig {
             chat,
             drain_timeout: v.duration(&DRAIN_TIMEOUT)?,
             tls: tls_files(v)?,
+            redis,
         };
         if config.ws_addr.is_none() && config.grpc_addr.is_none() {
             return Err(CliError::Usage(

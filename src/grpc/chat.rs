@@ -111,6 +111,37 @@ impl Subscriber for GrpcMember {
         self.evicted.store(true, Ordering::Release);
         self.tx.close_now();
     }
+
+    /// What it said was lost: its stream ends `UNAVAILABLE`.
+    fn not_said(&self, why: &Refusal) {
+        let _ = self.refused.set(refusal_status(why));
+        self.tx.close();
+    }
+}
+
+/// `SendMessage`'s answer once the message was published (or not).
+fn answer(
+    outcome: Result<u64, Refusal>,
+    text: &str,
+    metrics: &Metrics,
+) -> Result<Response, RpcStatus> {
+    outcome.map_err(|why| refusal_status(&why)).map(|_| {
+        let reply = chat::grpc_reply(text);
+        metrics.grpc.sent(reply.len());
+        Response {
+            reply,
+            ..Default::default()
+        }
+    })
+}
+
+/// The status that says why a text was not said.
+fn refusal_status(why: &Refusal) -> RpcStatus {
+    let code = match why {
+        Refusal::Unavailable => RpcStatusCode::UNAVAILABLE,
+        Refusal::TooLong { .. } | Refusal::RateLimited => RpcStatusCode::RESOURCE_EXHAUSTED,
+    };
+    RpcStatus::with_message(code, why.to_string())
 }
 
 impl GrpcMember {
@@ -225,18 +256,33 @@ impl ChatServer {
                     why,
                 ));
             }
-            // Checked before anything is published: a refused call posts nothing.
-            self.hub.publish(&room, &sender, &msg.text).map_err(|e| {
-                RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, e.to_string())
-            })?;
-            let reply = chat::grpc_reply(&msg.text);
-            self.metrics.grpc.sent(reply.len());
-            Ok(Response {
-                reply,
-                ..Default::default()
-            })
+            Ok((room, sender))
         });
-        finish(&ctx, sink, reply, &self.metrics);
+        let (room, sender) = match reply {
+            Ok(who) => who,
+            Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
+        };
+        // Checked before anything is published: a refused call posts nothing.
+        if !self.hub.log_is_shared() {
+            let published = self.hub.publish(&room, &sender, &msg.text);
+            let reply = answer(published, &msg.text, &self.metrics);
+            return finish(&ctx, sink, reply, &self.metrics);
+        }
+        // A shared log's append takes a round trip: answered once the log
+        // has the message, awaited off this thread.
+        let (done, mut appended) = queue::bounded(1);
+        let tell: chat::Done = Box::new(move |outcome| {
+            let _ = done.try_send(outcome);
+        });
+        if let Err(why) = self.hub.publish_then(&room, &sender, &msg.text, Some(tell)) {
+            return finish(&ctx, sink, Err(refusal_status(&why)), &self.metrics);
+        }
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let outcome = appended.next().await.unwrap_or(Err(Refusal::Unavailable));
+            let reply = answer(outcome, &msg.text, &metrics);
+            super::finish_async(sink, reply, &metrics).await;
+        });
     }
 
     fn chat(
@@ -290,11 +336,7 @@ impl ChatServer {
                                     .grpc_rate_limited
                                     .fetch_add(1, Ordering::Relaxed);
                             }
-                            let status = RpcStatus::with_message(
-                                RpcStatusCode::RESOURCE_EXHAUSTED,
-                                refusal.to_string(),
-                            );
-                            let _ = speaker.refused.set(status);
+                            let _ = speaker.refused.set(refusal_status(&refusal));
                             break;
                         }
                     }

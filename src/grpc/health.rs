@@ -25,6 +25,8 @@ pub struct Health {
 
 struct HealthState {
     serving: bool,
+    /// The server is stopping: NOT_SERVING whatever the engine says.
+    stopping: bool,
     watchers: Vec<(String, queue::Sender<HealthCheckResponse>)>,
 }
 
@@ -40,6 +42,7 @@ impl Health {
         Health {
             state: Mutex::new(HealthState {
                 serving: true,
+                stopping: false,
                 watchers: Vec::new(),
             }),
         }
@@ -57,9 +60,24 @@ impl Health {
         })
     }
 
-    /// Sets the status of every service and tells every watcher.
-    pub fn set_serving(&self, serving: bool) {
+    /// The server is stopping: NOT_SERVING from now on.
+    pub fn set_stopping(&self) {
+        self.lock().stopping = true;
+        self.set_serving(false);
+    }
+
+    /// Whether the chat engine is up: NOT_SERVING while it is not.
+    pub fn set_engine_up(&self, up: bool) {
+        let stopping = self.lock().stopping;
+        self.set_serving(up && !stopping);
+    }
+
+    /// Sets the status of every service and tells every watcher (of a change).
+    fn set_serving(&self, serving: bool) {
         let mut state = self.lock();
+        if state.serving == serving {
+            return;
+        }
         state.serving = serving;
         state
             .watchers

@@ -119,15 +119,30 @@ fn finish<T>(
         Ok(reply) => sink.success(reply),
         Err(status) => sink.fail(status),
     };
-    ctx.spawn(async move {
-        match sent.await {
-            Ok(()) => metrics.grpc_call(code.into()),
-            Err(e) => {
-                debug!("grpc reply not delivered: {e}");
-                metrics.grpc_call(RpcStatusCode::CANCELLED.into());
-            }
+    ctx.spawn(async move { sent_as(sent.await, code, &metrics) });
+}
+
+/// Counts a call whose reply went out (or did not).
+fn sent_as(sent: grpcio::Result<()>, code: RpcStatusCode, metrics: &Metrics) {
+    match sent {
+        Ok(()) => metrics.grpc_call(code.into()),
+        Err(e) => {
+            debug!("grpc reply not delivered: {e}");
+            metrics.grpc_call(RpcStatusCode::CANCELLED.into());
         }
-    });
+    }
+}
+
+/// [`finish`], from a task already spawned.
+async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
+    let code = reply
+        .as_ref()
+        .map_or_else(|s| s.code(), |_| RpcStatusCode::OK);
+    let sent = match reply {
+        Ok(reply) => sink.success(reply),
+        Err(status) => sink.fail(status),
+    };
+    sent_as(sent.await, code, metrics);
 }
 
 /// A started gRPC server; dropping it shuts the server down at once.
@@ -248,6 +263,13 @@ impl GrpcServer {
         })
     }
 
+    /// Tells health checks whether the chat engine is up (NOT_SERVING while
+    /// it is not).
+    pub fn engine_watcher(&self) -> impl Fn(bool) + Send + Sync + 'static {
+        let health = Arc::clone(&self.health);
+        move |up| health.set_engine_up(up)
+    }
+
     /// The bound address, with the port the system picked for port 0.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -257,7 +279,7 @@ impl GrpcServer {
     /// finish for up to `drain`; those still running then are cancelled.
     /// Returns whether every call finished in time.
     pub fn shutdown(mut self, drain: Duration) -> bool {
-        self.health.set_serving(false);
+        self.health.set_stopping();
         if let Some(acceptor) = &mut self.acceptor {
             acceptor.stop();
         }

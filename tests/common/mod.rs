@@ -422,3 +422,63 @@ impl Terminal {
         }
     }
 }
+
+/// A `redis-server` of the tests' own, on a free loopback port, persistence
+/// off; killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = RedisServer { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://…` for `--redis`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would: `SIGKILL`).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian: apt-get install redis-server; `make test` installs it)");
+        self.child = Some(child);
+        eventually(SOON, "redis-server to answer", || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+                return false;
+            };
+            let mut pong = [0; 7];
+            s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut pong).is_ok()
+                && &pong == b"+PONG\r\n"
+        });
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

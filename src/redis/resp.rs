@@ -1,0 +1,267 @@
+//! Just enough of a Redis client: RESP2 over a blocking `TcpStream`, with
+//! pipelining (queue several commands, flush once, read the replies in
+//! order). papo uses a handful of commands; a full client would bring
+//! dozens of crates for them.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// A Redis reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Nil,
+    Int(i64),
+    /// A bulk or simple string.
+    Bytes(Vec<u8>),
+    Array(Vec<Value>),
+    /// An error reply: the command failed, the connection is fine.
+    Error(String),
+}
+
+impl Value {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(n) => Some(*n),
+            Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn into_array(self) -> Vec<Value> {
+        match self {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Where a Redis server is: `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+    pub password: Option<String>,
+}
+
+impl std::str::FromStr for Address {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Address, String> {
+        let bad = || format!("{url:?} is not redis://[:PASSWORD@]HOST[:PORT][/DB]");
+        let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
+        let (authority, db) = match rest.split_once('/') {
+            Some((a, "")) => (a, 0),
+            Some((a, db)) => (a, db.parse().map_err(|_| bad())?),
+            None => (rest, 0),
+        };
+        let (password, host_port) = match authority.rsplit_once('@') {
+            Some((user_pass, hp)) => {
+                let pass = user_pass.split_once(':').map_or(user_pass, |(_, p)| p);
+                (Some(pass.to_owned()), hp)
+            }
+            None => (None, authority),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse().map_err(|_| bad())?)
+            }
+            _ => (host_port, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Address {
+            host: host.to_owned(),
+            port,
+            db,
+            password,
+        })
+    }
+}
+
+impl std::fmt::Display for Address {
+    /// The address without its password, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
+/// Longest bulk string or array papo accepts from Redis: far above any
+/// entry it writes, far below what would exhaust memory.
+const MAX_BULK: usize = 64 << 20;
+const MAX_ARRAY: usize = 1 << 20;
+
+/// A connection to Redis.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+impl Connection {
+    /// Connects, authenticates and selects the database; `timeout` bounds
+    /// connecting and every read and write (a read blocked in Redis, as
+    /// `XREAD BLOCK`'s, must be shorter).
+    pub fn open(address: &Address, timeout: Duration) -> io::Result<Connection> {
+        let addr = (address.host.as_str(), address.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut connection = Connection {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: BufWriter::new(stream),
+        };
+        if let Some(password) = &address.password {
+            connection.call(&[b"AUTH", password.as_bytes()])?;
+        }
+        if address.db != 0 {
+            connection.call(&[b"SELECT", address.db.to_string().as_bytes()])?;
+        }
+        Ok(connection)
+    }
+
+    /// Queues a command; [`Connection::flush`] sends what is queued.
+    pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<()> {
+        write!(self.writer, "*{}\r\n", args.len())?;
+        for arg in args {
+            let arg = arg.as_ref();
+            write!(self.writer, "${}\r\n", arg.len())?;
+            self.writer.write_all(arg)?;
+            self.writer.write_all(b"\r\n")?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    /// Reads the next reply.
+    pub fn read(&mut self) -> io::Result<Value> {
+        read_value(&mut self.reader, 0)
+    }
+
+    /// Sends one command and reads its reply; an error reply is an `Err`.
+    pub fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<Value> {
+        self.send(args)?;
+        self.flush()?;
+        match self.read()? {
+            Value::Error(e) => Err(io::Error::other(e)),
+            value => Ok(value),
+        }
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("redis: {what}"))
+}
+
+fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut line = Vec::new();
+    reader
+        .by_ref()
+        .take(64 * 1024)
+        .read_until(b'\n', &mut line)?;
+    if !line.ends_with(b"\r\n") {
+        return Err(invalid("truncated reply"));
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|_| invalid("reply is not UTF-8"))
+}
+
+fn read_len(line: &str, max: usize) -> io::Result<Option<usize>> {
+    match line.parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(n) if (0..=max as i64).contains(&n) => Ok(Some(n as usize)),
+        _ => Err(invalid("bad length")),
+    }
+}
+
+fn read_value(reader: &mut impl BufRead, depth: usize) -> io::Result<Value> {
+    if depth > 8 {
+        return Err(invalid("reply nested too deep"));
+    }
+    let line = read_line(reader)?;
+    let (kind, rest) = line.split_at_checked(1).ok_or_else(|| invalid("empty"))?;
+    match kind {
+        "+" => Ok(Value::Bytes(rest.as_bytes().to_vec())),
+        "-" => Ok(Value::Error(rest.to_owned())),
+        ":" => rest
+            .parse()
+            .map(Value::Int)
+            .map_err(|_| invalid("bad integer")),
+        "$" => match read_len(rest, MAX_BULK)? {
+            None => Ok(Value::Nil),
+            Some(len) => {
+                let mut bytes = vec![0; len + 2];
+                reader.read_exact(&mut bytes)?;
+                bytes.truncate(len);
+                Ok(Value::Bytes(bytes))
+            }
+        },
+        "*" => match read_len(rest, MAX_ARRAY)? {
+            None => Ok(Value::Nil),
+            Some(len) => (0..len)
+                .map(|_| read_value(reader, depth + 1))
+                .collect::<io::Result<_>>()
+                .map(Value::Array),
+        },
+        _ => Err(invalid("unknown reply type")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_their_defaults() {
+        let a: Address = "redis://127.0.0.1:7000/2".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.db), ("127.0.0.1", 7000, 2));
+        let a: Address = "redis://:s3cret@cache".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.db), ("cache", 6379, 0));
+        assert_eq!(a.password.as_deref(), Some("s3cret"));
+        assert_eq!(a.to_string(), "redis://cache:6379/0");
+        let a: Address = "redis://[::1]:7001".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 7001));
+        for bad in ["http://x", "redis://", "redis://h:port", "redis://h/db"] {
+            assert!(bad.parse::<Address>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replies_parse_and_garbage_is_an_error() {
+        let mut input: &[u8] = b"*3\r\n:5\r\n$2\r\nhi\r\n*-1\r\n-ERR no\r\n+OK\r\n";
+        let value = read_value(&mut input, 0).unwrap();
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                Value::Int(5),
+                Value::Bytes(b"hi".to_vec()),
+                Value::Nil
+            ])
+        );
+        assert_eq!(
+            read_value(&mut input, 0).unwrap(),
+            Value::Error("ERR no".into())
+        );
+        assert_eq!(read_value(&mut input, 0).unwrap().as_str(), Some("OK"));
+        for bad in [&b"$99999999999\r\n"[..], b"?x\r\n", b"$5\r\nab", b":x\r\n"] {
+            let mut input = bad;
+            assert!(read_value(&mut input, 0).is_err());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+-- A papo room in Redis: every write to it, atomically.
+--
+-- KEYS[1] meta:    hash {seq = last number, epoch = the log's name}
+-- KEYS[2] log:     stream of entries {seq, kind, sender, text, ts, epoch}
+-- KEYS[3] members: sorted set of "instance:id:name", scored by when the
+--                  member's presence expires (ms)
+-- ARGV[1] the operation: say | join | leave | tend
+-- ARGV[2] entries the log keeps (MAXLEN ~), ARGV[3] the keys' TTL (ms)
+--
+-- Numbers are given here, with the append, so they are gapless and in one
+-- order whichever instance appends. The clock is Redis's, for the same reason.
+
+local meta, log, members = KEYS[1], KEYS[2], KEYS[3]
+local op, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+-- The log's epoch: a new one when the log is new (first use, expired, or
+-- Redis lost it).
+local function epoch()
+  local e = redis.call('HGET', meta, 'epoch')
+  if not e then
+    e = 'r' .. time[1] .. '.' .. time[2]
+    redis.call('HSET', meta, 'epoch', e)
+  end
+  return e
+end
+
+-- Appends an entry (kind: 0 message, 1 join, 2 leave); returns {seq, id}.
+local function append(kind, sender, text)
+  local e = epoch()
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local id = redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*',
+    'seq', seq, 'kind', kind, 'sender', sender, 'text', text, 'ts', now, 'epoch', e)
+  return {seq, id}
+end
+
+local function keep_alive()
+  redis.call('PEXPIRE', meta, ttl)
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', members, ttl)
+end
+
+-- The name in a member's "instance:id:name".
+local function name_of(member)
+  local _, _, name = string.find(member, '^[^:]*:[^:]*:(.*)$')
+  return name or ''
+end
+
+-- Members whose instance stopped renewing them leave, announced once: by
+-- whichever instance removes them first.
+local function reap()
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', '(' .. now)) do
+    if redis.call('ZREM', members, member) == 1 and name_of(member) ~= '' then
+      append(2, name_of(member), '')
+    end
+  end
+end
+
+if op == 'say' then
+  -- ARGV[4] sender, ARGV[5] text. Returns the message's number.
+  local seq = append(0, ARGV[4], ARGV[5])[1]
+  keep_alive()
+  return seq
+elseif op == 'join' then
+  -- ARGV[4] member ("instance:id"), ARGV[5] name, ARGV[6] presence TTL (ms),
+  -- ARGV[7] since ('' for live only), ARGV[8] epoch, ARGV[9] most to replay.
+  -- Returns {seq of the JOIN (or of the next entry for a nameless member),
+  -- epoch, names present, entries after since (newest first), id of the
+  -- entry before the JOIN}.
+  reap()
+  local name = ARGV[5]
+  redis.call('ZADD', members, now + tonumber(ARGV[6]), ARGV[4] .. ':' .. name)
+  local e = epoch()
+  local seq, id
+  if name ~= '' then
+    local appended = append(1, name, '')
+    seq, id = appended[1], appended[2]
+  else
+    seq = (tonumber(redis.call('HGET', meta, 'seq')) or 0) + 1
+  end
+  keep_alive()
+  local names = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', members, now, '+inf')) do
+    local n = name_of(member)
+    if n ~= '' then table.insert(names, n) end
+  end
+  local entries = {}
+  if ARGV[7] ~= '' then
+    local since = tonumber(ARGV[7])
+    if ARGV[8] ~= e and not (ARGV[8] == '' and since == 0) then since = 0 end
+    local count = math.min(seq - 1 - since, tonumber(ARGV[9]))
+    if count > 0 then
+      local upto = '+'
+      if id then upto = '(' .. id end
+      entries = redis.call('XREVRANGE', log, upto, '-', 'COUNT', count)
+    end
+  end
+  -- The entry before the JOIN: a reader that starts after it reads the JOIN.
+  local before
+  if id then
+    before = redis.call('XREVRANGE', log, '(' .. id, '-', 'COUNT', 1)
+  else
+    before = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  end
+  local last = '0-0'
+  if before[1] then last = before[1][1] end
+  return {seq, e, names, entries, last}
+elseif op == 'leave' then
+  -- ARGV[4] member ("instance:id"), ARGV[5] name. Announced only by the
+  -- first to remove it (the instance, or another's reaping).
+  if redis.call('ZREM', members, ARGV[4] .. ':' .. ARGV[5]) == 1 and ARGV[5] ~= '' then
+    append(2, ARGV[5], '')
+  end
+  return 0
+elseif op == 'tend' then
+  -- ARGV[4] presence TTL (ms), ARGV[5..] this instance's members here
+  -- ("instance:id:name"): renewed (or put back, after Redis lost them);
+  -- then the expired are reaped, and the room kept alive while anyone is in it.
+  local until_ms = now + tonumber(ARGV[4])
+  for i = 5, #ARGV do
+    redis.call('ZADD', members, until_ms, ARGV[i])
+  end
+  reap()
+  keep_alive()
+  return 0
+end
+return redis.error_reply('papo: unknown operation ' .. tostring(op))

@@ -1,0 +1,405 @@
+//! `redis-writer`: every write to Redis, pipelined. Whatever is queued when
+//! the thread comes round goes out in one flush and its replies are read in
+//! order, so many publishers cost one round trip, not one each.
+
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use log::{info, warn};
+
+use super::resp::{Connection, Value};
+use super::{
+    back_off, entry_message, room_keys, Command, Follow, Shared, StreamId, IO_TIMEOUT, RETRY_FIRST,
+    STREAM_FLOOR,
+};
+use crate::chat::{lock_room, Refusal};
+use crate::executor::block_on_until;
+use crate::proto::chat::Message;
+use crate::queue;
+
+/// The script every write runs.
+const SCRIPT: &str = include_str!("room.lua");
+/// Commands sent in one flush at most.
+const BATCH: usize = 1024;
+
+/// A connection with the script loaded.
+struct Link {
+    connection: Connection,
+    sha: String,
+}
+
+fn connect(shared: &Shared) -> io::Result<Link> {
+    let mut connection = Connection::open(&shared.config.address, IO_TIMEOUT)?;
+    let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
+    let sha = sha
+        .as_str()
+        .ok_or_else(|| io::Error::other("SCRIPT LOAD gave no sha"))?
+        .to_owned();
+    Ok(Link { connection, sha })
+}
+
+pub(super) fn run(shared: &Shared, pending: queue::Receiver<Command>) {
+    let mut link = None;
+    let mut retry = RETRY_FIRST;
+    let tend_every = shared.config.presence_ttl / 3;
+    let mut next_tend = Instant::now();
+    let mut batch = Vec::new();
+    let mut pending = pending;
+    loop {
+        let Some(connected) = link.as_mut() else {
+            match connect(shared) {
+                Ok(connected) => {
+                    info!("redis: connected to {}", shared.config.address);
+                    link = Some(connected);
+                    shared.set_up(true);
+                    retry = RETRY_FIRST;
+                    next_tend = Instant::now();
+                }
+                Err(e) => {
+                    if retry == RETRY_FIRST {
+                        warn!(
+                            "redis: cannot reach {}: {e} (retrying)",
+                            shared.config.address
+                        );
+                    }
+                    shared.set_up(false);
+                    // What waits is refused now, not when Redis is back.
+                    while let Some(command) = pending.try_recv() {
+                        fail(command);
+                    }
+                    back_off(&mut retry);
+                }
+            }
+            continue;
+        };
+        match block_on_until(pin!(pending.next()), Some(next_tend)) {
+            Some(Some(command)) => batch.push(command),
+            Some(None) => return, // the engine is gone
+            None => {}
+        }
+        while batch.len() < BATCH {
+            match pending.try_recv() {
+                Some(command) => batch.push(command),
+                None => break,
+            }
+        }
+        let tend = Instant::now() >= next_tend;
+        if tend {
+            next_tend = Instant::now() + tend_every;
+        }
+        if let Err(e) = exchange(shared, connected, &mut batch, tend) {
+            warn!("redis: connection lost: {e}");
+            link = None;
+            shared.set_up(false);
+            for command in batch.drain(..) {
+                fail(command);
+            }
+        }
+    }
+}
+
+/// Tells whoever waits on `command` that it was not done.
+fn fail(command: Command) {
+    match command {
+        Command::Say {
+            room, from, done, ..
+        } => {
+            if let Some(done) = done {
+                done(Err(Refusal::Unavailable));
+            }
+            if let Some(id) = from {
+                lock_room(&room).tell_not_said(id, &Refusal::Unavailable);
+            }
+        }
+        Command::Join { room, id, .. } => {
+            lock_room(&room).join_failed(id, &Refusal::Unavailable);
+        }
+        Command::Leave { .. } | Command::Wake => {}
+    }
+}
+
+/// Sends `batch` (and, if `tend`, this instance's presence) in one flush,
+/// then reads and acts on every reply. Commands the replies ask for (the
+/// reader's wake-up, LEAVEs of members dropped meanwhile) go in the next.
+fn exchange(
+    shared: &Shared,
+    link: &mut Link,
+    batch: &mut Vec<Command>,
+    tend: bool,
+) -> io::Result<()> {
+    let config = &shared.config;
+    let maxlen = config.history.max(STREAM_FLOOR).to_string();
+    let ttl = config.history_ttl.as_millis().max(1).to_string();
+    let presence = config.presence_ttl.as_millis().max(1).to_string();
+    let history = config.history.to_string();
+    for command in batch.iter() {
+        match command {
+            Command::Say { message, .. } => {
+                let [meta, log, members] = room_keys(&message.room);
+                link.connection.send(&[
+                    "EVALSHA",
+                    &link.sha,
+                    "3",
+                    &meta,
+                    &log,
+                    &members,
+                    "say",
+                    &maxlen,
+                    &ttl,
+                    &message.sender,
+                    &message.text,
+                ])?;
+            }
+            Command::Join {
+                room_name,
+                id,
+                name,
+                resume,
+                ..
+            } => {
+                let [meta, log, members] = room_keys(room_name);
+                let (since, epoch) = match resume {
+                    Some(r) => (r.since.to_string(), r.epoch.as_str()),
+                    None => (String::new(), ""),
+                };
+                link.connection.send(&[
+                    "EVALSHA",
+                    &link.sha,
+                    "3",
+                    &meta,
+                    &log,
+                    &members,
+                    "join",
+                    &maxlen,
+                    &ttl,
+                    &shared.tag(*id),
+                    name,
+                    &presence,
+                    &since,
+                    epoch,
+                    &history,
+                ])?;
+            }
+            Command::Leave { room, id, name } => {
+                let [meta, log, members] = room_keys(room);
+                link.connection.send(&[
+                    "EVALSHA",
+                    &link.sha,
+                    "3",
+                    &meta,
+                    &log,
+                    &members,
+                    "leave",
+                    &maxlen,
+                    &ttl,
+                    &shared.tag(*id),
+                    name,
+                ])?;
+            }
+            Command::Wake => {
+                link.connection.send(&[
+                    "XADD",
+                    &shared.wake_key,
+                    "MAXLEN",
+                    "1",
+                    "*",
+                    "wake",
+                    "1",
+                ])?;
+            }
+        }
+    }
+    let tended = if tend {
+        send_presence(shared, link, &maxlen, &ttl, &presence)?
+    } else {
+        0
+    };
+    link.connection.flush()?;
+    let mut next = Vec::new();
+    for command in batch.drain(..) {
+        let reply = link.connection.read()?;
+        if let Value::Error(e) = &reply {
+            // The script is gone (Redis restarted): reconnect, which loads it.
+            if e.starts_with("NOSCRIPT") {
+                fail(command);
+                return Err(io::Error::other(e.clone()));
+            }
+            warn!("redis: {e}");
+        }
+        settle(shared, command, reply, &mut next);
+    }
+    for _ in 0..tended {
+        if let Value::Error(e) = link.connection.read()? {
+            warn!("redis: renewing presence: {e}");
+        }
+    }
+    batch.append(&mut next);
+    Ok(())
+}
+
+/// Renews the presence of this instance's members, room by room (reaping
+/// the expired on the way); lets go of rooms no longer held here. Returns
+/// how many replies to read.
+fn send_presence(
+    shared: &Shared,
+    link: &mut Link,
+    maxlen: &str,
+    ttl: &str,
+    presence: &str,
+) -> io::Result<usize> {
+    let rooms: Vec<_> = {
+        let mut follows = crate::lock(&shared.follows);
+        follows.retain(|_, f| !lock_room(&f.room).is_closed());
+        follows
+            .iter()
+            .map(|(name, f)| (name.clone(), Arc::clone(&f.room)))
+            .collect()
+    };
+    for (name, room) in &rooms {
+        let tags: Vec<String> = lock_room(room)
+            .member_tags()
+            .into_iter()
+            .map(|(id, member)| format!("{}:{member}", shared.tag(id)))
+            .collect();
+        let [meta, log, members] = room_keys(name);
+        let mut args = vec![
+            "EVALSHA", &link.sha, "3", &meta, &log, &members, "tend", maxlen, ttl, presence,
+        ];
+        args.extend(tags.iter().map(String::as_str));
+        link.connection.send(&args)?;
+    }
+    Ok(rooms.len())
+}
+
+/// Acts on a command's reply.
+fn settle(shared: &Shared, command: Command, reply: Value, next: &mut Vec<Command>) {
+    match command {
+        Command::Say {
+            room, from, done, ..
+        } => {
+            let outcome = reply
+                .as_int()
+                .and_then(|seq| u64::try_from(seq).ok())
+                .ok_or(Refusal::Unavailable);
+            if let (Err(why), Some(id)) = (&outcome, from) {
+                lock_room(&room).tell_not_said(id, why);
+            }
+            if let Some(done) = done {
+                done(outcome);
+            }
+        }
+        Command::Join {
+            room,
+            id,
+            name,
+            resume,
+            ..
+        } => match joined(&name, resume.as_ref(), reply) {
+            None => lock_room(&room).join_failed(id, &Refusal::Unavailable),
+            Some(join) => {
+                let mut locked = lock_room(&room);
+                let dropped = locked.arrived(id, join.epoch, join.seq, join.own, join.replay);
+                let closed = locked.is_closed();
+                let room_name = locked.name().to_owned();
+                drop(locked);
+                leave_all(&room_name, dropped, next);
+                if !closed && follow(shared, &room_name, &room, join.last) {
+                    next.push(Command::Wake);
+                }
+            }
+        },
+        Command::Leave { .. } | Command::Wake => {}
+    }
+}
+
+/// LEAVEs for members dropped here.
+fn leave_all(room: &str, dropped: Vec<(u64, String)>, next: &mut Vec<Command>) {
+    next.extend(dropped.into_iter().map(|(id, name)| Command::Leave {
+        room: room.to_owned(),
+        id,
+        name,
+    }));
+}
+
+/// Starts reading `room` after entry `last`, unless it is read already;
+/// true when the reader must be told.
+fn follow(
+    shared: &Shared,
+    name: &str,
+    room: &Arc<std::sync::Mutex<crate::chat::Room>>,
+    last: StreamId,
+) -> bool {
+    let mut follows = crate::lock(&shared.follows);
+    if follows
+        .get(name)
+        .is_some_and(|f| Arc::ptr_eq(&f.room, room))
+    {
+        return false;
+    }
+    follows.insert(
+        name.to_owned(),
+        Follow {
+            room: Arc::clone(room),
+            key: super::room_key(name, "log"),
+            cursor: last,
+        },
+    );
+    true
+}
+
+/// A JOIN's reply, read.
+struct Joined {
+    seq: u64,
+    epoch: String,
+    /// The joiner's own copy of its JOIN adds these (none when nameless).
+    own: Option<Message>,
+    /// What it missed, oldest first.
+    replay: Vec<Message>,
+    /// The entry before its JOIN.
+    last: StreamId,
+}
+
+fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Option<Joined> {
+    let mut fields = reply.into_array().into_iter();
+    let seq = u64::try_from(fields.next()?.as_int()?).ok()?;
+    let epoch = fields.next()?.as_str()?.to_owned();
+    let mut names: Vec<String> = fields
+        .next()?
+        .into_array()
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    let mut replay: Vec<Message> = fields
+        .next()?
+        .into_array()
+        .into_iter()
+        .filter_map(|entry| {
+            let mut parts = entry.into_array().into_iter().skip(1);
+            entry_message(&parts.next()?.into_array())
+        })
+        .collect();
+    replay.reverse();
+    let last = StreamId::parse(fields.next()?.as_str()?)?;
+    // Complete when, in the same epoch, every entry after `since` came back.
+    let recovered = resume.is_some_and(|r| {
+        let same_epoch = r.epoch == epoch || r.epoch.is_empty() && r.since == 0;
+        let since = if same_epoch { r.since } else { 0 };
+        same_epoch && replay.len() as u64 == seq.saturating_sub(1).saturating_sub(since)
+    });
+    let own = (!name.is_empty()).then(|| Message {
+        members: names,
+        recovered,
+        ..Default::default()
+    });
+    Some(Joined {
+        seq,
+        epoch,
+        own,
+        replay,
+        last,
+    })
+}
