@@ -6,9 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{chat_client, connect, next_within, serve, RedisServer, ServeProcess, Ws};
+use common::{
+    chat_client, connect, eventually, next_within, serve, RedisServer, ServeProcess, Ws, SOON,
+};
 use futures_util::SinkExt;
 use grpcio::WriteFlags;
 use papo::executor::block_on;
@@ -194,4 +196,257 @@ fn three_instances_share_a_room_in_one_order_across_protocols() {
         assert_eq!(own, expected, "{sender}'s messages in order");
     }
     drop((a, b, c));
+}
+
+/// What a failover member saw: its messages' texts in order, and when
+/// (after the start) it saw each LEAVE.
+struct Seen {
+    texts: Vec<String>,
+    leaves: Vec<(String, Instant)>,
+    reconnects: usize,
+}
+
+/// A WebSocket member that, when its instance dies, reconnects to `fallback`
+/// from the last seq and epoch it saw, until it has `want` messages and has
+/// seen `leaves` LEAVEs.
+fn resilient_member(
+    first: String,
+    fallback: String,
+    name: String,
+    want: usize,
+    leaves: usize,
+) -> Seen {
+    let start = Instant::now();
+    let mut seen = Seen {
+        texts: Vec::new(),
+        leaves: Vec::new(),
+        reconnects: 0,
+    };
+    let (mut since, mut epoch) = (None::<u64>, String::new());
+    let mut addr = first;
+    let done = |seen: &Seen| seen.texts.len() >= want && seen.leaves.len() >= leaves;
+    while !done(&seen) {
+        assert!(start.elapsed() < Duration::from_secs(60), "{name} gave up");
+        let query = match since {
+            Some(s) => format!("room=failover&name={name}&since={s}&epoch={epoch}"),
+            None => format!("room=failover&name={name}"),
+        };
+        let Ok((mut ws, _)) = connect(format!("ws://{addr}/chat?{query}")) else {
+            addr = fallback.clone();
+            seen.reconnects += 1;
+            continue;
+        };
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+        }
+        while !done(&seen) {
+            let Ok(frame) = ws.read() else {
+                addr = fallback.clone();
+                seen.reconnects += 1;
+                break;
+            };
+            let Message::Text(json) = frame else { continue };
+            let m: ChatMessage =
+                protobuf_json_mapping::parse_from_str(json.as_str()).expect("JSON");
+            since = Some(m.seq);
+            epoch = m.epoch.clone();
+            match kind(&m) {
+                Kind::MESSAGE => seen.texts.push(m.text),
+                Kind::LEAVE => seen.leaves.push((m.sender, Instant::now())),
+                Kind::JOIN if m.sender == name && !m.members.is_empty() => {
+                    assert!(
+                        m.recovered || seen.texts.is_empty() && seen.reconnects == 0,
+                        "{name} resumed without loss: {m:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn members_of_a_killed_instance_resume_on_another_without_loss() {
+    const MESSAGES: usize = 600;
+    const PRESENCE: Duration = Duration::from_secs(2);
+    let redis = RedisServer::start();
+    let mut a = instance(&redis, &["--presence-ttl", "2s"]);
+    let b = instance(&redis, &["--presence-ttl", "2s"]);
+    let (a_ws, b_ws) = (a.ws.clone().unwrap(), b.ws.clone().unwrap());
+    let b_grpc = b.grpc.clone().unwrap();
+
+    let members: Vec<_> = (0..100)
+        .map(|n| {
+            let (first, name) = match n < 50 {
+                true => (a_ws.clone(), format!("a{n}")),
+                false => (b_ws.clone(), format!("b{n}")),
+            };
+            let fallback = b_ws.clone();
+            let leaves = if n < 50 { 0 } else { 50 };
+            thread::spawn(move || resilient_member(first, fallback, name, MESSAGES, leaves))
+        })
+        .collect();
+    // Everyone is in before the first message.
+    let on_b = chat_client(&b_grpc);
+    let request = SubscribeRequest {
+        room: "failover".into(),
+        name: "watcher".into(),
+        ..Default::default()
+    };
+    let mut watcher = on_b.subscribe(&request).expect("Subscribe");
+    let joined = own_join(
+        || next_within(&mut watcher, "watcher").unwrap().unwrap(),
+        "watcher",
+    );
+    let mut present: HashSet<String> = joined.members.into_iter().collect();
+    while present.len() < 101 {
+        let m = next_within(&mut watcher, "joins").unwrap().unwrap();
+        if kind(&m) == Kind::JOIN {
+            present.insert(m.sender);
+        }
+    }
+
+    // A sender on B at 200 messages a second; A dies a third of the way in.
+    let mut killed_at = None;
+    let start = Instant::now();
+    for n in 0..MESSAGES {
+        if n == MESSAGES / 3 {
+            a.child.kill().expect("kill -9 A");
+            killed_at = Some(Instant::now());
+        }
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: "failover".into(),
+            text: format!("m{n}"),
+            ..Default::default()
+        };
+        on_b.send_message(&m).expect("SendMessage on B");
+        let due = Duration::from_millis(5 * (n as u64 + 1));
+        thread::sleep(due.saturating_sub(start.elapsed()));
+    }
+    let killed_at = killed_at.unwrap();
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("m{n}")).collect();
+    let (mut received, mut duplicated, mut lost) = (0, 0, 0);
+    let mut reconnected = 0;
+    let mut slowest_leave = Duration::ZERO;
+    for (n, member) in members.into_iter().enumerate() {
+        let seen = member.join().expect("member thread");
+        let distinct: HashSet<&String> = seen.texts.iter().collect();
+        duplicated += seen.texts.len() - distinct.len();
+        lost += expected.iter().filter(|t| !distinct.contains(t)).count();
+        assert_eq!(
+            seen.texts, expected,
+            "member {n}: every message once, in order"
+        );
+        received += seen.texts.len();
+        reconnected += usize::from(seen.reconnects > 0);
+        if n >= 50 {
+            // B's members hear each of A's members leave, once, in time.
+            let left: HashSet<&str> = seen.leaves.iter().map(|(who, _)| who.as_str()).collect();
+            assert_eq!(seen.leaves.len(), 50, "member {n}: {:?}", seen.leaves);
+            assert!(left.iter().all(|who| who.starts_with('a')), "{left:?}");
+            assert_eq!(left.len(), 50, "each of A's members left once");
+            for (who, at) in &seen.leaves {
+                let after = at.saturating_duration_since(killed_at);
+                slowest_leave = slowest_leave.max(after);
+                assert!(
+                    after <= PRESENCE + Duration::from_secs(4),
+                    "{who}'s LEAVE came {after:?} after the kill"
+                );
+            }
+        }
+    }
+    assert_eq!(reconnected, 50, "A's members, and only they, reconnected");
+    eprintln!(
+        "failover: {MESSAGES} messages to 100 members: received {received}, lost {lost}, \
+         duplicated {duplicated}; A's 50 LEAVEs announced by B at most {slowest_leave:?} after the kill"
+    );
+}
+
+/// `papo_engine_up` as `/metrics` says it.
+fn engine_up(ws_addr: &str) -> Option<u64> {
+    let addr = ws_addr.parse().expect("address");
+    let metrics = common::raw_exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("papo_engine_up "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn serving(grpc_addr: &str) -> bool {
+    use papo::proto::health::health_check_response::ServingStatus;
+    use papo::proto::health::HealthCheckRequest;
+    common::health_client(grpc_addr)
+        .check(&HealthCheckRequest::default())
+        .is_ok_and(|r| r.status.enum_value_or_default() == ServingStatus::SERVING)
+}
+
+#[test]
+fn while_redis_is_down_messages_are_refused_and_connections_stay() {
+    let mut redis = RedisServer::start();
+    let a = instance(&redis, &["--presence-ttl", "1s"]);
+    let (ws_addr, grpc_addr) = (a.ws.clone().unwrap(), a.grpc.clone().unwrap());
+    let mut ana = ws_open(&ws_addr, "room=r&name=ana");
+    own_join(|| ws_next(&mut ana), "ana");
+    ws_say(&mut ana, "before");
+    let before = ws_next(&mut ana);
+    assert_eq!(
+        (kind(&before), before.text.as_str()),
+        (Kind::MESSAGE, "before")
+    );
+    assert!(serving(&grpc_addr));
+    assert_eq!(engine_up(&ws_addr), Some(1));
+
+    redis.kill();
+    eventually(SOON, "health to say NOT_SERVING", || !serving(&grpc_addr));
+    assert_eq!(engine_up(&ws_addr), Some(0));
+    // The WebSocket sender is told why, and stays; a gRPC sender gets UNAVAILABLE.
+    ws_say(&mut ana, "lost?");
+    let refused = ws_next(&mut ana);
+    assert_eq!(kind(&refused), Kind::ERROR, "{refused:?}");
+    assert!(refused.text.contains("unavailable"), "{refused:?}");
+    let post = ChatMessage {
+        sender: "svc".into(),
+        room: "r".into(),
+        text: "lost too?".into(),
+        ..Default::default()
+    };
+    let error = chat_client(&grpc_addr).send_message(&post).unwrap_err();
+    assert!(
+        matches!(&error, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::UNAVAILABLE),
+        "{error:?}"
+    );
+
+    // Back, empty (no persistence): the log starts over under a new epoch.
+    redis.restart();
+    eventually(SOON, "health to say SERVING again", || serving(&grpc_addr));
+    assert_eq!(engine_up(&ws_addr), Some(1));
+    ws_say(&mut ana, "after");
+    let after = loop {
+        let m = ws_next(&mut ana);
+        if kind(&m) == Kind::MESSAGE {
+            break m;
+        }
+    };
+    assert_eq!(after.text, "after", "the same connection carries on");
+    assert_ne!(after.epoch, before.epoch, "the lost log's epoch is gone");
+    // A member resuming from the old log is told it could not be recovered.
+    let query = format!(
+        "room=r&name=bea&since={}&epoch={}",
+        before.seq, before.epoch
+    );
+    let mut bea = ws_open(&ws_addr, &query);
+    let joined = own_join(|| ws_next(&mut bea), "bea");
+    assert!(!joined.recovered, "{joined:?}");
+    assert_eq!(joined.epoch, after.epoch);
+    assert_eq!(
+        joined.members,
+        ["ana", "bea"],
+        "ana's presence was put back"
+    );
 }

@@ -37,6 +37,8 @@ pub(super) fn run(shared: &Shared) {
         retry = RETRY_FIRST;
         if let Err(e) = read_rounds(shared, &mut connection, &mut wake) {
             warn!("redis: reader lost its connection: {e}");
+            // Down until the writer gets through again.
+            shared.set_up(false);
             was_down = true;
         }
     }

@@ -90,12 +90,15 @@ pub(super) fn run(shared: &Shared, pending: queue::Receiver<Command>) {
         if tend {
             next_tend = Instant::now() + tend_every;
         }
-        if let Err(e) = exchange(shared, connected, &mut batch, tend) {
-            warn!("redis: connection lost: {e}");
-            link = None;
-            shared.set_up(false);
-            for command in batch.drain(..) {
-                fail(command);
+        match exchange(shared, connected, &mut batch, tend) {
+            Ok(()) => shared.set_up(true),
+            Err(e) => {
+                warn!("redis: connection lost: {e}");
+                link = None;
+                shared.set_up(false);
+                for command in batch.drain(..) {
+                    fail(command);
+                }
             }
         }
     }
@@ -250,6 +253,9 @@ fn send_presence(
     ttl: &str,
     presence: &str,
 ) -> io::Result<usize> {
+    // Asked even with no room to renew: an idle writer learns so whether
+    // Redis is there.
+    link.connection.send(&["PING"])?;
     let rooms: Vec<_> = {
         let mut follows = crate::lock(&shared.follows);
         follows.retain(|_, f| !lock_room(&f.room).is_closed());
@@ -271,7 +277,7 @@ fn send_presence(
         args.extend(tags.iter().map(String::as_str));
         link.connection.send(&args)?;
     }
-    Ok(rooms.len())
+    Ok(rooms.len() + 1)
 }
 
 /// Acts on a command's reply.
