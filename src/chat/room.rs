@@ -31,9 +31,14 @@ pub struct MemberEntry {
 pub enum Arrival {
     /// Gets every delivery.
     Here,
-    /// Its JOIN is not numbered yet: deliveries are held (up to the
-    /// member's queue bound).
-    Waiting(Vec<Arc<Delivery>>),
+    /// Its JOIN is not numbered yet: the latest deliveries are held (as
+    /// many as its queue holds; most precede its JOIN, and will not be its
+    /// to see). `let_go` is the newest one let go of to keep that bound: if
+    /// it turns out to be at or after the JOIN, the member missed it.
+    Waiting {
+        held: VecDeque<Arc<Delivery>>,
+        let_go: Option<Arc<Delivery>>,
+    },
     /// Its JOIN is `seq` of `epoch`: earlier entries of that epoch were
     /// replayed to it, or are not its to see; at `seq` it gets its own copy
     /// of its JOIN, with what `own` adds (a nameless member, which has no
@@ -310,12 +315,11 @@ impl Room {
 fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError> {
     match &mut m.arrival {
         Arrival::Here => m.subscriber.deliver(delivery),
-        Arrival::Waiting(held) => {
-            // Held no further than its queue would hold it.
+        Arrival::Waiting { held, let_go } => {
             if held.len() >= m.hold {
-                return Err(SendError::Full);
+                *let_go = held.pop_front();
             }
-            held.push(Arc::clone(delivery));
+            held.push_back(Arc::clone(delivery));
             Ok(())
         }
         Arrival::Expecting { epoch, seq, own } => {
@@ -377,7 +381,10 @@ impl Room {
     /// Adds a member whose JOIN the engine is about to number: what comes
     /// meanwhile is held for it.
     pub fn add_waiting(&mut self, mut member: MemberEntry) {
-        member.arrival = Arrival::Waiting(Vec::new());
+        member.arrival = Arrival::Waiting {
+            held: VecDeque::new(),
+            let_go: None,
+        };
         self.members.push(member);
     }
 
@@ -396,15 +403,25 @@ impl Room {
             return Vec::new(); // it left meanwhile
         };
         let member = &mut self.members[at];
+        let (held, let_go) = match std::mem::replace(
+            &mut member.arrival,
+            Arrival::Expecting {
+                epoch: epoch.clone(),
+                seq,
+                own,
+            },
+        ) {
+            Arrival::Waiting { held, let_go } => (held, let_go),
+            _ => (VecDeque::new(), None),
+        };
+        // Let go of while its JOIN was on the way, yet its to see: missed.
+        if let_go.is_some_and(|d| d.message.epoch != epoch || d.message.seq >= seq) {
+            return self.drop_member(at, SendError::Full);
+        }
         let mut refused = replay
             .into_iter()
             .map(|m| member.subscriber.replay(&Delivery::new(m)))
             .find_map(Result::err);
-        let held =
-            match std::mem::replace(&mut member.arrival, Arrival::Expecting { epoch, seq, own }) {
-                Arrival::Waiting(held) => held,
-                _ => Vec::new(),
-            };
         for delivery in held {
             if refused.is_some() {
                 break;
