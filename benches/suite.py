@@ -112,6 +112,61 @@ def chart(rows, path):
         f.write("\n".join(parts) + "\n")
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_rows(memory_addrs, rounds):
+    """The Redis engine beside the in-memory one, in one run: a redis-server
+    of its own (persistence off) and two instances on it. Each measure runs
+    `rounds` times, alternating engines; ratios are medians of the rounds'."""
+    if not shutil.which("redis-server"):
+        print("redis-server not found: the --redis rows are skipped (apt-get install redis-server)")
+        return None
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    instances = []
+    try:
+        time.sleep(0.5)
+        for _ in range(2):
+            instances.append(start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0",
+                                    "--history", "2000", "--redis", "redis://127.0.0.1:%d" % port],
+                                   {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"}))
+        (_, a), (_, b) = instances
+        runs = {}
+        for _ in range(rounds):
+            for engine, first, second in (("memory", memory_addrs, None), ("redis", a, b)):
+                fanout_args = ["--url", "ws://%s/chat" % first["ws"], "--members", "1000", "--msgs", "100"]
+                if second:
+                    fanout_args += ["--second-url", "ws://%s/chat" % second["ws"]]
+                runs.setdefault(("fanout", engine), []).append(bench("fanout", *fanout_args))
+                runs.setdefault(("publish", engine), []).append(
+                    bench("grpc", "--addr", first["grpc"], "--conc", "32", "--reqs", "20000", "--channels", "4"))
+                runs.setdefault(("resume", engine), []).append(
+                    bench("resume", "--url", "ws://%s/chat" % first["ws"], "--msgs", "1000", "--rounds", "10"))
+
+        def per_round(measure, key):
+            pairs = zip(runs[(measure, "redis")], runs[(measure, "memory")])
+            return sorted(r[key] / m[key] for r, m in pairs)[rounds // 2]
+        return {"rounds": rounds,
+                "fanout": median(runs[("fanout", "redis")], "p99_us"),
+                "fanout_memory": median(runs[("fanout", "memory")], "p99_us"),
+                "fanout_ratio": per_round("fanout", "p99_us"),
+                "publish": median(runs[("publish", "redis")], "ops_per_sec"),
+                "publish_memory": median(runs[("publish", "memory")], "ops_per_sec"),
+                "publish_ratio": per_round("publish", "ops_per_sec"),
+                "resume": median(runs[("resume", "redis")], "p50_us"),
+                "resume_memory": median(runs[("resume", "memory")], "p50_us")}
+    finally:
+        for proc, _ in instances:
+            proc.terminate(); proc.wait()
+        redis.terminate(); redis.wait()
+
+
 def main():
     info = machine()
     print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
@@ -136,8 +191,10 @@ def main():
         server.terminate(); server.wait()
     idle = idles["ws"]
 
-    # Load from a few connections is what is measured: no rate limit.
-    server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0"],
+    # Load from a few connections is what is measured: no rate limit. Rooms
+    # keep 2,000 entries, so a resume of 1,000 messages is complete.
+    server, addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0",
+                           "--history", "2000"],
                           {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
     secure, secure_addrs = start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0"] + tls,
                                  {"ws": r"ws listening on wss://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"})
@@ -169,6 +226,7 @@ def main():
         # upgrade and one reply, one client thread.
         connects = [bench("connect", "--url", wss_url, "--count", "1000", "--ca", ca, "--pid", str(secure.pid))
                     for _ in range(3)]
+        shared = redis_rows(addrs, ROUNDS)
     finally:
         server.terminate(); floor.terminate(); secure.terminate()
         server.wait(); floor.wait(); secure.wait()
@@ -211,6 +269,17 @@ def main():
               ratio(runs, "wss", 1, "p50_us", "ws"), ratio(runs, "wss", 32, "ops_per_sec", "ws"),
               ratio(runs, "grpcs", 1, "p50_us", "grpc"), ratio(runs, "grpcs", 32, "ops_per_sec", "grpc")))
 
+    if shared:
+        print("with --redis (two instances on one Redis) beside the in-memory engine, median of %d rounds each:"
+              % shared["rounds"])
+        print("  fan-out to 1,000 members split over both: p50 %.0f us, p99 %.0f us (in memory, one instance: p99 %.0f us)"
+              % (shared["fanout"]["p50_us"], shared["fanout"]["p99_us"], shared["fanout_memory"]["p99_us"]))
+        print("  32 publishers into one room (SendMessage): %.0f msg/s, p50 %.0f us, p99 %.0f us (in memory: %.0f msg/s)"
+              % (shared["publish"]["ops_per_sec"], shared["publish"]["p50_us"], shared["publish"]["p99_us"],
+                 shared["publish_memory"]["ops_per_sec"]))
+        print("  resume, 1,000 messages replayed: p50 %.1f ms (in memory: %.1f ms)"
+              % (shared["resume"]["p50_us"] / 1000, shared["resume_memory"]["p50_us"] / 1000))
+
     goals = [
         ("WebSocket p50 at 1 conn <= 1.3x TCP", ratio(runs, "ws", 1, "p50_us"), "<=", 1.3),
         ("gRPC unary p50 at 1 conn <= 6x TCP", ratio(runs, "grpc", 1, "p50_us"), "<=", 6.0),
@@ -223,6 +292,11 @@ def main():
         ("idle wss connection <= 32 KiB RSS", idles["wss"]["rss_kib_per_conn"], "<=", 32.0),
         ("idle wss connection <= 1 thread", idles["wss"]["threads_per_conn"], "<=", 1.0),
     ]
+    if shared:
+        goals += [
+            ("redis fan-out p99 <= 2x in-memory p99", shared["fanout_ratio"], "<=", 2.0),
+            ("redis 32 publishers msg/s >= 0.5x in-memory", shared["publish_ratio"], ">=", 0.5),
+        ]
     print()
     for name, value, op, limit in goals:
         met = value <= limit if op == "<=" else value >= limit
@@ -231,7 +305,7 @@ def main():
     rounds = {"%s_%d_%s" % (p, c, key): [round(a[key] / b[key], 3) for a, b in zip(runs[(p, c)], runs[("tcp", c)])]
               for p, c, key in (("ws", 1, "p50_us"), ("grpc", 1, "p50_us"), ("ws", 32, "ops_per_sec"))}
     out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idles,
-           "connect_wss": connect,
+           "connect_wss": connect, "redis": shared,
            "ratios_per_round": rounds,
            "goals": [{"goal": g, "measured": round(v, 3), "limit": l, "met": (v <= l if o == "<=" else v >= l)} for g, v, o, l in goals]}
     with open(os.path.join(HERE, "results.json"), "w") as f:

@@ -5,7 +5,8 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -275,36 +276,117 @@ fn chat_via_grpc(
     lines: mpsc::Receiver<String>,
     out: &mut impl Write,
 ) -> Result<(), String> {
+    let input = Input {
+        lines: Mutex::new(lines),
+        unsent: Mutex::new(None),
+        ended: AtomicBool::new(false),
+    };
+    let input = Arc::new(input);
+    // Where the room's log stood when last heard: a reconnect resumes there.
+    let mut last: Option<(u64, String)> = None;
+    let mut failures = 0;
+    loop {
+        let lost = match grpc_session(config, &input, out, &mut last)? {
+            None => return Ok(()),
+            Some((lost, heard)) => {
+                if heard {
+                    failures = 0;
+                }
+                lost
+            }
+        };
+        // Never joined, or it keeps failing: that is the answer.
+        if last.is_none() || failures == RECONNECTS {
+            return Err(lost);
+        }
+        thread::sleep(RECONNECT_BACKOFF * 2u32.pow(failures));
+        failures += 1;
+    }
+}
+
+/// Typed lines, shared by the `Chat` streams one after another: a line a
+/// lost stream could not send is sent by the next.
+struct Input {
+    lines: Mutex<mpsc::Receiver<String>>,
+    unsent: Mutex<Option<String>>,
+    /// The input ended: a stream that ends now ends the chat.
+    ended: AtomicBool,
+}
+
+impl Input {
+    /// The next line to send, waiting for one (`None`: the input ended).
+    fn next(&self) -> Option<String> {
+        if let Some(text) = crate::lock(&self.unsent).take() {
+            return Some(text);
+        }
+        let line = crate::lock(&self.lines).recv().ok();
+        if line.is_none() {
+            self.ended.store(true, Ordering::Release);
+        }
+        line
+    }
+}
+
+/// One `Chat` stream's life: it joins (resuming from `last`), sends typed
+/// lines from its own thread and prints the room's messages. `Ok(None)`: the
+/// input ended; `Ok(Some)`: the stream was lost, why, and whether anything
+/// was heard on it.
+fn grpc_session(
+    config: &ChatClientConfig,
+    input: &Arc<Input>,
+    out: &mut impl Write,
+    last: &mut Option<(u64, String)>,
+) -> Result<Option<(String, bool)>, String> {
     let client = ChatServiceClient::new(grpc_channel(&config.addr, &config.tls)?);
     let failed = |e: grpcio::Error| format!("chat with {} failed: {}", config.addr, describe(&e));
-    let (mut tx, mut rx) = client.chat().map_err(failed)?;
+    let (mut tx, mut rx) = match client.chat() {
+        Ok(call) => call,
+        Err(e) => return Ok(Some((failed(e), false))),
+    };
     let hello = ChatMessage {
         room: config.room.clone(),
         sender: config.name.clone(),
+        since: last.as_ref().map(|(seq, _)| *seq),
+        epoch: last.as_ref().map_or(String::new(), |(_, e)| e.clone()),
         ..Default::default()
     };
-    block_on(tx.send((hello, WriteFlags::default()))).map_err(failed)?;
+    if let Err(e) = block_on(tx.send((hello, WriteFlags::default()))) {
+        return Ok(Some((failed(e), false)));
+    }
+    let typed = Arc::clone(input);
     thread::Builder::new()
         .name("chat-send".into())
         .spawn(move || {
-            for text in lines {
+            while let Some(text) = typed.next() {
                 let m = ChatMessage {
-                    text,
+                    text: text.clone(),
                     ..Default::default()
                 };
                 if block_on(tx.send((m, WriteFlags::default()))).is_err() {
+                    *crate::lock(&typed.unsent) = Some(text);
                     return;
                 }
             }
             let _ = block_on(tx.close());
         })
         .map_err(|e| e.to_string())?;
+    let mut heard = false;
     while let Some(next) = block_on(rx.next()) {
-        let m = next.map_err(failed)?;
+        let m = match next {
+            Ok(m) => m,
+            Err(e) => return Ok(Some((failed(e), heard))),
+        };
+        heard = true;
+        if m.seq > 0 {
+            *last = Some((m.seq, m.epoch.clone()));
+        }
         writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
-    Ok(())
+    match input.ended.load(Ordering::Acquire) {
+        true => Ok(None),
+        false => Ok(Some((format!("chat with {} ended", config.addr), heard))),
+    }
 }
 
 /// The WebSocket side: tungstenite's client cannot read and write from two

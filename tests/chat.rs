@@ -719,3 +719,34 @@ fn papo_chat_reconnects_and_resumes_where_it_stopped() {
     drop(ana.child.stdin.take());
     assert!(common::wait_exit(&mut ana.child, SOON).success());
 }
+
+#[test]
+fn papo_chat_via_grpc_reconnects_and_resumes_where_it_stopped() {
+    // As over WebSocket: ana's quick second line ends her stream
+    // (RESOURCE_EXHAUSTED), and papo chat comes back, resuming.
+    let server = serve_logging(&["--rate-limit", "1", "--rate-burst", "1"], "debug");
+    let grpc = server.grpc.clone().unwrap();
+    let mut ana = common::Terminal::start(&[
+        "--via", "grpc", "--addr", &grpc, "--room", "volta", "--name", "ana",
+    ]);
+    ana.expect("* ana entrou (na sala: ana)");
+    ana.say("um");
+    let client = chat_client(&grpc);
+    let request = SubscribeRequest {
+        room: "volta".into(),
+        ..Default::default()
+    };
+    let mut watcher = client.subscribe(&request).unwrap();
+    ana.say("dois");
+    loop {
+        let m = next_within(&mut watcher, "ana's LEAVE").unwrap().unwrap();
+        if kind(&m) == Kind::LEAVE && m.sender == "ana" {
+            break;
+        }
+    }
+    // Said while she is away: she gets it when she is back.
+    post(&client, "volta", "dito na ausência").unwrap();
+    ana.expect("] svc: dito na ausência");
+    drop(ana.child.stdin.take());
+    assert!(common::wait_exit(&mut ana.child, SOON).success());
+}

@@ -32,6 +32,8 @@ const FANOUT_STALL: Duration = Duration::from_secs(10);
 pub struct Fanout {
     /// The chat endpoint.
     pub url: String,
+    /// Another instance's, where every other member joins.
+    pub second_url: Option<String>,
     pub members: usize,
     /// Messages sent.
     pub msgs: usize,
@@ -43,21 +45,37 @@ impl Fanout {
     pub fn run(self) -> Result<Report, String> {
         let Fanout {
             url,
+            second_url,
             members,
             msgs,
             interval,
         } = self;
-        fanout(&url, members, msgs, interval)
+        fanout(&url, second_url.as_deref(), members, msgs, interval)
     }
 }
 
-fn fanout(url: &str, members: usize, msgs: usize, interval: Duration) -> Result<Report, String> {
+fn fanout(
+    url: &str,
+    second_url: Option<&str>,
+    members: usize,
+    msgs: usize,
+    interval: Duration,
+) -> Result<Report, String> {
     let epoch = Instant::now();
     let room = format!("bench-{}", std::process::id());
     let cpu_before = process_cpu();
     let mut groups: Vec<Vec<Member>> = (0..FANOUT_READERS).map(|_| Vec::new()).collect();
     for i in 0..members {
-        let ws = LeanWs::connect(&format!("{url}?room={room}&name=m{i}"), b"", i as u64, None)?;
+        let joins = match second_url {
+            Some(second) if i % 2 == 1 => second,
+            _ => url,
+        };
+        let ws = LeanWs::connect(
+            &format!("{joins}?room={room}&name=m{i}"),
+            b"",
+            i as u64,
+            None,
+        )?;
         groups[i % FANOUT_READERS].push(Member {
             ws,
             present: 0,

@@ -8,6 +8,7 @@ mod idle;
 mod json;
 mod lean_ws;
 mod load;
+mod resume;
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -22,6 +23,7 @@ use papo::config::{CliError, Command, Flag, Values};
 pub use fanout::Fanout;
 pub use idle::Idle;
 pub use load::{ConnectLoad, GrpcLoad, TcpEchoServer, TcpLoad, WsLoad};
+pub use resume::Resume;
 
 /// Stack of each bench client thread.
 const CLIENT_STACK: usize = 256 << 10;
@@ -66,6 +68,11 @@ const MEMBERS: Flag = Flag::count(
     "N",
     "100",
     "Members in the room, read by two epoll threads",
+);
+const SECOND_URL: Flag = Flag::optional(
+    "second-url",
+    "URL",
+    "Another instance's chat endpoint (same Redis): every other member joins there",
 );
 const FANOUT_MSGS: Flag = Flag::count("msgs", "M", "20", "Messages sent");
 const FANOUT_INTERVAL: Flag = Flag::duration("interval", "20ms", "Pause between messages");
@@ -113,7 +120,20 @@ const TCP_ECHO: Command = Command {
 const FANOUT: Command = Command {
     name: "bench fanout",
     about: "One sender, N WebSocket members in a room: latency from send to each receipt.",
-    flags: &[&CHAT_URL, &MEMBERS, &FANOUT_MSGS, &FANOUT_INTERVAL],
+    flags: &[
+        &CHAT_URL,
+        &SECOND_URL,
+        &MEMBERS,
+        &FANOUT_MSGS,
+        &FANOUT_INTERVAL,
+    ],
+};
+const RESUME_MSGS: Flag = Flag::count("msgs", "M", "1000", "Messages missed, replayed each round");
+const ROUNDS: Flag = Flag::count("rounds", "N", "20", "Reconnections timed");
+const RESUME: Command = Command {
+    name: "bench resume",
+    about: "A member misses M messages, then reconnects with since and epoch: time until the replay is in.",
+    flags: &[&CHAT_URL, &RESUME_MSGS, &ROUNDS],
 };
 const CONNECT_URL: Flag = Flag::text(
     "url",
@@ -134,7 +154,9 @@ const IDLE: Command = Command {
 };
 
 /// Every bench mode, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&WS, &GRPC, &TCP, &TCP_ECHO, &FANOUT, &CONNECT, &IDLE];
+pub const COMMANDS: &[&Command] = &[
+    &WS, &GRPC, &TCP, &TCP_ECHO, &FANOUT, &RESUME, &CONNECT, &IDLE,
+];
 
 /// A bench mode with its settings, resolved from its flags.
 pub enum Mode {
@@ -143,6 +165,7 @@ pub enum Mode {
     Tcp(TcpLoad),
     TcpEchoServer(TcpEchoServer),
     Fanout(Fanout),
+    Resume(Resume),
     Connect(ConnectLoad),
     Idle(Idle),
 }
@@ -182,9 +205,15 @@ impl Mode {
             }),
             "bench fanout" => Mode::Fanout(Fanout {
                 url: v.string(&CHAT_URL)?,
+                second_url: v.optional(&SECOND_URL)?,
                 members: v.parsed(&MEMBERS)?,
                 msgs: v.parsed(&FANOUT_MSGS)?,
                 interval: v.duration(&FANOUT_INTERVAL)?,
+            }),
+            "bench resume" => Mode::Resume(Resume {
+                url: v.string(&CHAT_URL)?,
+                msgs: v.parsed(&RESUME_MSGS)?,
+                rounds: v.parsed(&ROUNDS)?,
             }),
             "bench connect" => Mode::Connect(ConnectLoad {
                 url: v.string(&CONNECT_URL)?,
@@ -213,6 +242,7 @@ impl Mode {
             Mode::Tcp(load) => load.run()?.render(),
             Mode::TcpEchoServer(server) => (server.run().map(|()| String::new())?, 0),
             Mode::Fanout(fanout) => fanout.run()?.render(),
+            Mode::Resume(resume) => resume.run()?.render(),
             Mode::Connect(load) => load.run()?.render(),
             Mode::Idle(idle) => (idle.run()?, 0),
         };

@@ -17,12 +17,15 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 -- The log's epoch: a new one when the log is new (first use, expired, or
 -- Redis lost it).
+local known_epoch
 local function epoch()
+  if known_epoch then return known_epoch end
   local e = redis.call('HGET', meta, 'epoch')
   if not e then
     e = 'r' .. time[1] .. '.' .. time[2]
     redis.call('HSET', meta, 'epoch', e)
   end
+  known_epoch = e
   return e
 end
 
@@ -58,10 +61,14 @@ local function reap()
 end
 
 if op == 'say' then
-  -- ARGV[4] sender, ARGV[5] text. Returns the message's number.
-  local seq = append(0, ARGV[4], ARGV[5])[1]
+  -- ARGV[4], ARGV[5]: a sender and its text; as many pairs as there are
+  -- messages. Returns their numbers.
+  local seqs = {}
+  for i = 4, #ARGV - 1, 2 do
+    table.insert(seqs, append(0, ARGV[i], ARGV[i + 1])[1])
+  end
   keep_alive()
-  return seq
+  return seqs
 elseif op == 'join' then
   -- ARGV[4] member ("instance:id"), ARGV[5] name, ARGV[6] presence TTL (ms),
   -- ARGV[7] since ('' for live only), ARGV[8] epoch, ARGV[9] most to replay.

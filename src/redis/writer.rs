@@ -138,24 +138,37 @@ fn exchange(
     let ttl = config.history_ttl.as_millis().max(1).to_string();
     let presence = config.presence_ttl.as_millis().max(1).to_string();
     let history = config.history.to_string();
-    for command in batch.iter() {
-        match command {
-            Command::Say { message, .. } => {
-                let [meta, log, members] = room_keys(&message.room);
-                link.connection.send(&[
-                    "EVALSHA",
-                    &link.sha,
-                    "3",
-                    &meta,
-                    &log,
-                    &members,
-                    "say",
-                    &maxlen,
-                    &ttl,
-                    &message.sender,
-                    &message.text,
-                ])?;
+    // Consecutive messages to one room go in one call: one script run
+    // appends them all (the calls, each covering `n` commands, in order).
+    let mut calls = Vec::new();
+    let mut at = 0;
+    while at < batch.len() {
+        let says = says_in_a_row(&batch[at..]);
+        if says > 0 {
+            let room = match &batch[at] {
+                Command::Say { message, .. } => message.room.as_str(),
+                _ => unreachable!("says_in_a_row counts messages only"),
+            };
+            let [meta, log, members] = room_keys(room);
+            let mut args = vec![
+                "EVALSHA", &link.sha, "3", &meta, &log, &members, "say", &maxlen, &ttl,
+            ];
+            for command in &batch[at..at + says] {
+                if let Command::Say { message, .. } = command {
+                    args.push(&message.sender);
+                    args.push(&message.text);
+                }
             }
+            link.connection.send(&args)?;
+            calls.push((says, true));
+            at += says;
+            continue;
+        }
+        calls.push((1, false));
+        let command = &batch[at];
+        at += 1;
+        match command {
+            Command::Say { .. } => unreachable!("sent above"),
             Command::Join {
                 room_name,
                 id,
@@ -222,18 +235,29 @@ fn exchange(
     };
     link.connection.flush()?;
     let mut next = Vec::new();
-    for command in batch.drain(..) {
+    let mut commands = batch.drain(..);
+    for (covered, says) in calls {
         let reply = link.connection.read()?;
         if let Value::Error(e) = &reply {
             // The script is gone (Redis restarted): reconnect, which loads it.
             if e.starts_with("NOSCRIPT") {
-                fail(command);
+                commands.for_each(fail);
                 return Err(io::Error::other(e.clone()));
             }
             warn!("redis: {e}");
         }
-        settle(shared, command, reply, &mut next);
+        // A call of messages answers with their numbers, one each.
+        let mut replies = match (says, reply) {
+            (true, Value::Array(seqs)) => seqs,
+            (_, reply) => vec![reply; covered],
+        }
+        .into_iter();
+        for command in commands.by_ref().take(covered) {
+            let reply = replies.next().unwrap_or(Value::Nil);
+            settle(shared, command, reply, &mut next);
+        }
     }
+    drop(commands);
     for _ in 0..tended {
         if let Value::Error(e) = link.connection.read()? {
             warn!("redis: renewing presence: {e}");
@@ -319,6 +343,17 @@ fn settle(shared: &Shared, command: Command, reply: Value, next: &mut Vec<Comman
         },
         Command::Leave { .. } | Command::Wake => {}
     }
+}
+
+/// How many commands from the first are messages to one room.
+fn says_in_a_row(commands: &[Command]) -> usize {
+    let Some(Command::Say { message: first, .. }) = commands.first() else {
+        return 0;
+    };
+    commands
+        .iter()
+        .take_while(|c| matches!(c, Command::Say { message, .. } if message.room == first.room))
+        .count()
 }
 
 /// LEAVEs for members dropped here.
