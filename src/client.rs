@@ -354,10 +354,18 @@ fn grpc_session(
         return Ok(Some((failed(e), false)));
     }
     let typed = Arc::clone(input);
+    // Set when this stream is over: a line its sender takes after that is
+    // the next stream's to send.
+    let over = Arc::new(AtomicBool::new(false));
+    let stream_over = Arc::clone(&over);
     thread::Builder::new()
         .name("chat-send".into())
         .spawn(move || {
             while let Some(text) = typed.next() {
+                if stream_over.load(Ordering::Acquire) {
+                    *crate::lock(&typed.unsent) = Some(text);
+                    return;
+                }
                 let m = ChatMessage {
                     text: text.clone(),
                     ..Default::default()
@@ -374,7 +382,10 @@ fn grpc_session(
     while let Some(next) = block_on(rx.next()) {
         let m = match next {
             Ok(m) => m,
-            Err(e) => return Ok(Some((failed(e), heard))),
+            Err(e) => {
+                over.store(true, Ordering::Release);
+                return Ok(Some((failed(e), heard)));
+            }
         };
         heard = true;
         if m.seq > 0 {
@@ -383,6 +394,7 @@ fn grpc_session(
         writeln!(out, "{}", format_chat_line(&m)).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
+    over.store(true, Ordering::Release);
     match input.ended.load(Ordering::Acquire) {
         true => Ok(None),
         false => Ok(Some((format!("chat with {} ended", config.addr), heard))),

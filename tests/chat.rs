@@ -734,9 +734,11 @@ fn papo_chat_via_grpc_reconnects_and_resumes_where_it_stopped() {
     let client = chat_client(&grpc);
     let request = SubscribeRequest {
         room: "volta".into(),
+        name: "eva".into(),
         ..Default::default()
     };
     let mut watcher = client.subscribe(&request).unwrap();
+    ana.expect("* eva entrou");
     ana.say("dois");
     loop {
         let m = next_within(&mut watcher, "ana's LEAVE").unwrap().unwrap();
