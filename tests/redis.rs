@@ -450,3 +450,41 @@ fn while_redis_is_down_messages_are_refused_and_connections_stay() {
         "ana's presence was put back"
     );
 }
+
+#[test]
+fn with_persistence_a_redis_restart_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("papo-redis-aof-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for Redis's file");
+    let mut redis = RedisServer::start_persistent(&dir);
+    let a = instance(&redis, &[]);
+    let (ws_addr, grpc_addr) = (a.ws.clone().unwrap(), a.grpc.clone().unwrap());
+    let mut ana = ws_open(&ws_addr, "room=p&name=ana");
+    let joined = own_join(|| ws_next(&mut ana), "ana");
+    ws_say(&mut ana, "um");
+    let um = ws_next(&mut ana);
+    assert_eq!(um.text, "um");
+
+    redis.kill();
+    eventually(SOON, "health to say NOT_SERVING", || !serving(&grpc_addr));
+    redis.restart();
+    eventually(SOON, "health to say SERVING again", || serving(&grpc_addr));
+    ws_say(&mut ana, "dois");
+    let dois = ws_next(&mut ana);
+    assert_eq!(dois.text, "dois", "the connection carries on");
+    assert_eq!(
+        (dois.epoch.as_str(), dois.seq),
+        (um.epoch.as_str(), um.seq + 1),
+        "the same log, its numbering going on"
+    );
+    // A member resuming from before "um" gets it all back.
+    let query = format!(
+        "room=p&name=bea&since={}&epoch={}",
+        joined.seq, joined.epoch
+    );
+    let mut bea = ws_open(&ws_addr, &query);
+    let replayed: Vec<String> = (0..2).map(|_| ws_next(&mut bea).text).collect();
+    assert_eq!(replayed, ["um", "dois"]);
+    assert!(own_join(|| ws_next(&mut bea), "bea").recovered);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

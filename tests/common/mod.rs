@@ -428,15 +428,47 @@ impl Terminal {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Persistence: off, or an append-only file in this directory.
+    persistence: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(vec![
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ])
+    }
+
+    /// A server that writes every change to an append-only file in `dir`
+    /// before answering (`appendfsync always`): a restart loses nothing.
+    pub fn start_persistent(dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_str().expect("UTF-8 path").to_owned();
+        let args = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir,
+        ];
+        RedisServer::start_with(args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn start_with(persistence: Vec<String>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = RedisServer { port, child: None };
+        let mut redis = RedisServer {
+            port,
+            child: None,
+            persistence,
+        };
         redis.restart();
         redis
     }
@@ -454,12 +486,14 @@ impl RedisServer {
         }
     }
 
-    /// Starts it (again) on the same port, empty, and waits until it answers.
+    /// Starts it (again) on the same port (empty, unless persistent), and
+    /// waits until it answers.
     pub fn restart(&mut self) {
         self.kill();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--protected-mode", "no"])
+            .args(&self.persistence)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
