@@ -19,6 +19,15 @@ use papo::redis::{Redis, RedisConfig};
 /// A hub on each engine (the Redis one with its server, kept alive).
 fn hubs(config: ChatConfig) -> Vec<(&'static str, Arc<Hub>, Option<RedisServer>)> {
     let redis = RedisServer::start();
+    let hub = redis_hub(&redis, &config);
+    vec![
+        ("memory", Hub::new(config.clone()), None),
+        ("redis", hub, Some(redis)),
+    ]
+}
+
+/// A hub on `redis`: one instance of several, as far as rooms go.
+fn redis_hub(redis: &RedisServer, config: &ChatConfig) -> Arc<Hub> {
     let engine = Redis::start(RedisConfig {
         address: redis.url().parse().expect("url"),
         history: config.history,
@@ -30,10 +39,7 @@ fn hubs(config: ChatConfig) -> Vec<(&'static str, Arc<Hub>, Option<RedisServer>)
     eventually(SOON, "the engine to reach Redis", || {
         papo::chat::Engine::is_up(&*engine)
     });
-    vec![
-        ("memory", Hub::new(config.clone()), None),
-        ("redis", Hub::with_engine(config, engine), Some(redis)),
-    ]
+    Hub::with_engine(config.clone(), engine)
 }
 
 fn unlimited() -> ChatConfig {
@@ -276,5 +282,60 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
         };
         let _other = hub.join_from("r", "o", other.clone(), Some(stale));
         assert!(!other.wait_for_kind(Kind::JOIN, "o").recovered, "{engine}");
+    }
+}
+
+#[test]
+fn a_room_filling_all_at_once_drops_no_one() {
+    // A queue of 64: a joiner's JOIN may come back from Redis after the
+    // reader has handed it more than that many others' JOINs.
+    let config = ChatConfig {
+        send_queue: 64,
+        ..unlimited()
+    };
+    for (engine, hub, redis) in hubs(config.clone()) {
+        // Two instances, as far as Redis goes: each reads the other's joins.
+        let other = match &redis {
+            Some(redis) => redis_hub(redis, &config),
+            None => Arc::clone(&hub),
+        };
+        let inboxes: Vec<_> = (0..600).map(|_| Inbox::new(100_000)).collect();
+        let members: Vec<_> = thread::scope(|s| {
+            let joining: Vec<_> = inboxes
+                .chunks(75)
+                .enumerate()
+                .map(|(t, chunk)| {
+                    let hub = if t % 2 == 0 { &hub } else { &other };
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(i, inbox)| hub.join("full", &format!("m{t}-{i}"), inbox.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            joining
+                .into_iter()
+                .flat_map(|j| j.join().unwrap())
+                .collect()
+        });
+        for (n, inbox) in inboxes.iter().enumerate() {
+            let name = format!("m{}-{}", n / 75, n % 75);
+            let joined = inbox.wait_for_kind(Kind::JOIN, &name);
+            assert!(
+                !joined.members.is_empty(),
+                "{engine}: {name} got its own JOIN"
+            );
+            assert!(
+                !inbox.evicted.load(Ordering::SeqCst),
+                "{engine}: {name} dropped"
+            );
+        }
+        hub.publish("full", "svc", "all here").unwrap();
+        for inbox in &inboxes {
+            inbox.wait_for(1, engine);
+        }
+        drop(members);
     }
 }

@@ -266,7 +266,7 @@ impl Hub {
                 name: name.to_owned(),
                 subscriber,
                 arrival: Arrival::Here,
-                hold: self.config.send_queue,
+                hold: self.config.send_queue.saturating_mul(room::WAITING_HOLDS),
             };
             self.engine.join(&room_arc, &mut locked, entry, resume);
             drop(locked);

@@ -19,10 +19,17 @@ pub struct MemberEntry {
     pub(crate) name: String,
     pub(super) subscriber: Arc<dyn Subscriber>,
     pub(super) arrival: Arrival,
-    /// Deliveries held for it at most while it is [`Arrival::Waiting`]:
-    /// its queue's bound.
+    /// Deliveries held for it at most while it is [`Arrival::Waiting`]
+    /// (see [`WAITING_HOLDS`]).
     pub(super) hold: usize,
 }
+
+/// How many times its queue's bound a member waiting for its JOIN holds.
+/// A joiner waits one round trip to Redis, but a burst of joins (a room of
+/// a thousand filling at once) can put hundreds of entries after its JOIN
+/// before the writer reads its reply; the held entries are shared pointers,
+/// eight bytes each.
+pub const WAITING_HOLDS: usize = 8;
 
 /// Where a member is in joining. With the in-memory engine a member is
 /// [`Arrival::Here`] at once; with a shared one its JOIN is numbered by the
