@@ -342,6 +342,25 @@ fn the_chat_page_talks_with_grpc_in_a_real_browser() {
         |s| s.contains("Dito durante a queda"),
     );
 
+    // The server ends the connection (a message past --max-message-size
+    // gets 1009): the page comes back, and hears what was said meanwhile.
+    page.eval("ws.send(JSON.stringify({text: 'x'.repeat(5 << 20)})), 'ok'");
+    page.wait_for(
+        "closed by the server",
+        "document.getElementById('state').textContent",
+        |s| s.starts_with("desconectado"),
+    );
+    let out = papo()
+        .args(["grpc-client", "--addr", &grpc, "--room", "web"])
+        .args(["--text", "Dito depois do fechamento"])
+        .output_within();
+    assert!(out.status.success());
+    page.wait_for(
+        "the message said while closed",
+        "document.getElementById('state').textContent + ' ' + document.getElementById('log').innerText",
+        |s| s.starts_with("conectado") && s.contains("Dito depois do fechamento"),
+    );
+
     // Two members of one name are two members, and one leaving leaves one.
     let twin = ws_member(&ws, "Navegador");
     page.wait_for(
