@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    chat_client, client_frame, connect, eventually, next_within, papo, raw_upgrade, serve,
-    serve_logging, OutputWithin, SOON,
+    chat_client, client_frame, connect, eventually, kind, messages, next_within, papo, raw_upgrade,
+    serve, serve_logging, ws_next, OutputWithin, SOON,
 };
 
 use std::io::{Read, Write};
@@ -38,19 +38,6 @@ fn ws_member(addr: &str, room: &str, name: &str) -> Ws {
     ws
 }
 
-/// The next chat message a WebSocket member receives, decoded from JSON.
-fn ws_next(ws: &mut Ws) -> ChatMessage {
-    loop {
-        match ws.read().expect("ws read") {
-            Message::Text(json) => {
-                return protobuf_json_mapping::parse_from_str(json.as_str()).expect("JSON")
-            }
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => continue,
-        }
-    }
-}
-
 fn grpc_next(rx: &mut ClientDuplexReceiver<ChatMessage>) -> ChatMessage {
     next_within(rx, "a chat message")
         .expect("stream open")
@@ -77,22 +64,6 @@ fn post(client: &ChatServiceClient, room: &str, text: &str) -> grpcio::Result<Re
         ..Default::default()
     };
     client.send_message(&request)
-}
-
-fn kind(m: &ChatMessage) -> Kind {
-    m.kind.enum_value_or_default()
-}
-
-/// Reads until `count` chat messages (not events) have arrived.
-fn messages(mut next: impl FnMut() -> ChatMessage, count: usize) -> Vec<(u64, String, String)> {
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        let m = next();
-        if kind(&m) == Kind::MESSAGE {
-            seen.push((m.seq, m.sender, m.text));
-        }
-    }
-    seen
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    chat_client, connect, eventually, next_within, serve, RedisServer, ServeProcess, Ws, SOON,
+    chat_client, connect, eventually, kind, messages, next_within, serve, ws_next, RedisServer,
+    ServeProcess, Ws, SOON,
 };
 use futures_util::SinkExt;
 use grpcio::WriteFlags;
@@ -27,10 +28,6 @@ fn instance(redis: &RedisServer, extra: &[&str]) -> ServeProcess {
     serve(&args)
 }
 
-fn kind(m: &ChatMessage) -> Kind {
-    m.kind.enum_value_or_default()
-}
-
 /// A `/chat` connection (its JOIN not read yet).
 fn ws_open(addr: &str, query: &str) -> Ws {
     let (ws, _) = connect(format!("ws://{addr}/chat?{query}")).expect("connect");
@@ -39,19 +36,6 @@ fn ws_open(addr: &str, query: &str) -> Ws {
             .expect("timeout");
     }
     ws
-}
-
-/// The next chat message on a WebSocket, decoded from JSON.
-fn ws_next(ws: &mut Ws) -> ChatMessage {
-    loop {
-        match ws.read().expect("ws read") {
-            Message::Text(json) => {
-                return protobuf_json_mapping::parse_from_str(json.as_str()).expect("JSON")
-            }
-            Message::Close(frame) => panic!("closed: {frame:?}"),
-            _ => continue,
-        }
-    }
 }
 
 fn ws_say(ws: &mut Ws, text: &str) {
@@ -77,18 +61,6 @@ fn next_join(mut next: impl FnMut() -> ChatMessage, name: &str) -> ChatMessage {
             return m;
         }
     }
-}
-
-/// (seq, sender, text) of the next `count` chat messages (not events).
-fn said(mut next: impl FnMut() -> ChatMessage, count: usize) -> Vec<(u64, String, String)> {
-    let mut seen = Vec::with_capacity(count);
-    while seen.len() < count {
-        let m = next();
-        if kind(&m) == Kind::MESSAGE {
-            seen.push((m.seq, m.sender, m.text));
-        }
-    }
-    seen
 }
 
 #[test]
@@ -176,9 +148,9 @@ fn three_instances_share_a_room_in_one_order_across_protocols() {
     let mut ana = ana_sends.join().unwrap();
     let _bob_tx = bob_sends.join().unwrap();
 
-    let on_a = said(|| ws_next(&mut ana), 1000);
-    let on_b = said(|| bob_next(&mut bob_rx), 1000);
-    let on_c = said(|| next_within(&mut cris, "cris").unwrap().unwrap(), 1000);
+    let on_a = messages(|| ws_next(&mut ana), 1000);
+    let on_b = messages(|| bob_next(&mut bob_rx), 1000);
+    let on_c = messages(|| next_within(&mut cris, "cris").unwrap().unwrap(), 1000);
     assert_eq!(on_a, on_b, "A and B saw one sequence");
     assert_eq!(on_a, on_c, "A and C saw one sequence");
     let seqs: Vec<u64> = on_a.iter().map(|(seq, _, _)| *seq).collect();

@@ -112,6 +112,21 @@ fn finish<T>(
     metrics: &Arc<Metrics>,
 ) {
     let metrics = Arc::clone(metrics);
+    let (sent, code) = hand_over(sink, reply);
+    ctx.spawn(async move { sent_as(sent.await, code, &metrics) });
+}
+
+/// [`finish`], from a task already spawned.
+async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
+    let (sent, code) = hand_over(sink, reply);
+    sent_as(sent.await, code, metrics);
+}
+
+/// Starts sending a unary reply; returns its progress and the call's code.
+fn hand_over<T>(
+    sink: UnarySink<T>,
+    reply: Result<T, RpcStatus>,
+) -> (grpcio::UnarySinkResult, RpcStatusCode) {
     let code = reply
         .as_ref()
         .map_or_else(|s| s.code(), |_| RpcStatusCode::OK);
@@ -119,7 +134,7 @@ fn finish<T>(
         Ok(reply) => sink.success(reply),
         Err(status) => sink.fail(status),
     };
-    ctx.spawn(async move { sent_as(sent.await, code, &metrics) });
+    (sent, code)
 }
 
 /// Counts a call whose reply went out (or did not).
@@ -131,18 +146,6 @@ fn sent_as(sent: grpcio::Result<()>, code: RpcStatusCode, metrics: &Metrics) {
             metrics.grpc_call(RpcStatusCode::CANCELLED.into());
         }
     }
-}
-
-/// [`finish`], from a task already spawned.
-async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
-    let code = reply
-        .as_ref()
-        .map_or_else(|s| s.code(), |_| RpcStatusCode::OK);
-    let sent = match reply {
-        Ok(reply) => sink.success(reply),
-        Err(status) => sink.fail(status),
-    };
-    sent_as(sent.await, code, metrics);
 }
 
 /// A started gRPC server; dropping it shuts the server down at once.

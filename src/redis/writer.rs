@@ -31,6 +31,26 @@ struct Link {
     sha: String,
 }
 
+/// What every run of the script is told after its operation.
+struct Limits {
+    /// Entries a room's log keeps, at least.
+    maxlen: String,
+    /// The room's keys' time to live, in ms.
+    ttl: String,
+}
+
+impl Link {
+    /// Queues a run of the script on `room`'s keys: `op`, the limits, `args`.
+    fn script(&mut self, room: &str, op: &str, limits: &Limits, args: &[&str]) -> io::Result<()> {
+        let [meta, log, members] = room_keys(room);
+        let Link { connection, sha } = self;
+        let mut all = vec!["EVALSHA", sha, "3", &meta, &log, &members, op];
+        all.extend([limits.maxlen.as_str(), &limits.ttl]);
+        all.extend_from_slice(args);
+        connection.send(&all)
+    }
+}
+
 fn connect(shared: &Shared) -> io::Result<Link> {
     let mut connection = Connection::open(&shared.config.address, IO_TIMEOUT)?;
     let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
@@ -134,8 +154,10 @@ fn exchange(
     tend: bool,
 ) -> io::Result<()> {
     let config = &shared.config;
-    let maxlen = config.history.max(STREAM_FLOOR).to_string();
-    let ttl = config.history_ttl.as_millis().max(1).to_string();
+    let limits = Limits {
+        maxlen: config.history.max(STREAM_FLOOR).to_string(),
+        ttl: config.history_ttl.as_millis().max(1).to_string(),
+    };
     let presence = config.presence_ttl.as_millis().max(1).to_string();
     let history = config.history.to_string();
     // Consecutive messages to one room go in one call: one script run
@@ -149,17 +171,14 @@ fn exchange(
                 Command::Say { message, .. } => message.room.as_str(),
                 _ => unreachable!("says_in_a_row counts messages only"),
             };
-            let [meta, log, members] = room_keys(room);
-            let mut args = vec![
-                "EVALSHA", &link.sha, "3", &meta, &log, &members, "say", &maxlen, &ttl,
-            ];
+            let mut args = Vec::with_capacity(2 * says);
             for command in &batch[at..at + says] {
                 if let Command::Say { message, .. } = command {
-                    args.push(&message.sender);
-                    args.push(&message.text);
+                    args.push(message.sender.as_str());
+                    args.push(message.text.as_str());
                 }
             }
-            link.connection.send(&args)?;
+            link.script(room, "say", &limits, &args)?;
             calls.push((says, true));
             at += says;
             continue;
@@ -176,44 +195,16 @@ fn exchange(
                 resume,
                 ..
             } => {
-                let [meta, log, members] = room_keys(room_name);
                 let (since, epoch) = match resume {
                     Some(r) => (r.since.to_string(), r.epoch.as_str()),
                     None => (String::new(), ""),
                 };
-                link.connection.send(&[
-                    "EVALSHA",
-                    &link.sha,
-                    "3",
-                    &meta,
-                    &log,
-                    &members,
-                    "join",
-                    &maxlen,
-                    &ttl,
-                    &shared.tag(*id),
-                    name,
-                    &presence,
-                    &since,
-                    epoch,
-                    &history,
-                ])?;
+                let tag = shared.tag(*id);
+                let args = [tag.as_str(), name, &presence, &since, epoch, &history];
+                link.script(room_name, "join", &limits, &args)?;
             }
             Command::Leave { room, id, name } => {
-                let [meta, log, members] = room_keys(room);
-                link.connection.send(&[
-                    "EVALSHA",
-                    &link.sha,
-                    "3",
-                    &meta,
-                    &log,
-                    &members,
-                    "leave",
-                    &maxlen,
-                    &ttl,
-                    &shared.tag(*id),
-                    name,
-                ])?;
+                link.script(room, "leave", &limits, &[&shared.tag(*id), name])?;
             }
             Command::Wake => {
                 link.connection.send(&[
@@ -229,7 +220,7 @@ fn exchange(
         }
     }
     let tended = if tend {
-        send_presence(shared, link, &maxlen, &ttl, &presence)?
+        send_presence(shared, link, &limits, &presence)?
     } else {
         0
     };
@@ -273,8 +264,7 @@ fn exchange(
 fn send_presence(
     shared: &Shared,
     link: &mut Link,
-    maxlen: &str,
-    ttl: &str,
+    limits: &Limits,
     presence: &str,
 ) -> io::Result<usize> {
     // Asked even with no room to renew: an idle writer learns so whether
@@ -294,12 +284,9 @@ fn send_presence(
             .into_iter()
             .map(|(id, member)| format!("{}:{member}", shared.tag(id)))
             .collect();
-        let [meta, log, members] = room_keys(name);
-        let mut args = vec![
-            "EVALSHA", &link.sha, "3", &meta, &log, &members, "tend", maxlen, ttl, presence,
-        ];
+        let mut args = vec![presence];
         args.extend(tags.iter().map(String::as_str));
-        link.connection.send(&args)?;
+        link.script(name, "tend", limits, &args)?;
     }
     Ok(rooms.len() + 1)
 }

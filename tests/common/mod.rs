@@ -16,6 +16,8 @@ use papo::chat::{ChatConfig, Hub};
 use papo::executor::block_on_until;
 use papo::grpc::{GrpcConfig, GrpcServer};
 use papo::metrics::Metrics;
+use papo::proto::chat::message::Kind;
+use papo::proto::chat::Message as ChatMessage;
 use papo::proto::chat_grpc::ChatServiceClient;
 use papo::proto::health_grpc::HealthClient;
 use papo::ws::{WsConfig, WsHandle, WsServer};
@@ -515,4 +517,34 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The kind of a chat message.
+pub fn kind(m: &ChatMessage) -> Kind {
+    m.kind.enum_value_or_default()
+}
+
+/// The next chat message a WebSocket member receives, decoded from JSON.
+pub fn ws_next(ws: &mut Ws) -> ChatMessage {
+    loop {
+        match ws.read().expect("ws read") {
+            tungstenite::Message::Text(json) => {
+                return protobuf_json_mapping::parse_from_str(json.as_str()).expect("JSON")
+            }
+            tungstenite::Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// (seq, sender, text) of the next `count` chat messages (not events).
+pub fn messages(mut next: impl FnMut() -> ChatMessage, count: usize) -> Vec<(u64, String, String)> {
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        let m = next();
+        if kind(&m) == Kind::MESSAGE {
+            seen.push((m.seq, m.sender, m.text));
+        }
+    }
+    seen
 }
