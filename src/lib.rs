@@ -4,6 +4,7 @@
 //! gRPC C-core server; both answer through the transport-free `chat` core,
 //! and `server` runs them together in one process.
 
+pub mod auth;
 pub mod chat;
 pub mod client;
 pub mod config;

@@ -1,0 +1,485 @@
+//! Who is speaking: signed tokens (JWT, RFC 7519) that the application
+//! which knows its users mints, and papo verifies. A token names its member
+//! (`sub`), how long it is good for (`exp`, `nbf`), which rooms it may join
+//! (`rooms`) and whether it may speak (`pub`).
+//!
+//! Signatures are HS256 (a shared secret) or EdDSA (an Ed25519 public key),
+//! checked with `ring`, which TLS already brings in. The algorithm a token
+//! names must be one papo was given a key for: `none` is never accepted, and
+//! an HS256 token is checked against the secret only, never against the
+//! public key (the classic algorithm confusion).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use protobuf::well_known_types::struct_::{value::Kind, Struct, Value};
+use ring::{hmac, signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::SubjectPublicKeyInfoDer;
+
+/// Where the verification keys are, as `papo serve` was told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFiles {
+    /// An HMAC-SHA256 secret (HS256), the file's bytes less a final newline.
+    pub secret: Option<PathBuf>,
+    /// A PEM Ed25519 public key (EdDSA).
+    pub public_key: Option<PathBuf>,
+    /// How far `exp` and `nbf` may be off, for clocks that disagree.
+    pub leeway: Duration,
+}
+
+/// The keys tokens are checked against.
+pub struct Verifier {
+    secret: Option<hmac::Key>,
+    public_key: Option<Vec<u8>>,
+    leeway: Duration,
+}
+
+/// Who a valid token says the member is, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The member's name.
+    pub sub: String,
+    /// Room patterns it may join (exact, or a prefix ending in `*`);
+    /// `None`: every room.
+    pub rooms: Option<Vec<String>>,
+    /// Whether it may speak (`pub`, true unless the token says false).
+    pub publish: bool,
+    /// When the token expires, in seconds since the epoch.
+    pub expires: u64,
+}
+
+/// Why a token was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed(&'static str),
+    /// Its `alg` is none papo accepts, or none it has a key for.
+    Algorithm(String),
+    BadSignature,
+    Expired,
+    NotYetValid,
+}
+
+impl AuthError {
+    /// The reason as `/metrics` labels it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::Algorithm(_) => "algorithm",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Missing => f.write_str("a token is required"),
+            AuthError::Malformed(why) => write!(f, "malformed token: {why}"),
+            AuthError::Algorithm(alg) => write!(f, "token algorithm {alg:?} not accepted"),
+            AuthError::BadSignature => f.write_str("token signature does not verify"),
+            AuthError::Expired => f.write_str("token expired"),
+            AuthError::NotYetValid => f.write_str("token not valid yet"),
+        }
+    }
+}
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): what
+/// precedes the 32 bytes of the key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+impl Verifier {
+    /// Reads the keys; `Err` says which file and why.
+    pub fn load(files: &AuthFiles) -> Result<Verifier, String> {
+        let secret = match &files.secret {
+            None => None,
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let secret = trim_newline(&bytes);
+                if secret.len() < 32 {
+                    return Err(format!(
+                        "{}: an HS256 secret needs at least 32 bytes, this has {}",
+                        path.display(),
+                        secret.len()
+                    ));
+                }
+                Some(hmac::Key::new(hmac::HMAC_SHA256, secret))
+            }
+        };
+        let public_key = match &files.public_key {
+            None => None,
+            Some(path) => Some(ed25519_key(path)?),
+        };
+        Ok(Verifier {
+            secret,
+            public_key,
+            leeway: files.leeway,
+        })
+    }
+
+    /// The identity `token` carries, if it is valid now.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed("not three dot-separated parts"));
+        };
+        let header = json_object(header)?;
+        let signed = &token[..header_and_claims_len(token)];
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+        match text(&header, "alg").unwrap_or_default() {
+            "HS256" => {
+                let key = self
+                    .secret
+                    .as_ref()
+                    .ok_or_else(|| AuthError::Algorithm("HS256".into()))?;
+                hmac::verify(key, signed.as_bytes(), &signature)
+                    .map_err(|_| AuthError::BadSignature)?;
+            }
+            "EdDSA" => {
+                let key = self
+                    .public_key
+                    .as_ref()
+                    .ok_or_else(|| AuthError::Algorithm("EdDSA".into()))?;
+                signature::UnparsedPublicKey::new(&signature::ED25519, key)
+                    .verify(signed.as_bytes(), &signature)
+                    .map_err(|_| AuthError::BadSignature)?;
+            }
+            other => return Err(AuthError::Algorithm(other.to_owned())),
+        }
+        // Only a token whose signature holds is read further.
+        let claims = json_object(claims)?;
+        let sub = text(&claims, "sub")
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::Malformed("no \"sub\""))?;
+        let leeway = self.leeway.as_secs();
+        let expires = seconds(&claims, "exp")?.ok_or(AuthError::Malformed("no \"exp\""))?;
+        if now > expires.saturating_add(leeway) {
+            return Err(AuthError::Expired);
+        }
+        if seconds(&claims, "nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+            return Err(AuthError::NotYetValid);
+        }
+        let rooms = match claims.fields.get("rooms").and_then(|v| v.kind.as_ref()) {
+            None | Some(Kind::NullValue(_)) => None,
+            Some(Kind::ListValue(list)) => Some(
+                list.values
+                    .iter()
+                    .map(|v| match &v.kind {
+                        Some(Kind::StringValue(s)) => Ok(s.clone()),
+                        _ => Err(AuthError::Malformed("\"rooms\" holds a non-string")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Some(_) => return Err(AuthError::Malformed("\"rooms\" is not a list")),
+        };
+        let publish = match claims.fields.get("pub").and_then(|v| v.kind.as_ref()) {
+            None => true,
+            Some(Kind::BoolValue(b)) => *b,
+            Some(_) => return Err(AuthError::Malformed("\"pub\" is not a boolean")),
+        };
+        Ok(Identity {
+            sub: sub.to_owned(),
+            rooms,
+            publish,
+            expires,
+        })
+    }
+}
+
+impl Identity {
+    /// Whether the token lets its member into `room`.
+    pub fn may_join(&self, room: &str) -> bool {
+        self.rooms.as_ref().is_none_or(|patterns| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => p == room,
+            })
+        })
+    }
+
+    /// How long until the token expires (zero if it has).
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.expires.saturating_sub(unix_now()))
+    }
+}
+
+/// What `papo token` signs.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub sub: String,
+    pub rooms: Option<Vec<String>>,
+    pub ttl: Duration,
+    pub read_only: bool,
+}
+
+/// An HS256 token for `request`, signed with the secret in `secret_file`.
+pub fn mint(secret_file: &Path, request: &TokenRequest) -> Result<String, String> {
+    let bytes =
+        std::fs::read(secret_file).map_err(|e| format!("{}: {e}", secret_file.display()))?;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, trim_newline(&bytes));
+    let now = unix_now();
+    let mut claims = format!(
+        "{{\"sub\":{},\"iat\":{now},\"exp\":{}",
+        json_string(&request.sub),
+        now.saturating_add(request.ttl.as_secs())
+    );
+    if let Some(rooms) = &request.rooms {
+        let list: Vec<String> = rooms.iter().map(|r| json_string(r)).collect();
+        claims.push_str(&format!(",\"rooms\":[{}]", list.join(",")));
+    }
+    if request.read_only {
+        claims.push_str(",\"pub\":false");
+    }
+    claims.push('}');
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let tag = hmac::sign(&key, signed.as_bytes());
+    Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes.strip_suffix(b"\r").unwrap_or(bytes)
+}
+
+/// The raw 32 bytes of the Ed25519 public key in a PEM file.
+fn ed25519_key(path: &Path) -> Result<Vec<u8>, String> {
+    let der = SubjectPublicKeyInfoDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no PEM public key: {e}", path.display()))?;
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(key) if key.len() == 32 => Ok(key.to_vec()),
+        _ => Err(format!(
+            "{}: not an Ed25519 public key (EdDSA is the public-key algorithm papo takes)",
+            path.display()
+        )),
+    }
+}
+
+/// The length of `header.claims`, the signed part of a token.
+fn header_and_claims_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(0)
+}
+
+/// A base64url part of a token, as a JSON object.
+fn json_object(part: &str) -> Result<Struct, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed("a part is not base64url"))?;
+    let json = std::str::from_utf8(&bytes).map_err(|_| AuthError::Malformed("not UTF-8"))?;
+    protobuf_json_mapping::parse_from_str::<Struct>(json)
+        .map_err(|_| AuthError::Malformed("a part is not a JSON object"))
+}
+
+fn text<'a>(object: &'a Struct, key: &str) -> Option<&'a str> {
+    match object.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A NumericDate claim: seconds since the epoch (fractions dropped).
+fn seconds(object: &Struct, key: &str) -> Result<Option<u64>, AuthError> {
+    match object.fields.get(key).and_then(|v: &Value| v.kind.as_ref()) {
+        None => Ok(None),
+        Some(Kind::NumberValue(n)) if n.is_finite() && *n >= 0.0 => Ok(Some(*n as u64)),
+        Some(_) => Err(AuthError::Malformed("a date is not a number of seconds")),
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a secret of at least thirty-two bytes, for tests";
+
+    fn verifier(dir: &Path) -> (Verifier, PathBuf) {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        let files = AuthFiles {
+            secret: Some(secret.clone()),
+            public_key: None,
+            leeway: Duration::from_secs(5),
+        };
+        (Verifier::load(&files).unwrap(), secret)
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("papo-auth-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A token with `header` and `claims` as given, signed HS256 with `key`.
+    fn signed(header: &str, claims: &str, key: &[u8]) -> String {
+        let body = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body.as_bytes());
+        format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_claims() {
+        let dir = scratch("mint");
+        let (verifier, secret) = verifier(&dir);
+        let request = TokenRequest {
+            sub: "ana \"a\"".into(),
+            rooms: Some(vec!["geral".into(), "dev-*".into()]),
+            ttl: Duration::from_secs(60),
+            read_only: true,
+        };
+        let identity = verifier.verify(&mint(&secret, &request).unwrap()).unwrap();
+        assert_eq!(identity.sub, "ana \"a\"");
+        assert!(!identity.publish);
+        assert!(identity.may_join("geral") && identity.may_join("dev-ops"));
+        assert!(!identity.may_join("geral2") && !identity.may_join("ops"));
+        assert!(identity.lifetime() <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn forged_expired_and_confused_tokens_are_refused() {
+        let dir = scratch("refuse");
+        let (verifier, _) = verifier(&dir);
+        let now = unix_now();
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let good = format!(r#"{{"sub":"ana","exp":{}}}"#, now + 60);
+        assert!(verifier
+            .verify(&signed(hs, &good, SECRET.as_bytes()))
+            .is_ok());
+        let cases = [
+            (String::new(), AuthError::Missing),
+            (
+                "a.b".into(),
+                AuthError::Malformed("not three dot-separated parts"),
+            ),
+            (
+                signed(hs, &good, b"another secret, also long enough!!"),
+                AuthError::BadSignature,
+            ),
+            (
+                signed(r#"{"alg":"none"}"#, &good, SECRET.as_bytes()),
+                AuthError::Algorithm("none".into()),
+            ),
+            (
+                signed(r#"{"alg":"EdDSA"}"#, &good, SECRET.as_bytes()),
+                AuthError::Algorithm("EdDSA".into()),
+            ),
+            (
+                signed(
+                    hs,
+                    &format!(r#"{{"sub":"ana","exp":{}}}"#, now - 60),
+                    SECRET.as_bytes(),
+                ),
+                AuthError::Expired,
+            ),
+            (
+                signed(
+                    hs,
+                    &format!(r#"{{"sub":"ana","exp":{},"nbf":{}}}"#, now + 600, now + 60),
+                    SECRET.as_bytes(),
+                ),
+                AuthError::NotYetValid,
+            ),
+            (
+                signed(hs, r#"{"sub":"ana"}"#, SECRET.as_bytes()),
+                AuthError::Malformed("no \"exp\""),
+            ),
+            (
+                signed(hs, &format!(r#"{{"exp":{}}}"#, now + 60), SECRET.as_bytes()),
+                AuthError::Malformed("no \"sub\""),
+            ),
+            (
+                signed(
+                    hs,
+                    &format!(r#"{{"sub":"a","exp":{},"rooms":"x"}}"#, now + 60),
+                    SECRET.as_bytes(),
+                ),
+                AuthError::Malformed("\"rooms\" is not a list"),
+            ),
+        ];
+        for (token, expected) in cases {
+            assert_eq!(verifier.verify(&token), Err(expected), "{token}");
+        }
+        // Within the leeway, an expired token still counts.
+        let late = format!(r#"{{"sub":"ana","exp":{}}}"#, now - 2);
+        assert!(verifier
+            .verify(&signed(hs, &late, SECRET.as_bytes()))
+            .is_ok());
+        // An empty room list lets its member in nowhere.
+        let nowhere = format!(r#"{{"sub":"ana","exp":{},"rooms":[]}}"#, now + 60);
+        let identity = verifier
+            .verify(&signed(hs, &nowhere, SECRET.as_bytes()))
+            .unwrap();
+        assert!(!identity.may_join("geral"));
+    }
+
+    #[test]
+    fn an_hs256_token_signed_with_the_public_key_is_refused() {
+        let dir = scratch("confusion");
+        let pem = "-----BEGIN PUBLIC KEY-----\n\
+                   MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
+                   -----END PUBLIC KEY-----\n";
+        let public = dir.join("public.pem");
+        std::fs::write(&public, pem).unwrap();
+        let files = AuthFiles {
+            secret: None,
+            public_key: Some(public),
+            leeway: Duration::ZERO,
+        };
+        let verifier = Verifier::load(&files).unwrap();
+        let claims = format!(r#"{{"sub":"ana","exp":{}}}"#, unix_now() + 60);
+        for key in [pem.as_bytes(), &verifier.public_key.clone().unwrap()[..]] {
+            let token = signed(r#"{"alg":"HS256"}"#, &claims, key);
+            assert_eq!(
+                verifier.verify(&token),
+                Err(AuthError::Algorithm("HS256".into()))
+            );
+        }
+    }
+}
