@@ -10,10 +10,12 @@
 //! public key (the classic algorithm confusion).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use log::{debug, warn};
 use protobuf::well_known_types::struct_::{value::Kind, Struct, Value};
 use ring::{hmac, signature};
 use rustls::pki_types::pem::PemObject;
@@ -35,6 +37,47 @@ pub struct Verifier {
     secret: Option<hmac::Key>,
     public_key: Option<Vec<u8>>,
     leeway: Duration,
+    /// Refusals since the last warning, and when that was: a client with a
+    /// bad token in a retry loop must not flood the log.
+    refusals: Mutex<(u64, Option<Instant>)>,
+}
+
+/// At most one warning about refused tokens per this long.
+const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a member was not let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No valid token: HTTP 401, gRPC `UNAUTHENTICATED`.
+    Unauthenticated(AuthError),
+    /// A valid token that does not allow this: HTTP 403, gRPC
+    /// `PERMISSION_DENIED`.
+    Forbidden(String),
+}
+
+impl Denied {
+    /// The reason as `/metrics` labels it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denied::Unauthenticated(e) => e.reason(),
+            Denied::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denied::Unauthenticated(e) => write!(f, "{e}"),
+            Denied::Forbidden(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The token in an `Authorization: Bearer <token>` value.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Who a valid token says the member is, and what it may do.
@@ -122,7 +165,53 @@ impl Verifier {
             secret,
             public_key,
             leeway: files.leeway,
+            refusals: Mutex::new((0, None)),
         })
+    }
+
+    /// Lets a member named `name` (empty: the token's `sub`) into `room`
+    /// with `token`; returns who it is. Every refusal is logged at debug,
+    /// and at most every ten seconds at warn with how many there were.
+    pub fn admit(&self, token: Option<&str>, room: &str, name: &str) -> Result<Identity, Denied> {
+        let admitted = self.check(token.unwrap_or_default(), room, name);
+        if let Err(denied) = &admitted {
+            debug!("chat token refused for room {room:?}: {denied}");
+            let mut refusals = crate::lock(&self.refusals);
+            refusals.0 += 1;
+            if refusals
+                .1
+                .is_none_or(|t| t.elapsed() >= REFUSAL_WARN_INTERVAL)
+            {
+                warn!(
+                    "chat tokens refused: {} in the last {}s (the last: {denied})",
+                    refusals.0,
+                    REFUSAL_WARN_INTERVAL.as_secs()
+                );
+                *refusals = (0, Some(Instant::now()));
+            }
+        }
+        admitted
+    }
+
+    fn check(&self, token: &str, room: &str, name: &str) -> Result<Identity, Denied> {
+        let identity = self.verify(token).map_err(Denied::Unauthenticated)?;
+        if crate::chat::member_name(&identity.sub) != Ok(identity.sub.as_str()) {
+            return Err(Denied::Unauthenticated(AuthError::Malformed(
+                "\"sub\" is not a name papo shows",
+            )));
+        }
+        if !name.is_empty() && name != identity.sub {
+            return Err(Denied::Forbidden(format!(
+                "the name must be the token's sub ({:?}), not {name:?}",
+                identity.sub
+            )));
+        }
+        if !identity.may_join(room) {
+            return Err(Denied::Forbidden(format!(
+                "the token does not allow room {room:?}"
+            )));
+        }
+        Ok(identity)
     }
 
     /// The identity `token` carries, if it is valid now.

@@ -100,11 +100,16 @@ fn run(args: &[String]) -> Result<(), Failure> {
         "serve" => {
             return papo::server::serve(ServeConfig::from_values(&values)?).map_err(|e| match e {
                 // Files given on the command line that cannot be used: usage.
-                ServeError::Tls(_) => Failure::Usage(e.to_string()),
+                ServeError::Tls(_) | ServeError::Auth(_) => Failure::Usage(e.to_string()),
                 e => Failure::Runtime(e.to_string()),
             });
         }
         "dev-cert" => dev_cert(&values, stdout),
+        "token" => {
+            let (secret, request) = config::token_request(&values)?;
+            papo::auth::mint(&secret, &request)
+                .and_then(|token| writeln!(stdout, "{token}").map_err(|e| e.to_string()))
+        }
         "ws-client" => client::ws_client(&WsClientConfig::from_values(&values)?, stdout),
         "grpc-client" => client::grpc_client(&GrpcClientConfig::from_values(&values)?, stdout),
         "chat" => client::chat_client(&ChatClientConfig::from_values(&values)?, stdout),

@@ -140,10 +140,21 @@ pub struct Metrics {
     pub engine_up: AtomicU64,
     pub grpc_refused: AtomicU64,
     tls_failed: [AtomicU64; TLS_FAILURES.len()],
+    auth_failed: [AtomicU64; AUTH_FAILURES.len()],
 }
 
 /// Why a TLS handshake on the WebSocket port failed, as labelled.
 const TLS_FAILURES: [&str; 5] = ["timeout", "not_tls", "incompatible", "alert", "other"];
+/// Why a chat token was refused, as `papo_auth_failures_total` labels it.
+const AUTH_FAILURES: [&str; 7] = [
+    "missing",
+    "malformed",
+    "algorithm",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "forbidden",
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -164,6 +175,13 @@ impl Metrics {
             .position(|&r| r == reason)
             .unwrap_or(TLS_FAILURES.len() - 1);
         self.tls_failed[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a chat token refused, by one of [`AUTH_FAILURES`].
+    pub fn auth_failed(&self, reason: &str) {
+        if let Some(slot) = AUTH_FAILURES.iter().position(|&r| r == reason) {
+            self.auth_failed[slot].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a gRPC call that ended with `code` (a `grpc-status` number).
@@ -277,6 +295,17 @@ impl Metrics {
             "counter",
             "TLS handshakes on the WebSocket port that failed, by reason.",
             &failed,
+        );
+        let refused: Vec<_> = AUTH_FAILURES
+            .iter()
+            .zip(&self.auth_failed)
+            .map(|(reason, c)| (format!("{{reason=\"{reason}\"}}"), get(c)))
+            .collect();
+        metric(
+            "papo_auth_failures_total",
+            "counter",
+            "Chat connections and calls refused for their token, by reason, both protocols.",
+            &refused,
         );
         let calls: Vec<_> = GRPC_CODES
             .iter()

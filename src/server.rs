@@ -13,7 +13,8 @@ use std::thread;
 
 use log::{info, warn};
 
-use crate::chat::{Engine, Hub};
+use crate::auth::Verifier;
+use crate::chat::{Engine, Hub, Memory};
 use crate::config::ServeConfig;
 use crate::grpc::{GrpcServer, StartError};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub enum ServeError {
     Thread(&'static str, io::Error),
     /// The TLS certificate or key cannot be used.
     Tls(TlsError),
+    /// A token key cannot be used.
+    Auth(String),
 }
 
 impl fmt::Display for ServeError {
@@ -51,6 +54,7 @@ impl fmt::Display for ServeError {
             ServeError::WsFailed(e) => write!(f, "WebSocket server failed: {e}"),
             ServeError::Thread(name, e) => write!(f, "cannot start the {name} thread: {e}"),
             ServeError::Tls(e) => write!(f, "{e}"),
+            ServeError::Auth(e) => write!(f, "{e}"),
         }
     }
 }
@@ -110,12 +114,27 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
-    let hub = match &redis {
-        Some(engine) => {
-            Hub::with_engine(config.chat.clone(), Arc::clone(engine) as Arc<dyn Engine>)
+    let auth = match &config.auth {
+        Some(files) => {
+            let verifier = Verifier::load(files).map_err(ServeError::Auth)?;
+            info!("chat needs a signed token (see papo token)");
+            Some(verifier)
         }
-        None => Hub::new(config.chat.clone()),
+        None => {
+            info!(
+                "chat is open: anyone may join as any name \
+                 (--auth-secret-file or --auth-public-key require tokens)"
+            );
+            None
+        }
     };
+    let engine: Arc<dyn Engine> = match &redis {
+        Some(engine) => Arc::clone(engine) as Arc<dyn Engine>,
+        None => Arc::new(Memory {
+            history_ttl: config.chat.history_ttl,
+        }),
+    };
+    let hub = Hub::build(config.chat.clone(), engine, auth);
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
             GrpcServer::start(

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use crate::auth::Verifier;
 use crate::lock;
 use crate::proto::chat::Message;
 pub use engine::{Done, Engine, Memory};
@@ -181,6 +182,8 @@ pub struct Hub {
     swept: Mutex<Instant>,
     history_budget: Arc<HistoryBudget>,
     engine: Arc<dyn Engine>,
+    /// Checks chat tokens (`None`: anyone may join as any name).
+    auth: Option<Verifier>,
 }
 
 /// How often, at most, the hub looks for rooms whose log has expired.
@@ -197,7 +200,14 @@ impl Hub {
 
     /// A hub whose rooms' logs `engine` keeps.
     pub fn with_engine(config: ChatConfig, engine: Arc<dyn Engine>) -> Arc<Hub> {
+        Hub::build(config, engine, None)
+    }
+
+    /// A hub whose rooms' logs `engine` keeps, its members identified by
+    /// the tokens `auth` checks, if any.
+    pub fn build(config: ChatConfig, engine: Arc<dyn Engine>, auth: Option<Verifier>) -> Arc<Hub> {
         Arc::new(Hub {
+            auth,
             engine,
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -212,6 +222,11 @@ impl Hub {
 
     pub fn config(&self) -> &ChatConfig {
         &self.config
+    }
+
+    /// What checks chat tokens, when they are required.
+    pub fn auth(&self) -> Option<&Verifier> {
+        self.auth.as_ref()
     }
 
     /// Whether the engine takes messages now (health and metrics say so).

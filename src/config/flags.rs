@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{parse, CliError, Command, Flag, Values};
+use crate::auth::{AuthFiles, TokenRequest};
 use crate::chat::{ChatConfig, Rate, DEFAULT_ROOM, ENVELOPE};
 use crate::client::{ChatClientConfig, ClientTls, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
@@ -111,6 +112,21 @@ pub const REDIS_PENDING: Flag = Flag::size(
     "64MiB",
     "With --redis: bytes of messages waiting for Redis; past it, new ones are refused as unavailable",
 );
+pub const AUTH_SECRET_FILE: Flag = Flag::optional(
+    "auth-secret-file",
+    "FILE",
+    "HMAC-SHA256 secret (at least 32 bytes) for HS256 tokens: chat then needs a signed token (see papo token)",
+);
+pub const AUTH_PUBLIC_KEY: Flag = Flag::optional(
+    "auth-public-key",
+    "FILE",
+    "PEM Ed25519 public key for EdDSA tokens: chat then needs a signed token",
+);
+pub const AUTH_LEEWAY: Flag = Flag::duration(
+    "auth-leeway",
+    "5s",
+    "How far a token's exp and nbf may be off, for clocks that disagree",
+);
 pub const RATE_LIMIT: Flag = Flag::count(
     "rate-limit",
     "N",
@@ -211,6 +227,9 @@ pub const SERVE: Command = Command {
         &REDIS,
         &PRESENCE_TTL,
         &REDIS_PENDING,
+        &AUTH_SECRET_FILE,
+        &AUTH_PUBLIC_KEY,
+        &AUTH_LEEWAY,
         &RATE_LIMIT,
         &RATE_BURST,
         &LISTEN_BACKLOG,
@@ -325,6 +344,34 @@ pub const DEV_CERT_HOST: Flag = Flag::list(
     "Another name the certificate is for, besides localhost, 127.0.0.1 and ::1",
 );
 
+pub const TOKEN_SECRET_FILE: Flag = Flag::text(
+    "secret-file",
+    "FILE",
+    "",
+    "The HMAC-SHA256 secret papo serve's --auth-secret-file names",
+);
+pub const TOKEN_SUB: Flag = Flag::text("sub", "NAME", "", "The member's name");
+pub const TOKEN_ROOMS: Flag = Flag::list(
+    "rooms",
+    "PATTERN",
+    "Rooms it may join: names, or prefixes ending in * (default: every room)",
+);
+pub const TOKEN_TTL: Flag = Flag::duration("ttl", "1h", "How long the token is good for");
+pub const TOKEN_READ_ONLY: Flag =
+    Flag::switch("read-only", "It may listen, not speak (pub: false)");
+
+pub const TOKEN: Command = Command {
+    name: "token",
+    about: "Print an HS256 token for a chat member, signed with the server's secret (for development and scripts).",
+    flags: &[
+        &TOKEN_SECRET_FILE,
+        &TOKEN_SUB,
+        &TOKEN_ROOMS,
+        &TOKEN_TTL,
+        &TOKEN_READ_ONLY,
+    ],
+};
+
 pub const DEV_CERT: Command = Command {
     name: "dev-cert",
     about: "Write a throwaway CA and a certificate it signs (ca.pem, cert.pem, key.pem) for TLS on this machine.",
@@ -332,7 +379,7 @@ pub const DEV_CERT: Command = Command {
 };
 
 /// The library's commands, in the order `papo --help` lists them.
-pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT, &DEV_CERT];
+pub const COMMANDS: &[&Command] = &[&SERVE, &WS_CLIENT, &GRPC_CLIENT, &CHAT, &TOKEN, &DEV_CERT];
 
 /// `papo serve`, resolved.
 #[derive(Debug, Clone)]
@@ -349,6 +396,9 @@ pub struct ServeConfig {
     /// The Redis that rooms live in, shared with other instances (`None`:
     /// rooms in this process's memory).
     pub redis: Option<RedisConfig>,
+    /// The keys chat tokens are checked against (`None`: no tokens, anyone
+    /// may join as any name).
+    pub auth: Option<AuthFiles>,
 }
 
 impl Default for ServeConfig {
@@ -424,6 +474,7 @@ impl ServeConfig {
             drain_timeout: v.duration(&DRAIN_TIMEOUT)?,
             tls: tls_files(v)?,
             redis,
+            auth: auth_files(v)?,
         };
         if config.ws_addr.is_none() && config.grpc_addr.is_none() {
             return Err(CliError::Usage(
@@ -433,6 +484,20 @@ impl ServeConfig {
         }
         Ok(config)
     }
+}
+
+/// The token keys, if any is given.
+fn auth_files(v: &Values) -> Result<Option<AuthFiles>, CliError> {
+    let secret = v.optional(&AUTH_SECRET_FILE)?.map(PathBuf::from);
+    let public_key = v.optional(&AUTH_PUBLIC_KEY)?.map(PathBuf::from);
+    let leeway = v.duration(&AUTH_LEEWAY)?;
+    Ok(
+        (secret.is_some() || public_key.is_some()).then_some(AuthFiles {
+            secret,
+            public_key,
+            leeway,
+        }),
+    )
 }
 
 /// The TLS files, all or none: a certificate needs its key, a client CA
@@ -508,6 +573,29 @@ impl ChatClientConfig {
             tls: client_tls(v, true)?,
         })
     }
+}
+
+/// `papo token`, resolved: the secret's file and what to sign.
+pub fn token_request(v: &Values) -> Result<(PathBuf, TokenRequest), CliError> {
+    let usage = |why: &str| Err(CliError::Usage(why.into()).in_command(TOKEN.name));
+    let secret = v.string(&TOKEN_SECRET_FILE)?;
+    let sub = v.string(&TOKEN_SUB)?;
+    if secret.is_empty() {
+        return usage("--secret-file is required");
+    }
+    if sub.is_empty() {
+        return usage("--sub is required");
+    }
+    let rooms = v.list(&TOKEN_ROOMS)?;
+    Ok((
+        PathBuf::from(secret),
+        TokenRequest {
+            sub,
+            rooms: (!rooms.is_empty()).then_some(rooms),
+            ttl: v.duration(&TOKEN_TTL)?,
+            read_only: v.switch(&TOKEN_READ_ONLY)?,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use protobuf::Message as _;
 use super::codec::{self, Incoming, Outgoing};
 use super::deadline::{Deadline, Deadlines, Timed};
 use super::finish;
+use crate::auth::{self, Denied, Identity};
 use crate::chat::{self, Bucket, Delivery, Encoding, Hub, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::proto::chat::{Response, SubscribeRequest};
@@ -83,6 +84,8 @@ struct GrpcMember {
     /// Fires when a write has been with C-core for `write_timeout`.
     deadline: Arc<Deadline>,
     write_timeout: Option<Duration>,
+    /// Fires when the member's token expires.
+    expiry: Option<Arc<Deadline>>,
 }
 
 impl Subscriber for GrpcMember {
@@ -195,6 +198,7 @@ impl ChatServer {
         room: &str,
         name: &str,
         resume: Option<chat::Resume>,
+        identity: Option<&Identity>,
     ) -> (Member, Arc<GrpcMember>, queue::Receiver<Outgoing>) {
         let config = self.hub.config();
         // As a WebSocket peer's: two of the largest messages.
@@ -207,6 +211,11 @@ impl ChatServer {
             metrics: Arc::clone(&self.metrics),
             deadline: self.deadlines.new_deadline(),
             write_timeout: self.write_timeout,
+            expiry: identity.map(|who| {
+                let expiry = self.deadlines.new_deadline();
+                expiry.rearm(who.lifetime());
+                expiry
+            }),
         });
         let member = self.hub.join_from(
             room,
@@ -216,6 +225,49 @@ impl ChatServer {
         );
         (member, subscriber, rx)
     }
+}
+
+/// The token in a call's `authorization: Bearer` metadata.
+fn token_of(ctx: &RpcContext) -> Option<String> {
+    let (_, value) = ctx
+        .request_headers()
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))?;
+    auth::bearer(std::str::from_utf8(value).ok()?).map(str::to_owned)
+}
+
+impl ChatServer {
+    /// When tokens are required, who `token` says the member is, let into
+    /// `room` under `name` (empty: the token's `sub`).
+    fn identify(
+        &self,
+        token: Option<&str>,
+        room: &str,
+        name: &str,
+    ) -> Result<Option<Identity>, RpcStatus> {
+        let Some(verifier) = self.hub.auth() else {
+            return Ok(None);
+        };
+        match verifier.admit(token, room, name) {
+            Ok(who) => Ok(Some(who)),
+            Err(denied) => {
+                self.metrics.auth_failed(denied.reason());
+                let code = match denied {
+                    Denied::Unauthenticated(_) => RpcStatusCode::UNAUTHENTICATED,
+                    Denied::Forbidden(_) => RpcStatusCode::PERMISSION_DENIED,
+                };
+                Err(RpcStatus::with_message(code, denied.to_string()))
+            }
+        }
+    }
+}
+
+/// Why a read-only member's text is refused.
+fn read_only() -> RpcStatus {
+    RpcStatus::with_message(
+        RpcStatusCode::PERMISSION_DENIED,
+        "read-only: this token may not speak (pub: false)".into(),
+    )
 }
 
 impl ChatServer {
@@ -258,7 +310,15 @@ impl ChatServer {
             }
             Ok((room, sender))
         });
-        let (room, sender) = match reply {
+        let token = token_of(&ctx);
+        let identified = reply.and_then(|(room, sender)| {
+            match self.identify(token.as_deref(), &room, &sender)? {
+                None => Ok((room, sender)),
+                Some(who) if !who.publish => Err(read_only()),
+                Some(who) => Ok((room, who.sub)),
+            }
+        });
+        let (room, sender) = match identified {
             Ok(who) => who,
             Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
         };
@@ -292,6 +352,7 @@ impl ChatServer {
         sink: DuplexSink<Outgoing>,
     ) {
         let server = self.clone();
+        let token = token_of(&ctx);
         ctx.spawn(async move {
             let metrics = Arc::clone(&server.metrics);
             // The first message says who and where.
@@ -303,7 +364,11 @@ impl ChatServer {
                 Some(status) => Err(status),
                 None => membership(&first.room, &first.sender),
             };
-            let (room, name) = match checked {
+            let checked = checked.and_then(|(room, name)| {
+                let who = server.identify(token.as_deref(), &room, &name)?;
+                Ok((room, name, who))
+            });
+            let (room, name, identity) = match checked {
                 Ok(who) => who,
                 Err(status) => {
                     let code = status.code();
@@ -315,7 +380,9 @@ impl ChatServer {
                 since,
                 epoch: first.epoch.clone(),
             });
-            let (member, subscriber, rx) = server.member(&room, &name, resume);
+            let name = identity.as_ref().map_or(name, |who| who.sub.clone());
+            let may_speak = identity.as_ref().is_none_or(|who| who.publish);
+            let (member, subscriber, rx) = server.member(&room, &name, resume, identity.as_ref());
             let speaker = Arc::clone(&subscriber);
             // Borrowed, not moved: the request stream must outlive the call's
             // status, or dropping it would cancel the call first.
@@ -325,6 +392,10 @@ impl ChatServer {
                 while let Some(message) = incoming.take() {
                     if let Some(status) = refusal(&message) {
                         let _ = speaker.refused.set(status);
+                        break;
+                    }
+                    if !message.text.is_empty() && !may_speak {
+                        let _ = speaker.refused.set(read_only());
                         break;
                     }
                     if !message.text.is_empty() {
@@ -358,7 +429,12 @@ impl ChatServer {
         req: SubscribeRequest,
         sink: ServerStreamingSink<Outgoing>,
     ) {
-        let (room, name) = match membership(&req.room, &req.name) {
+        let token = token_of(&ctx);
+        let checked = membership(&req.room, &req.name).and_then(|(room, name)| {
+            let who = self.identify(token.as_deref(), &room, &name)?;
+            Ok((room, name, who))
+        });
+        let (room, name, identity) = match checked {
             Ok(who) => who,
             Err(status) => {
                 let metrics = Arc::clone(&self.metrics);
@@ -373,7 +449,8 @@ impl ChatServer {
             since,
             epoch: req.epoch.clone(),
         });
-        let (member, subscriber, rx) = self.member(&room, &name, resume);
+        let name = identity.as_ref().map_or(name, |who| who.sub.clone());
+        let (member, subscriber, rx) = self.member(&room, &name, resume, identity.as_ref());
         let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
             let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;
@@ -439,6 +516,24 @@ async fn stream_out(
                 Either::Left((sent, _listening)) => sent,
                 // The client stopped talking: the queue was closed; drain it.
                 Either::Right(((), streaming)) => streaming.await,
+            }
+        };
+        // At its token's expiry the member's stream ends (the queue is
+        // closed, so the work above finishes): this never completes.
+        let expiring = async {
+            if let Some(expiry) = &subscriber.expiry {
+                expiry.fired().await;
+                let status =
+                    RpcStatus::with_message(RpcStatusCode::UNAUTHENTICATED, "token expired".into());
+                let _ = subscriber.refused.set(status);
+                subscriber.tx.close_now();
+            }
+            std::future::pending::<()>().await
+        };
+        let work = async {
+            match select(pin!(work), pin!(expiring)).await {
+                Either::Left((sent, _)) => sent,
+                Either::Right(((), work)) => work.await,
             }
         };
         match select(pin!(work), pin!(deadline.fired())).await {

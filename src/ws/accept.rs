@@ -77,7 +77,7 @@ impl WsServer {
 
     /// Accepts connections until stopped, one thread each.
     pub fn run(self) -> io::Result<()> {
-        if !self.shared.config.ping_interval.is_zero() {
+        if !self.shared.config.ping_interval.is_zero() || self.shared.hub.auth().is_some() {
             let shared = Arc::clone(&self.shared);
             thread::Builder::new()
                 .name("ws-keepalive".into())

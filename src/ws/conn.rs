@@ -21,6 +21,7 @@ use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
 use super::{Shared, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT};
+use crate::auth::{self, Denied};
 use crate::chat::{SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
@@ -170,7 +171,7 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
     let Some(Upgraded { ws, peer, endpoint }) = upgrade(stream, shared)? else {
         return Ok(());
     };
-    let _registration = Registration::new(shared, &peer);
+    let registration = Registration::new(shared, &peer);
     if shared.stopping.load(Ordering::Acquire) {
         peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
         return Err(ConnError::Shutdown);
@@ -178,7 +179,16 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
     let served = match endpoint {
         Endpoint::Reply => message_loop(ws, &peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
         Endpoint::Echo => message_loop(ws, &peer, shared, |m| Action::Reply("", m)),
-        Endpoint::Chat { room, name, resume } => {
+        Endpoint::Chat {
+            room,
+            name,
+            resume,
+            identity,
+        } => {
+            if let Some(who) = &identity {
+                registration.expires_in(who.lifetime());
+            }
+            let may_speak = identity.as_ref().is_none_or(|who| who.publish);
             let subscriber = Arc::new(WsMember {
                 peer: Arc::clone(&peer),
                 metrics: Arc::clone(&shared.metrics),
@@ -187,7 +197,7 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
                 .hub
                 .join_from(&room, &name, subscriber.clone(), resume);
             message_loop(ws, &peer, shared, |m| {
-                member::on_message(&member, &subscriber, &shared.metrics, m)
+                member::on_message(&member, may_speak, &subscriber, &shared.metrics, m)
             })
         }
     };
@@ -234,7 +244,7 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
         Head::Invalid(status, why) => return http::reject(&mut stream, status, why, ""),
     };
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let endpoint = match http::route(target) {
+    let mut endpoint = match http::route(target) {
         Ok(Route::Http(route)) => {
             http::serve_http(&mut stream, route, &shared.metrics)?;
             return Ok(None);
@@ -250,6 +260,13 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
     if !policy.allows(origin, http::header(&request, "Host")) {
         warn_refused_origin(shared, origin.flatten());
         return http::reject(&mut stream, 403, "origin not allowed\n", "");
+    }
+    if let Err((status, why)) = identify(&mut endpoint, &request, target, shared) {
+        let headers = match status {
+            401 => "WWW-Authenticate: Bearer\r\n",
+            _ => "",
+        };
+        return http::reject(&mut stream, status, &why, headers);
     }
     let response = match create_response(&request) {
         Ok(response) => response,
@@ -291,6 +308,51 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
 /// Tells the operator, at most once per [`REFUSAL_LOG_INTERVAL`], that a
 /// browser was refused and how to allow it: the browser itself only sees
 /// its connection fail.
+/// When tokens are required, a `/chat` member shows one (`Authorization:
+/// Bearer`, or `?token=` for browsers, which cannot set headers) and takes
+/// its name from it; `Err` is the status (401, 403) and why.
+fn identify(
+    endpoint: &mut Endpoint,
+    request: &tungstenite::handshake::server::Request,
+    target: &str,
+    shared: &Shared,
+) -> Result<(), (u16, String)> {
+    let (
+        Endpoint::Chat {
+            room,
+            name,
+            identity,
+            ..
+        },
+        Some(verifier),
+    ) = (endpoint, shared.hub.auth())
+    else {
+        return Ok(());
+    };
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let token = match http::header(request, "Authorization").and_then(auth::bearer) {
+        Some(token) => Some(token.to_owned()),
+        None => http::query_param(query, "token")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    match verifier.admit(token.as_deref(), room, name) {
+        Ok(who) => {
+            name.clone_from(&who.sub);
+            *identity = Some(who);
+            Ok(())
+        }
+        Err(denied) => {
+            shared.metrics.auth_failed(denied.reason());
+            let status = match denied {
+                Denied::Unauthenticated(_) => 401,
+                Denied::Forbidden(_) => 403,
+            };
+            Err((status, format!("{denied}\n")))
+        }
+    }
+}
+
 fn warn_refused_origin(shared: &Shared, origin: Option<&str>) {
     let mut last = lock(&shared.origin_warned);
     if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
@@ -317,6 +379,15 @@ impl<'a> Registration<'a> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&shared.peers).insert(id, Watched::new(Arc::clone(peer)));
         Registration { shared, id }
+    }
+}
+
+impl Registration<'_> {
+    /// Ends the connection (close `1008` "token expired") after `lifetime`.
+    fn expires_in(&self, lifetime: Duration) {
+        if let Some(watched) = lock(&self.shared.peers).get_mut(&self.id) {
+            watched.expires = Some(Instant::now() + lifetime);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use tungstenite::http::Version;
 use super::conn::ConnError;
 use super::front::Front;
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+use crate::auth::Identity;
 use crate::chat;
 
 /// The first byte of a TLS handshake record: a ClientHello.
@@ -51,6 +52,8 @@ pub enum Endpoint {
         room: String,
         name: String,
         resume: Option<chat::Resume>,
+        /// Who its token says it is, when tokens are required.
+        identity: Option<Identity>,
     },
 }
 
@@ -79,7 +82,12 @@ pub fn route(target: &str) -> Result<Route, HttpError> {
                     epoch: query_param(query, "epoch").map_err(bad)?,
                 }),
             };
-            Ok(Route::WebSocket(Endpoint::Chat { room, name, resume }))
+            Ok(Route::WebSocket(Endpoint::Chat {
+                room,
+                name,
+                resume,
+                identity: None,
+            }))
         }
         "/" | "/index.html" => Ok(Route::Http(HttpRoute::ChatPage)),
         "/metrics" => Ok(Route::Http(HttpRoute::Metrics)),
@@ -93,7 +101,7 @@ pub fn route(target: &str) -> Result<Route, HttpError> {
 /// A query parameter, percent-decoded (`+` is a space, as forms send it);
 /// empty when absent. A malformed escape or bytes that are not UTF-8 are an
 /// error, never guessed at.
-fn query_param(query: &str, key: &str) -> Result<String, String> {
+pub fn query_param(query: &str, key: &str) -> Result<String, String> {
     query
         .split('&')
         .find_map(|pair| {
@@ -357,6 +365,7 @@ mod tests {
             room: room.into(),
             name: name.into(),
             resume: None,
+            identity: None,
         }))
     }
 
@@ -381,6 +390,7 @@ mod tests {
                     since: 7,
                     epoch: "e1".into()
                 }),
+                identity: None,
             }))
         );
         assert_eq!(route("/chat?room=r&since=x").map_err(|e| e.0), Err(400));

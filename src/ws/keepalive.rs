@@ -1,6 +1,7 @@
 //! Keepalive for every connection, from one `ws-keepalive` thread: a peer
 //! silent for `ping_interval` is pinged, and cut off if still silent
-//! `pong_timeout` later.
+//! `pong_timeout` later. The same thread ends a chat member whose token has
+//! expired (close `1008` "token expired").
 //!
 //! A read timeout per connection would do the same at the price of a kernel
 //! timer armed and disarmed on every read (see the README's benchmarks).
@@ -14,13 +15,18 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::Frame;
 
-use super::conn::encode;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use super::conn::{close_frame, encode};
 use super::Shared;
 use crate::lock;
 use crate::peer::Peer;
 
 /// The shortest tick, however short the intervals configured.
 const MIN_TICK: Duration = Duration::from_millis(10);
+/// The longest tick when tokens are required: a member is ended at most
+/// this long after its token expires.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 /// A served peer, as the keepalive and shutdown see it.
 pub(super) struct Watched {
@@ -29,6 +35,8 @@ pub(super) struct Watched {
     heard_at: Instant,
     /// When the keepalive pinged the still silent peer.
     pinged_at: Option<Instant>,
+    /// When its token expires, for a chat member that showed one.
+    pub expires: Option<Instant>,
 }
 
 impl Watched {
@@ -37,6 +45,7 @@ impl Watched {
             peer,
             heard_at: Instant::now(),
             pinged_at: None,
+            expires: None,
         }
     }
 }
@@ -44,15 +53,31 @@ impl Watched {
 /// The keepalive thread's loop, until the server stops.
 pub(super) fn run(shared: &Shared) {
     let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
+    let pinging = !interval.is_zero();
     // Pings go out, and silent peers are dropped, at most a quarter late.
-    let tick = (interval.min(timeout) / 4).max(MIN_TICK);
+    let mut tick = match pinging {
+        true => (interval.min(timeout) / 4).max(MIN_TICK),
+        false => EXPIRY_TICK,
+    };
+    if shared.hub.auth().is_some() {
+        tick = tick.min(EXPIRY_TICK);
+    }
     let ping = encode(Frame::ping(Vec::new()));
+    let expired = close_frame(CloseCode::Policy, "token expired");
     let mut to_ping = Vec::new();
     let mut to_drop = Vec::new();
+    let mut to_end = Vec::new();
     while !shared.stopping.load(Ordering::Acquire) {
         thread::sleep(tick);
         let now = Instant::now();
         for watched in lock(&shared.peers).values_mut() {
+            if watched.expires.is_some_and(|at| now >= at) {
+                watched.expires = None;
+                to_end.push(Arc::clone(&watched.peer));
+            }
+            if !pinging {
+                continue;
+            }
             if watched.peer.take_heard() {
                 watched.heard_at = now;
                 watched.pinged_at = None;
@@ -75,6 +100,9 @@ pub(super) fn run(shared: &Shared) {
         }
         for peer in to_drop.drain(..) {
             peer.expire();
+        }
+        for peer in to_end.drain(..) {
+            peer.close_with(Arc::clone(&expired));
         }
     }
 }

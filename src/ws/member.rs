@@ -79,6 +79,7 @@ impl Subscriber for WsMember {
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
 pub(super) fn on_message(
     member: &Member,
+    may_speak: bool,
     subscriber: &WsMember,
     metrics: &Metrics,
     message: Message,
@@ -91,6 +92,10 @@ pub(super) fn on_message(
     };
     match input::text_of(json.as_str()) {
         Ok(text) if text.is_empty() => Action::Nothing,
+        Ok(_) if !may_speak => Action::Close(
+            CloseCode::Policy,
+            "read-only: this token may not speak (pub: false)".into(),
+        ),
         Ok(text) => match member.say(&text) {
             Ok(_) => Action::Nothing,
             Err(refusal @ Refusal::TooLong { .. }) => {
