@@ -333,3 +333,78 @@ fn a_member_is_ended_when_its_token_expires() {
     assert_eq!(ended.code(), RpcStatusCode::UNAUTHENTICATED);
     assert_eq!(ended.message(), "token expired");
 }
+
+#[test]
+fn two_connections_of_one_sub_are_one_member() {
+    let secret = secret_file("twice");
+    let server = server(&secret);
+    let ws = server.ws.clone().unwrap();
+    let (ana, bob) = (
+        token(&secret, &["--sub", "ana"]),
+        token(&secret, &["--sub", "bob"]),
+    );
+    let mut watcher = ws_with_header(&ws, "room=geral", &bob);
+    own_join(&mut watcher);
+    let mut first = ws_with_header(&ws, "room=geral", &ana);
+    own_join(&mut first);
+    let mut second = ws_with_header(&ws, "room=geral", &ana);
+    let joined = own_join(&mut second);
+    assert_eq!(joined.members, ["ana", "bob"]);
+    assert_eq!(
+        joined.connections,
+        [2, 1],
+        "ana is one member with two connections"
+    );
+    // bob hears ana come once and go once, after her last connection.
+    let client = chat_client(&server.grpc.clone().unwrap());
+    let mut events = Vec::new();
+    let until_said = |watcher: &mut Ws, events: &mut Vec<(Kind, String)>, text: &str| {
+        assert_eq!(post_text(&client, &bob, text), None);
+        loop {
+            let m = ws_next(watcher);
+            match kind(&m) {
+                Kind::MESSAGE if m.text == text => break,
+                Kind::MESSAGE => {}
+                k => events.push((k, m.sender)),
+            }
+        }
+    };
+    close(second);
+    until_said(&mut watcher, &mut events, "one left");
+    close(first);
+    common::eventually(SOON, "ana's last connection gone", || {
+        until_said(&mut watcher, &mut events, "anyone?");
+        events.iter().any(|(k, _)| *k == Kind::LEAVE)
+    });
+    until_said(&mut watcher, &mut events, "after");
+    assert_eq!(
+        events,
+        [
+            (Kind::JOIN, "ana".to_owned()),
+            (Kind::LEAVE, "ana".to_owned())
+        ]
+    );
+}
+
+/// Closes a WebSocket and waits for the server's answer.
+fn close(mut ws: Ws) {
+    let _ = ws.close(None);
+    while ws.read().is_ok() {}
+}
+
+/// `SendMessage` of `text` to `geral` as bob.
+fn post_text(client: &ChatServiceClient, token: &str, text: &str) -> Option<RpcStatusCode> {
+    let m = ChatMessage {
+        sender: "bob".into(),
+        room: "geral".into(),
+        text: text.into(),
+        ..Default::default()
+    };
+    client
+        .send_message_opt(&m, bearer(token))
+        .err()
+        .map(|e| match e {
+            grpcio::Error::RpcFailure(status) => status.code(),
+            other => panic!("{other:?}"),
+        })
+}

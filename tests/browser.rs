@@ -481,3 +481,82 @@ fn the_chat_page_talks_over_wss_with_a_grpc_over_tls_member() {
     assert!(page.screenshot(&shot) > 5_000, "screenshot nearly empty");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_page_joins_with_a_token_from_its_address_and_keeps_it_out_of_sight() {
+    let secret = std::env::temp_dir().join(format!("papo-browser-secret-{}", std::process::id()));
+    std::fs::write(
+        &secret,
+        "the browser test's secret, thirty-two bytes or more",
+    )
+    .unwrap();
+    let secret = secret.to_str().unwrap();
+    let server = serve(&["--auth-secret-file", secret]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let minted = papo()
+        .args([
+            "token",
+            "--secret-file",
+            secret,
+            "--sub",
+            "João",
+            "--rooms",
+            "web",
+        ])
+        .output_within();
+    assert!(minted.status.success());
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let (_browser, port) = launch(&format!("http://{ws}/?room=web&token={token}"), &[]);
+    let mut page = DevTools::attach(port);
+    // Joined under the token's name; the token is neither in the address
+    // bar nor anywhere on the page.
+    page.wait_for(
+        "joined as the token's sub",
+        "document.getElementById('state').textContent + ' | ' + document.getElementById('members').innerText",
+        |s| s.starts_with("conectado") && s.contains("João"),
+    );
+    page.wait_for("the token out of the address bar", "location.href", |s| {
+        !s.contains("token") && s.contains("name=Jo")
+    });
+    page.wait_for(
+        "the token nowhere on the page",
+        "document.body.innerText",
+        |s| !s.contains(&token[..20]),
+    );
+    // What it says reaches the room under that name.
+    let client = papo::proto::chat_grpc::ChatServiceClient::new(common::channel(&grpc));
+    let mut headers = grpcio::MetadataBuilder::new();
+    let admin = papo()
+        .args([
+            "token",
+            "--secret-file",
+            secret,
+            "--sub",
+            "svc",
+            "--read-only",
+        ])
+        .output_within();
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+    headers
+        .add_str("authorization", &format!("Bearer {admin}"))
+        .unwrap();
+    let request = SubscribeRequest {
+        room: "web".into(),
+        ..Default::default()
+    };
+    let option = grpcio::CallOption::default().headers(headers.build());
+    let mut observer = client.subscribe_opt(&request, option).unwrap();
+    page.type_and_send("Olá com token");
+    loop {
+        let m = next_within(&mut observer, "the page's message")
+            .expect("stream open")
+            .expect("message");
+        if m.kind.enum_value_or_default() == Kind::MESSAGE {
+            assert_eq!(
+                (m.sender.as_str(), m.text.as_str()),
+                ("João", "Olá com token")
+            );
+            break;
+        }
+    }
+}

@@ -103,19 +103,24 @@ impl Engine for Memory {
         let recovered = resume.as_ref().map(|r| room.replay(r, &*member.subscriber));
         member.arrival = Arrival::Here;
         let (id, name) = (member.id, member.name.clone());
+        let present = room.still_present(&name);
         room.members.push(member);
         if !name.is_empty() {
             let mut own = Room::event(Kind::JOIN, &name);
-            own.members = room.names();
+            (own.members, own.connections) = room.roster();
             own.recovered = recovered.unwrap_or(false);
-            room.publish_with(Room::event(Kind::JOIN, &name), Some((id, own)));
+            match present {
+                // Another connection of a member here: only it is told.
+                true => room.tell_only(id, own),
+                false => {
+                    room.publish_with(Room::event(Kind::JOIN, &name), Some((id, own)));
+                }
+            }
         }
     }
 
     fn leave(&self, room: &mut Room, id: u64, name: &str) {
-        let before = room.members.len();
-        room.members.retain(|m| m.id != id);
-        if room.members.len() < before && !name.is_empty() {
+        if room.remove_member(id) && !name.is_empty() && !room.still_present(name) {
             room.publish(Room::event(Kind::LEAVE, name));
         }
     }

@@ -323,7 +323,9 @@ impl Hub {
                 0
             };
             let budget = Arc::clone(&self.history_budget);
-            Arc::new(Mutex::new(Room::new(name, keep, budget)))
+            let mut room = Room::new(name, keep, budget);
+            room.one_member_per_name = self.auth.is_some();
+            Arc::new(Mutex::new(room))
         });
         Arc::clone(room)
     }

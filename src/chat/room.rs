@@ -77,6 +77,9 @@ pub struct Room {
     /// No longer the hub's: it was removed, empty (its log expired, or it
     /// keeps none).
     pub(super) closed: bool,
+    /// Names are verified identities (tokens are required): a name with
+    /// several connections is one member.
+    pub(super) one_member_per_name: bool,
 }
 
 /// The bytes every room's log together may hold.
@@ -153,6 +156,7 @@ impl Room {
             members: Vec::new(),
             dropped: Vec::new(),
             closed: false,
+            one_member_per_name: false,
         }
     }
 
@@ -249,15 +253,47 @@ impl Room {
         dropped
     }
 
-    pub(super) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// Who is in the room: each name once, sorted, with how many
+    /// connections it has.
+    pub(super) fn roster(&self) -> (Vec<String>, Vec<u32>) {
+        let mut names: Vec<&str> = self
             .members
             .iter()
             .filter(|m| !m.name.is_empty())
-            .map(|m| m.name.clone())
+            .map(|m| m.name.as_str())
             .collect();
-        names.sort();
-        names
+        names.sort_unstable();
+        let (mut unique, mut counts) = (Vec::<String>::new(), Vec::<u32>::new());
+        for name in names {
+            match (unique.last(), counts.last_mut()) {
+                (Some(last), Some(count)) if last == name => *count += 1,
+                _ => {
+                    unique.push(name.to_owned());
+                    counts.push(1);
+                }
+            }
+        }
+        (unique, counts)
+    }
+
+    /// Whether another member (or another connection of one) has `name`:
+    /// with verified identities, its JOIN and LEAVE are the first's and the
+    /// last's only.
+    pub(super) fn still_present(&self, name: &str) -> bool {
+        self.one_member_per_name && self.members.iter().any(|m| m.name == name)
+    }
+
+    /// Hands member `id` `message`, stamped as the room's latest, without
+    /// numbering it or telling the others: the own JOIN of a second
+    /// connection of a name already here.
+    pub(super) fn tell_only(&mut self, id: u64, mut message: Message) {
+        message.room = self.name.clone();
+        message.seq = self.seq;
+        message.timestamp_ms = now_ms();
+        message.epoch = self.epoch.clone();
+        if let Some(m) = self.members.iter().find(|m| m.id == id) {
+            let _ = m.subscriber.deliver(&Delivery::new(message));
+        }
     }
 
     /// Stamps `message` with the room's next number and the clock, and hands
@@ -297,7 +333,7 @@ impl Room {
                 self.record(&delivery);
             }
             for (_, name) in self.fan_out(&delivery, own_copy.as_ref()) {
-                if !name.is_empty() {
+                if !name.is_empty() && !self.still_present(&name) {
                     pending.push_back(Room::event(Kind::LEAVE, &name));
                 }
             }

@@ -66,12 +66,13 @@ impl Incoming {
 }
 
 /// The `Message` fields only the server sets, by number.
-const SERVER_FIELDS: [(u32, &str); 5] = [
+const SERVER_FIELDS: [(u32, &str); 6] = [
     (4, "seq"),
     (5, "timestamp_ms"),
     (6, "kind"),
     (7, "members"),
     (10, "recovered"),
+    (11, "connections"),
 ];
 
 fn incoming_de(mut reader: MessageReader) -> grpcio::Result<Incoming> {
@@ -194,6 +195,11 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(&with_kind).refused.is_some());
+        let with_connections = Message {
+            connections: vec![2],
+            ..Default::default()
+        };
+        assert!(decode(&with_connections).refused.is_some());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Message {
     pub epoch: ::std::string::String,
     // @@protoc_insertion_point(field:chat.Message.recovered)
     pub recovered: bool,
+    // @@protoc_insertion_point(field:chat.Message.connections)
+    pub connections: ::std::vec::Vec<u32>,
     // special fields
     // @@protoc_insertion_point(special_field:chat.Message.special_fields)
     pub special_fields: ::protobuf::SpecialFields,
@@ -65,7 +67,7 @@ impl Message {
     }
 
     fn generated_message_descriptor_data() -> ::protobuf::reflect::GeneratedMessageDescriptorData {
-        let mut fields = ::std::vec::Vec::with_capacity(10);
+        let mut fields = ::std::vec::Vec::with_capacity(11);
         let mut oneofs = ::std::vec::Vec::with_capacity(0);
         fields.push(::protobuf::reflect::rt::v2::make_simpler_field_accessor::<_, _>(
             "sender",
@@ -117,6 +119,11 @@ impl Message {
             |m: &Message| { &m.recovered },
             |m: &mut Message| { &mut m.recovered },
         ));
+        fields.push(::protobuf::reflect::rt::v2::make_vec_simpler_accessor::<_, _>(
+            "connections",
+            |m: &Message| { &m.connections },
+            |m: &mut Message| { &mut m.connections },
+        ));
         ::protobuf::reflect::GeneratedMessageDescriptorData::new_2::<Message>(
             "Message",
             fields,
@@ -165,6 +172,12 @@ impl ::protobuf::Message for Message {
                 80 => {
                     self.recovered = is.read_bool()?;
                 },
+                90 => {
+                    is.read_repeated_packed_uint32_into(&mut self.connections)?;
+                },
+                88 => {
+                    self.connections.push(is.read_uint32()?);
+                },
                 tag => {
                     ::protobuf::rt::read_unknown_or_skip_group(tag, is, self.special_fields.mut_unknown_fields())?;
                 },
@@ -207,6 +220,7 @@ impl ::protobuf::Message for Message {
         if self.recovered != false {
             my_size += 1 + 1;
         }
+        my_size += ::protobuf::rt::vec_packed_uint32_size(11, &self.connections);
         my_size += ::protobuf::rt::unknown_fields_size(self.special_fields.unknown_fields());
         self.special_fields.cached_size().set(my_size as u32);
         my_size
@@ -243,6 +257,7 @@ impl ::protobuf::Message for Message {
         if self.recovered != false {
             os.write_bool(10, self.recovered)?;
         }
+        os.write_repeated_packed_uint32(11, &self.connections)?;
         os.write_unknown_fields(self.special_fields.unknown_fields())?;
         ::std::result::Result::Ok(())
     }
@@ -270,6 +285,7 @@ impl ::protobuf::Message for Message {
         self.since = ::std::option::Option::None;
         self.epoch.clear();
         self.recovered = false;
+        self.connections.clear();
         self.special_fields.clear();
     }
 
@@ -285,6 +301,7 @@ impl ::protobuf::Message for Message {
             since: ::std::option::Option::None,
             epoch: ::std::string::String::new(),
             recovered: false,
+            connections: ::std::vec::Vec::new(),
             special_fields: ::protobuf::SpecialFields::new(),
         };
         &instance
@@ -682,7 +699,7 @@ impl ::protobuf::reflect::ProtobufValue for SubscribeRequest {
 }
 
 static file_descriptor_proto_data: &'static [u8] = b"\
-    \n\nchat.proto\x12\x04chat\"\xce\x02\n\x07Message\x12\x16\n\x06sender\
+    \n\nchat.proto\x12\x04chat\"\xf0\x02\n\x07Message\x12\x16\n\x06sender\
     \x18\x01\x20\x01(\tR\x06sender\x12\x12\n\x04text\x18\x02\x20\x01(\tR\x04\
     text\x12\x12\n\x04room\x18\x03\x20\x01(\tR\x04room\x12\x10\n\x03seq\x18\
     \x04\x20\x01(\x04R\x03seq\x12!\n\x0ctimestamp_ms\x18\x05\x20\x01(\x03R\
@@ -690,16 +707,17 @@ static file_descriptor_proto_data: &'static [u8] = b"\
     ndR\x04kind\x12\x18\n\x07members\x18\x07\x20\x03(\tR\x07members\x12\x19\
     \n\x05since\x18\x08\x20\x01(\x04H\0R\x05since\x88\x01\x01\x12\x14\n\x05e\
     poch\x18\t\x20\x01(\tR\x05epoch\x12\x1c\n\trecovered\x18\n\x20\x01(\x08R\
-    \trecovered\"3\n\x04Kind\x12\x0b\n\x07MESSAGE\x10\0\x12\x08\n\x04JOIN\
-    \x10\x01\x12\t\n\x05LEAVE\x10\x02\x12\t\n\x05ERROR\x10\x03B\x08\n\x06_si\
-    nce\"\x20\n\x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\x05reply\
-    \"u\n\x10SubscribeRequest\x12\x12\n\x04room\x18\x01\x20\x01(\tR\x04room\
-    \x12\x12\n\x04name\x18\x02\x20\x01(\tR\x04name\x12\x19\n\x05since\x18\
-    \x03\x20\x01(\x04H\0R\x05since\x88\x01\x01\x12\x14\n\x05epoch\x18\x04\
-    \x20\x01(\tR\x05epochB\x08\n\x06_since2\x9b\x01\n\x0bChatService\x12,\n\
-    \x0bSendMessage\x12\r.chat.Message\x1a\x0e.chat.Response\x12(\n\x04Chat\
-    \x12\r.chat.Message\x1a\r.chat.Message(\x010\x01\x124\n\tSubscribe\x12\
-    \x16.chat.SubscribeRequest\x1a\r.chat.Message0\x01b\x06proto3\
+    \trecovered\x12\x20\n\x0bconnections\x18\x0b\x20\x03(\rR\x0bconnections\
+    \"3\n\x04Kind\x12\x0b\n\x07MESSAGE\x10\0\x12\x08\n\x04JOIN\x10\x01\x12\t\
+    \n\x05LEAVE\x10\x02\x12\t\n\x05ERROR\x10\x03B\x08\n\x06_since\"\x20\n\
+    \x08Response\x12\x14\n\x05reply\x18\x01\x20\x01(\tR\x05reply\"u\n\x10Sub\
+    scribeRequest\x12\x12\n\x04room\x18\x01\x20\x01(\tR\x04room\x12\x12\n\
+    \x04name\x18\x02\x20\x01(\tR\x04name\x12\x19\n\x05since\x18\x03\x20\x01(\
+    \x04H\0R\x05since\x88\x01\x01\x12\x14\n\x05epoch\x18\x04\x20\x01(\tR\x05\
+    epochB\x08\n\x06_since2\x9b\x01\n\x0bChatService\x12,\n\x0bSendMessage\
+    \x12\r.chat.Message\x1a\x0e.chat.Response\x12(\n\x04Chat\x12\r.chat.Mess\
+    age\x1a\r.chat.Message(\x010\x01\x124\n\tSubscribe\x12\x16.chat.Subscrib\
+    eRequest\x1a\r.chat.Message0\x01b\x06proto3\
 ";
 
 /// `FileDescriptorProto` object which was a source for this generated file
