@@ -460,3 +460,62 @@ fn with_persistence_a_redis_restart_loses_nothing() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn with_tokens_a_name_is_one_member_on_every_instance() {
+    let secret = std::env::temp_dir().join(format!("papo-redis-secret-{}", std::process::id()));
+    std::fs::write(&secret, "the Redis tests' secret, thirty-two bytes or more").unwrap();
+    let secret = secret.to_str().unwrap().to_owned();
+    let redis = RedisServer::start();
+    let a = instance(&redis, &["--auth-secret-file", &secret]);
+    let b = instance(&redis, &["--auth-secret-file", &secret]);
+    let token = |sub: &str| {
+        let out = common::papo()
+            .args(["token", "--secret-file", &secret, "--sub", sub])
+            .output()
+            .expect("papo token");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (ana, bob) = (token("ana"), token("bob"));
+    let mut watcher = ws_open(&b.ws.clone().unwrap(), &format!("room=id&token={bob}"));
+    own_join(|| ws_next(&mut watcher), "bob");
+    // ana on A, then ana again on B: one member with two connections.
+    let mut on_a = ws_open(&a.ws.clone().unwrap(), &format!("room=id&token={ana}"));
+    own_join(|| ws_next(&mut on_a), "ana");
+    let mut on_b = ws_open(&b.ws.clone().unwrap(), &format!("room=id&token={ana}"));
+    let joined = own_join(|| ws_next(&mut on_b), "ana");
+    assert_eq!(joined.members, ["ana", "bob"]);
+    assert_eq!(joined.connections, [2, 1]);
+    // bob heard one JOIN; ana's LEAVE comes only with her last connection.
+    let heard = |ws: &mut Ws, until: &str| {
+        let mut events = Vec::new();
+        loop {
+            let m = ws_next(ws);
+            if kind(&m) == Kind::MESSAGE && m.text == until {
+                return events;
+            }
+            if kind(&m) != Kind::MESSAGE {
+                events.push((kind(&m), m.sender));
+            }
+        }
+    };
+    let _ = on_a.close(None);
+    while on_a.read().is_ok() {}
+    ws_say(&mut watcher, "one gone");
+    assert_eq!(
+        heard(&mut watcher, "one gone"),
+        [(Kind::JOIN, "ana".to_owned())]
+    );
+    let _ = on_b.close(None);
+    while on_b.read().is_ok() {}
+    let start = std::time::Instant::now();
+    loop {
+        ws_say(&mut watcher, "still?");
+        let events = heard(&mut watcher, "still?");
+        if !events.is_empty() {
+            assert_eq!(events, [(Kind::LEAVE, "ana".to_owned())]);
+            break;
+        }
+        assert!(start.elapsed() < SOON, "no LEAVE");
+    }
+}

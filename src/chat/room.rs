@@ -374,6 +374,7 @@ fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError
                 Some(own) if message.epoch == *epoch && message.seq == *seq => {
                     Delivery::new(Message {
                         members: own.members,
+                        connections: own.connections,
                         recovered: own.recovered,
                         ..message.clone()
                     })
@@ -433,7 +434,10 @@ impl Room {
 
     /// Member `id`'s JOIN is `seq` of `epoch`: it is handed `replay` (what
     /// it missed, oldest first), then what was held for it from `seq` on,
-    /// its own JOIN made of `own`. Returns the members dropped meanwhile.
+    /// its own JOIN made of `own`. A JOIN not `announced` (another
+    /// connection of a member here) is in no log: `own` is handed to it
+    /// right after the replay, and `seq` is where its live messages start.
+    /// Returns the members dropped meanwhile.
     pub fn arrived(
         &mut self,
         id: u64,
@@ -441,10 +445,16 @@ impl Room {
         seq: u64,
         own: Option<Message>,
         replay: Vec<Message>,
+        announced: bool,
     ) -> Vec<(u64, String)> {
         let Some(at) = self.members.iter().position(|m| m.id == id) else {
             return Vec::new(); // it left meanwhile
         };
+        let (own, own_now) = match announced {
+            true => (own, None),
+            false => (None, own),
+        };
+        let room = self.name.clone();
         let member = &mut self.members[at];
         let (held, let_go) = match std::mem::replace(
             &mut member.arrival,
@@ -461,8 +471,16 @@ impl Room {
         if let_go.is_some_and(|d| d.message.epoch != epoch || d.message.seq >= seq) {
             return self.drop_member(at, SendError::Full);
         }
+        let own_now = own_now.map(|own| Message {
+            room,
+            seq: seq.saturating_sub(1),
+            timestamp_ms: now_ms(),
+            epoch: epoch.clone(),
+            ..own
+        });
         let mut refused = replay
             .into_iter()
+            .chain(own_now)
             .map(|m| member.subscriber.replay(&Delivery::new(m)))
             .find_map(Result::err);
         for delivery in held {

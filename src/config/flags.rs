@@ -457,6 +457,7 @@ impl ServeConfig {
                 history_ttl: chat.history_ttl,
                 presence_ttl: v.duration(&PRESENCE_TTL)?,
                 pending: v.size(&REDIS_PENDING)?,
+                one_member_per_name: auth_files(v)?.is_some(),
             }),
         };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {

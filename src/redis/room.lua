@@ -5,13 +5,14 @@
 -- KEYS[3] members: sorted set of "instance:id:name", scored by when the
 --                  member's presence expires (ms)
 -- ARGV[1] the operation: say | join | leave | tend
--- ARGV[2] entries the log keeps (MAXLEN ~), ARGV[3] the keys' TTL (ms)
+-- ARGV[2] entries the log keeps (MAXLEN ~), ARGV[3] the keys' TTL (ms),
+-- ARGV[4] '1' when names are verified identities (one member per name)
 --
 -- Numbers are given here, with the append, so they are gapless and in one
 -- order whichever instance appends. The clock is Redis's, for the same reason.
 
 local meta, log, members = KEYS[1], KEYS[2], KEYS[3]
-local op, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+local op, maxlen, ttl, unique = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -50,37 +51,56 @@ local function name_of(member)
   return name or ''
 end
 
+-- Whether a live member has `name`. With verified identities (tokens), a
+-- name with several connections is one member: its JOIN is the first
+-- connection's, its LEAVE the last's.
+local function present(name)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', members, now, '+inf')) do
+    if name_of(member) == name then return true end
+  end
+  return false
+end
+
+-- Announces `name`'s leaving, unless (`unique`) another connection of it stays.
+local function left(name, unique)
+  if name ~= '' and not (unique and present(name)) then
+    append(2, name, '')
+  end
+end
+
 -- Members whose instance stopped renewing them leave, announced once: by
 -- whichever instance removes them first.
-local function reap()
+local function reap(unique)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', '(' .. now)) do
-    if redis.call('ZREM', members, member) == 1 and name_of(member) ~= '' then
-      append(2, name_of(member), '')
+    if redis.call('ZREM', members, member) == 1 then
+      left(name_of(member), unique)
     end
   end
 end
 
 if op == 'say' then
-  -- ARGV[4], ARGV[5]: a sender and its text; as many pairs as there are
+  -- ARGV[5], ARGV[6]: a sender and its text; as many pairs as there are
   -- messages. Returns their numbers.
   local seqs = {}
-  for i = 4, #ARGV - 1, 2 do
+  for i = 5, #ARGV - 1, 2 do
     table.insert(seqs, append(0, ARGV[i], ARGV[i + 1])[1])
   end
   keep_alive()
   return seqs
 elseif op == 'join' then
-  -- ARGV[4] member ("instance:id"), ARGV[5] name, ARGV[6] presence TTL (ms),
-  -- ARGV[7] since ('' for live only), ARGV[8] epoch, ARGV[9] most to replay.
-  -- Returns {seq of the JOIN (or of the next entry for a nameless member),
-  -- epoch, names present, entries after since (newest first), id of the
-  -- entry before the JOIN}.
-  reap()
-  local name = ARGV[5]
-  redis.call('ZADD', members, now + tonumber(ARGV[6]), ARGV[4] .. ':' .. name)
+  -- ARGV[5] member ("instance:id"), ARGV[6] name, ARGV[7] presence TTL (ms),
+  -- ARGV[8] since ('' for live only), ARGV[9] epoch, ARGV[10] most to replay.
+  -- Returns {seq of the JOIN (or of the next entry, for a nameless member
+  -- or another connection of a member here), epoch, names present (once
+  -- per connection), entries after since (newest first), id of the entry
+  -- before the JOIN, 1 if the JOIN was announced}.
+  reap(unique)
+  local name = ARGV[6]
+  local announced = name ~= '' and not (unique and present(name))
+  redis.call('ZADD', members, now + tonumber(ARGV[7]), ARGV[5] .. ':' .. name)
   local e = epoch()
   local seq, id
-  if name ~= '' then
+  if announced then
     local appended = append(1, name, '')
     seq, id = appended[1], appended[2]
   else
@@ -93,10 +113,10 @@ elseif op == 'join' then
     if n ~= '' then table.insert(names, n) end
   end
   local entries = {}
-  if ARGV[7] ~= '' then
-    local since = tonumber(ARGV[7])
-    if ARGV[8] ~= e and not (ARGV[8] == '' and since == 0) then since = 0 end
-    local count = math.min(seq - 1 - since, tonumber(ARGV[9]))
+  if ARGV[8] ~= '' then
+    local since = tonumber(ARGV[8])
+    if ARGV[9] ~= e and not (ARGV[9] == '' and since == 0) then since = 0 end
+    local count = math.min(seq - 1 - since, tonumber(ARGV[10]))
     if count > 0 then
       local upto = '+'
       if id then upto = '(' .. id end
@@ -112,23 +132,25 @@ elseif op == 'join' then
   end
   local last = '0-0'
   if before[1] then last = before[1][1] end
-  return {seq, e, names, entries, last}
+  local said = 0
+  if announced then said = 1 end
+  return {seq, e, names, entries, last, said}
 elseif op == 'leave' then
-  -- ARGV[4] member ("instance:id"), ARGV[5] name. Announced only by the
+  -- ARGV[5] member ("instance:id"), ARGV[6] name. Announced only by the
   -- first to remove it (the instance, or another's reaping).
-  if redis.call('ZREM', members, ARGV[4] .. ':' .. ARGV[5]) == 1 and ARGV[5] ~= '' then
-    append(2, ARGV[5], '')
+  if redis.call('ZREM', members, ARGV[5] .. ':' .. ARGV[6]) == 1 then
+    left(ARGV[6], unique)
   end
   return 0
 elseif op == 'tend' then
-  -- ARGV[4] presence TTL (ms), ARGV[5..] this instance's members here
+  -- ARGV[5] presence TTL (ms), ARGV[6..] this instance's members here
   -- ("instance:id:name"): renewed (or put back, after Redis lost them);
   -- then the expired are reaped, and the room kept alive while anyone is in it.
-  local until_ms = now + tonumber(ARGV[4])
-  for i = 5, #ARGV do
+  local until_ms = now + tonumber(ARGV[5])
+  for i = 6, #ARGV do
     redis.call('ZADD', members, until_ms, ARGV[i])
   end
-  reap()
+  reap(unique)
   keep_alive()
   return 0
 end

@@ -37,6 +37,8 @@ struct Limits {
     maxlen: String,
     /// The room's keys' time to live, in ms.
     ttl: String,
+    /// "1" when names are verified identities (one member per name).
+    unique: &'static str,
 }
 
 impl Link {
@@ -45,7 +47,7 @@ impl Link {
         let [meta, log, members] = room_keys(room);
         let Link { connection, sha } = self;
         let mut all = vec!["EVALSHA", sha, "3", &meta, &log, &members, op];
-        all.extend([limits.maxlen.as_str(), &limits.ttl]);
+        all.extend([limits.maxlen.as_str(), &limits.ttl, limits.unique]);
         all.extend_from_slice(args);
         connection.send(&all)
     }
@@ -157,6 +159,7 @@ fn exchange(
     let limits = Limits {
         maxlen: config.history.max(STREAM_FLOOR).to_string(),
         ttl: config.history_ttl.as_millis().max(1).to_string(),
+        unique: if config.one_member_per_name { "1" } else { "0" },
     };
     let presence = config.presence_ttl.as_millis().max(1).to_string();
     let history = config.history.to_string();
@@ -318,7 +321,14 @@ fn settle(shared: &Shared, command: Command, reply: Value, next: &mut Vec<Comman
             None => lock_room(&room).join_failed(id, &Refusal::Unavailable),
             Some(join) => {
                 let mut locked = lock_room(&room);
-                let dropped = locked.arrived(id, join.epoch, join.seq, join.own, join.replay);
+                let dropped = locked.arrived(
+                    id,
+                    join.epoch,
+                    join.seq,
+                    join.own,
+                    join.replay,
+                    join.announced,
+                );
                 let closed = locked.is_closed();
                 let room_name = locked.name().to_owned();
                 drop(locked);
@@ -388,19 +398,33 @@ struct Joined {
     replay: Vec<Message>,
     /// The entry before its JOIN.
     last: StreamId,
+    /// Whether its JOIN is in the log (not for another connection of a
+    /// member here, nor for a nameless one).
+    announced: bool,
 }
 
 fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Option<Joined> {
     let mut fields = reply.into_array().into_iter();
     let seq = u64::try_from(fields.next()?.as_int()?).ok()?;
     let epoch = fields.next()?.as_str()?.to_owned();
-    let mut names: Vec<String> = fields
+    let mut present: Vec<String> = fields
         .next()?
         .into_array()
         .iter()
         .filter_map(|n| n.as_str().map(str::to_owned))
         .collect();
-    names.sort();
+    present.sort();
+    // Each name once, with how many connections it has.
+    let (mut names, mut connections) = (Vec::<String>::new(), Vec::<u32>::new());
+    for name in present {
+        match (names.last(), connections.last_mut()) {
+            (Some(last), Some(count)) if *last == name => *count += 1,
+            _ => {
+                names.push(name);
+                connections.push(1);
+            }
+        }
+    }
     let mut replay: Vec<Message> = fields
         .next()?
         .into_array()
@@ -412,6 +436,7 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
         .collect();
     replay.reverse();
     let last = StreamId::parse(fields.next()?.as_str()?)?;
+    let announced = fields.next()?.as_int()? == 1;
     // Complete when, in the same epoch, every entry after `since` came back.
     let recovered = resume.is_some_and(|r| {
         let same_epoch = r.epoch == epoch || r.epoch.is_empty() && r.since == 0;
@@ -419,7 +444,10 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
         same_epoch && replay.len() as u64 == seq.saturating_sub(1).saturating_sub(since)
     });
     let own = (!name.is_empty()).then(|| Message {
+        sender: name.to_owned(),
+        kind: crate::proto::chat::message::Kind::JOIN.into(),
         members: names,
+        connections,
         recovered,
         ..Default::default()
     });
@@ -429,5 +457,6 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
         own,
         replay,
         last,
+        announced,
     })
 }
