@@ -6,7 +6,7 @@ RELEASE := --release
 PAPO := $(or $(CARGO_TARGET_DIR),target)/release/papo
 
 .PHONY: all prereqs test-prereqs build run run-tls run-ws run-grpc ws-client grpc-client chat \
-        test fmt-check lint unit proto proto-check autobahn tls-interop bench clean
+        test fmt-check lint unit proto proto-check autobahn tls-interop auth-interop bench clean
 
 all: build
 
@@ -46,7 +46,7 @@ chat: prereqs
 
 # The whole suite: formatting, lints, generated-code freshness, unit and
 # integration tests, then Autobahn conformance.
-test: prereqs test-prereqs fmt-check lint proto-check unit tls-interop autobahn
+test: prereqs test-prereqs fmt-check lint proto-check unit tls-interop auth-interop autobahn
 
 # The browser test drives Debian's chromium headless; the multi-instance
 # tests start their own Debian redis-server.
@@ -86,7 +86,11 @@ autobahn: build
 
 # Python websockets and grpcio, and openssl s_client, against papo over TLS.
 tls-interop: build
-	PAPO_BIN=$(PAPO) bash tests/tls/run.sh
+	PAPO_BIN=$(PAPO) bash tests/python.sh tests/tls/interop.py
+
+# Tokens minted by PyJWT (HS256, EdDSA) against papo, on both protocols.
+auth-interop: build
+	PAPO_BIN=$(PAPO) bash tests/python.sh tests/auth/interop.py
 
 # The seed's comparison table, measured on this machine (a few minutes).
 bench: build
