@@ -17,6 +17,10 @@ build: prereqs
 	$(CARGO) build $(RELEASE)
 
 run: prereqs
+	@echo "run: chat is open to any name; to require signed tokens:"
+	@echo "  head -c 48 /dev/urandom | base64 > secret"
+	@echo "  $(PAPO) serve --auth-secret-file secret"
+	@echo "  $(PAPO) token --secret-file secret --sub ana    # then open /?room=geral&token=<it>"
 	$(CARGO) run $(RELEASE) -- serve
 
 # Both servers over TLS with a throwaway CA (written to dev-cert/ once).
