@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    chat_client, connect, kind, next_within, papo, raw_upgrade, serve, ws_next, OutputWithin,
-    ServeProcess, Ws, SOON,
+    chat_client, close_of, connect, kind, next_within, papo, raw_upgrade, serve, ws_next,
+    OutputWithin, ServeProcess, Ws, SOON,
 };
 use futures_util::SinkExt;
 use grpcio::{CallOption, MetadataBuilder, RpcStatusCode, WriteFlags};
@@ -221,13 +221,7 @@ fn a_read_only_member_hears_but_cannot_speak_on_either_protocol() {
     listener
         .send(Message::text(r#"{"text":"posso?"}"#))
         .unwrap();
-    let close = loop {
-        match listener.read() {
-            Ok(Message::Close(frame)) => break frame.expect("a close frame"),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let close = close_of(&mut listener).expect("a close frame");
     assert_eq!(close.code, CloseCode::Policy);
     assert!(close.reason.contains("read-only"), "{close:?}");
     assert_eq!(
@@ -301,13 +295,7 @@ fn a_member_is_ended_when_its_token_expires() {
     let mut member = ws_with_header(&server.ws.clone().unwrap(), "room=geral", &short);
     own_join(&mut member);
     let start = Instant::now();
-    let close = loop {
-        match member.read() {
-            Ok(Message::Close(frame)) => break frame.expect("a close frame"),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    };
+    let close = close_of(&mut member).expect("a close frame");
     assert_eq!(close.code, CloseCode::Policy);
     assert_eq!(close.reason.as_str(), "token expired");
     assert!(

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    chat_client, client_frame, connect, eventually, kind, messages, next_within, papo, raw_upgrade,
-    serve, serve_logging, ws_next, OutputWithin, SOON,
+    chat_client, client_frame, close_of, connect, eventually, kind, messages, next_within, papo,
+    raw_upgrade, serve, serve_logging, ws_next, OutputWithin, SOON,
 };
 
 use std::io::{Read, Write};
@@ -42,17 +42,6 @@ fn grpc_next(rx: &mut ClientDuplexReceiver<ChatMessage>) -> ChatMessage {
     next_within(rx, "a chat message")
         .expect("stream open")
         .expect("message")
-}
-
-/// The close frame the server ends `ws` with, skipping what comes before it.
-fn close_of(ws: &mut Ws) -> Option<tungstenite::protocol::CloseFrame> {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => return frame,
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    }
 }
 
 /// `SendMessage` of `text` to `room`, as the service "svc".

@@ -548,3 +548,14 @@ pub fn messages(mut next: impl FnMut() -> ChatMessage, count: usize) -> Vec<(u64
     }
     seen
 }
+
+/// The close frame the server ends `ws` with, skipping what comes before it.
+pub fn close_of(ws: &mut Ws) -> Option<tungstenite::protocol::CloseFrame> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => return frame,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
