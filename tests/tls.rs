@@ -401,17 +401,31 @@ fn terminal_clients_chat_over_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A TLS client session trusting `ca`, for "localhost", and its socket
+/// to `ws` (reads time out after [`SOON`]), before any handshake.
+fn tls_client(ws: SocketAddr, ca: &std::path::Path) -> (rustls::ClientConnection, TcpStream) {
+    let config = papo::tls::client_config(Some(ca)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(config, name).unwrap();
+    let socket = TcpStream::connect(ws).unwrap();
+    socket.set_read_timeout(Some(SOON)).unwrap();
+    (session, socket)
+}
+
+/// Everything the server says until it closes, as text.
+fn read_all(https: &mut impl Read) -> String {
+    let mut answer = Vec::new();
+    let _ = https.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
 fn a_client_that_pauses_after_the_handshake_is_still_answered() {
     let dir = cert_dir("pause");
     let (server, files) = serve_tls(&dir, &[]);
     let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
     for _ in 0..5 {
-        let config = papo::tls::client_config(Some(&files.ca)).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut session = rustls::ClientConnection::new(config, name).unwrap();
-        let mut socket = TcpStream::connect(ws).unwrap();
-        socket.set_read_timeout(Some(SOON)).unwrap();
+        let (mut session, mut socket) = tls_client(ws, &files.ca);
         while session.is_handshaking() {
             session.complete_io(&mut socket).unwrap();
         }
@@ -421,9 +435,7 @@ fn a_client_that_pauses_after_the_handshake_is_still_answered() {
         https
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
-        let mut answer = Vec::new();
-        let _ = https.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read_all(&mut https);
         assert!(answer.starts_with("HTTP/1.1 200"), "answered {answer:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -435,11 +447,7 @@ fn a_request_sent_with_the_clients_finished_is_answered() {
     let (server, files) = serve_tls(&dir, &[]);
     let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
     for _ in 0..5 {
-        let config = papo::tls::client_config(Some(&files.ca)).unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut session = rustls::ClientConnection::new(config, name).unwrap();
-        let mut socket = TcpStream::connect(ws).unwrap();
-        socket.set_read_timeout(Some(SOON)).unwrap();
+        let (mut session, mut socket) = tls_client(ws, &files.ca);
         // Handshake until the client's last flight is ready, then send it
         // and the request in one write: one TCP segment, as a fast client
         // (or Nagle's algorithm) often makes it.
@@ -465,9 +473,7 @@ fn a_request_sent_with_the_clients_finished_is_answered() {
         }
         socket.write_all(&flight).unwrap();
         let mut https = rustls::StreamOwned::new(session, socket);
-        let mut answer = Vec::new();
-        let _ = https.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read_all(&mut https);
         assert!(answer.starts_with("HTTP/1.1 200"), "answered {answer:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -78,7 +78,7 @@ impl Engine for Memory {
         let mut room = super::room::lock_room(room);
         // A closed room is no longer the hub's; a member dropped for being
         // slow no longer speaks here.
-        let gone = room.closed || from.is_some_and(|id| !room.members.iter().any(|m| m.id == id));
+        let gone = room.closed || from.is_some_and(|id| !room.has_member(id));
         let seq = if gone {
             0
         } else {

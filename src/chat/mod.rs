@@ -16,6 +16,7 @@ mod engine;
 mod names;
 mod rate;
 mod room;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +34,7 @@ pub use engine::{Done, Engine, Memory};
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
 use room::HistoryBudget;
-pub use room::{lock_room, new_epoch, Arrival, MemberEntry, Room};
+pub use room::{lock_room, new_epoch, roster, Arrival, MemberEntry, Room};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
 pub const WS_REPLY_PREFIX: &str = "Recebido: ";

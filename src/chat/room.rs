@@ -70,7 +70,7 @@ pub struct Room {
     /// What `history` weighs against the budget.
     held: usize,
     /// When the room last published.
-    last_active: Instant,
+    pub(super) last_active: Instant,
     pub(super) members: Vec<MemberEntry>,
     /// Members dropped for a full queue, to be logged after unlocking.
     pub(super) dropped: Vec<String>,
@@ -256,24 +256,7 @@ impl Room {
     /// Who is in the room: each name once, sorted, with how many
     /// connections it has.
     pub(super) fn roster(&self) -> (Vec<String>, Vec<u32>) {
-        let mut names: Vec<&str> = self
-            .members
-            .iter()
-            .filter(|m| !m.name.is_empty())
-            .map(|m| m.name.as_str())
-            .collect();
-        names.sort_unstable();
-        let (mut unique, mut counts) = (Vec::<String>::new(), Vec::<u32>::new());
-        for name in names {
-            match (unique.last(), counts.last_mut()) {
-                (Some(last), Some(count)) if last == name => *count += 1,
-                _ => {
-                    unique.push(name.to_owned());
-                    counts.push(1);
-                }
-            }
-        }
-        (unique, counts)
+        roster(self.members.iter().map(|m| m.name.as_str()))
     }
 
     /// Whether another member (or another connection of one) has `name`:
@@ -354,8 +337,26 @@ impl Room {
     }
 }
 
+/// Names, one per connection, as a member list: each non-empty name once,
+/// sorted, beside how many connections it has.
+pub fn roster<'a>(names: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Vec<u32>) {
+    let mut names: Vec<&str> = names.into_iter().filter(|n| !n.is_empty()).collect();
+    names.sort_unstable();
+    let (mut unique, mut counts) = (Vec::<String>::new(), Vec::<u32>::new());
+    for name in names {
+        match (unique.last(), counts.last_mut()) {
+            (Some(last), Some(count)) if last == name => *count += 1,
+            _ => {
+                unique.push(name.to_owned());
+                counts.push(1);
+            }
+        }
+    }
+    (unique, counts)
+}
+
 /// Hands `delivery` to member `m` as its arrival says.
-fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+pub(super) fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError> {
     match &mut m.arrival {
         Arrival::Here => m.subscriber.deliver(delivery),
         Arrival::Waiting { held, let_go } => {
@@ -387,150 +388,7 @@ fn arrive(m: &mut MemberEntry, delivery: &Arc<Delivery>) -> Result<(), SendError
     }
 }
 
-/// What a shared engine does to a room: its members are here, its log is
-/// elsewhere, and entries come back numbered, in log order.
-impl Room {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// Whether the room is no longer the hub's (it emptied and was let go).
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    pub fn has_member(&self, id: u64) -> bool {
-        self.members.iter().any(|m| m.id == id)
-    }
-
-    /// Takes member `id` out; false if it was not here.
-    pub fn remove_member(&mut self, id: u64) -> bool {
-        let before = self.members.len();
-        self.members.retain(|m| m.id != id);
-        self.members.len() < before
-    }
-
-    /// Members as "id:name", for the engine's presence.
-    pub fn member_tags(&self) -> Vec<(u64, String)> {
-        self.members
-            .iter()
-            .map(|m| (m.id, m.name.clone()))
-            .collect()
-    }
-
-    /// Adds a member whose JOIN the engine is about to number: what comes
-    /// meanwhile is held for it.
-    pub fn add_waiting(&mut self, mut member: MemberEntry) {
-        member.arrival = Arrival::Waiting {
-            held: VecDeque::new(),
-            let_go: None,
-        };
-        self.members.push(member);
-    }
-
-    /// Member `id`'s JOIN is `seq` of `epoch`: it is handed `replay` (what
-    /// it missed, oldest first), then what was held for it from `seq` on,
-    /// its own JOIN made of `own`. A JOIN not `announced` (another
-    /// connection of a member here) is in no log: `own` is handed to it
-    /// right after the replay, and `seq` is where its live messages start.
-    /// Returns the members dropped meanwhile.
-    pub fn arrived(
-        &mut self,
-        id: u64,
-        epoch: String,
-        seq: u64,
-        own: Option<Message>,
-        replay: Vec<Message>,
-        announced: bool,
-    ) -> Vec<(u64, String)> {
-        let Some(at) = self.members.iter().position(|m| m.id == id) else {
-            return Vec::new(); // it left meanwhile
-        };
-        let (own, own_now) = match announced {
-            true => (own, None),
-            false => (None, own),
-        };
-        let room = self.name.clone();
-        let member = &mut self.members[at];
-        let (held, let_go) = match std::mem::replace(
-            &mut member.arrival,
-            Arrival::Expecting {
-                epoch: epoch.clone(),
-                seq,
-                own,
-            },
-        ) {
-            Arrival::Waiting { held, let_go } => (held, let_go),
-            _ => (VecDeque::new(), None),
-        };
-        // Let go of while its JOIN was on the way, yet its to see: missed.
-        if let_go.is_some_and(|d| d.message.epoch != epoch || d.message.seq >= seq) {
-            return self.drop_member(at, SendError::Full);
-        }
-        let own_now = own_now.map(|own| Message {
-            room,
-            seq: seq.saturating_sub(1),
-            timestamp_ms: now_ms(),
-            epoch: epoch.clone(),
-            ..own
-        });
-        let mut refused = replay
-            .into_iter()
-            .chain(own_now)
-            .map(|m| member.subscriber.replay(&Delivery::new(m)))
-            .find_map(Result::err);
-        for delivery in held {
-            if refused.is_some() {
-                break;
-            }
-            refused = arrive(member, &delivery).err();
-        }
-        match refused {
-            None => Vec::new(),
-            Some(error) => self.drop_member(at, error),
-        }
-    }
-
-    /// Member `id`'s JOIN could not be numbered: it gets what comes from now
-    /// on, and is told why.
-    pub fn join_failed(&mut self, id: u64, why: &super::Refusal) {
-        if let Some(m) = self.members.iter_mut().find(|m| m.id == id) {
-            m.arrival = Arrival::Here;
-            m.subscriber.not_said(why);
-        }
-    }
-
-    /// Tells member `id` that what it said was not taken.
-    pub fn tell_not_said(&self, id: u64, why: &super::Refusal) {
-        if let Some(m) = self.members.iter().find(|m| m.id == id) {
-            m.subscriber.not_said(why);
-        }
-    }
-
-    /// An entry of the shared log, numbered: to every member here.
-    /// Returns the members dropped for refusing it.
-    pub fn deliver_numbered(&mut self, mut message: Message) -> Vec<(u64, String)> {
-        message.room = self.name.clone();
-        self.last_active = Instant::now();
-        self.fan_out(&Delivery::new(message), None)
-    }
-
-    /// Takes the member at `at` out of the room for refusing a delivery.
-    fn drop_member(&mut self, at: usize, error: SendError) -> Vec<(u64, String)> {
-        let m = self.members.remove(at);
-        if error == SendError::Full {
-            self.dropped.push(m.name.clone());
-            m.subscriber.evicted();
-        }
-        vec![(m.id, m.name)]
-    }
-}
-
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -2,24 +2,22 @@
 //! `Subscribe` streams through which services are members of chat rooms.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::future::{select, Either};
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::StreamExt;
 use grpcio::{
     DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, Service,
-    ServiceBuilder, UnarySink, WriteFlags,
+    ServiceBuilder, UnarySink,
 };
 use log::debug;
 use protobuf::Message as _;
 
 use super::codec::{self, Incoming, Outgoing};
-use super::deadline::{Deadline, Deadlines, Timed};
+use super::deadline::{Deadline, Deadlines};
 use super::finish;
+use super::stream::stream_out;
 use crate::auth::{self, Denied, Identity};
 use crate::chat::{self, Bucket, Delivery, Encoding, Hub, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
@@ -75,17 +73,17 @@ impl ChatServer {
 }
 
 /// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
-struct GrpcMember {
-    tx: queue::Sender<Outgoing>,
+pub(super) struct GrpcMember {
+    pub(super) tx: queue::Sender<Outgoing>,
     evicted: AtomicBool,
     /// Why the member's own message was refused, ending its stream.
-    refused: OnceLock<RpcStatus>,
+    pub(super) refused: OnceLock<RpcStatus>,
     metrics: Arc<Metrics>,
     /// Fires when a write has been with C-core for `write_timeout`.
-    deadline: Arc<Deadline>,
-    write_timeout: Option<Duration>,
+    pub(super) deadline: Arc<Deadline>,
+    pub(super) write_timeout: Option<Duration>,
     /// Fires when the member's token expires.
-    expiry: Option<Arc<Deadline>>,
+    pub(super) expiry: Option<Arc<Deadline>>,
 }
 
 impl Subscriber for GrpcMember {
@@ -149,7 +147,7 @@ fn refusal_status(why: &Refusal) -> RpcStatus {
 
 impl GrpcMember {
     /// How the stream ends once its queue is closed and drained.
-    fn end_status(&self) -> RpcStatus {
+    pub(super) fn end_status(&self) -> RpcStatus {
         if self.deadline.has_fired() {
             RpcStatus::with_message(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
@@ -457,107 +455,5 @@ impl ChatServer {
             drop(member);
             metrics.grpc_call(code.into());
         });
-    }
-}
-
-/// A streaming sink papo feeds: grpcio's server-streaming and duplex sinks.
-trait OutSink: Sink<(Outgoing, WriteFlags), Error = grpcio::Error> + Unpin {
-    fn end(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>>;
-}
-
-impl OutSink for ServerStreamingSink<Outgoing> {
-    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
-        match status.code() {
-            RpcStatusCode::OK => self.close().await,
-            _ => self.fail(status).await,
-        }
-    }
-}
-
-impl OutSink for DuplexSink<Outgoing> {
-    async fn end(mut self, status: RpcStatus) -> grpcio::Result<()> {
-        match status.code() {
-            RpcStatusCode::OK => self.close().await,
-            _ => self.fail(status).await,
-        }
-    }
-}
-
-/// Streams a member's queue out until it is closed (the member left or was
-/// dropped) or the client goes away, running `listening` alongside; then
-/// ends the call with the right status, which it returns. A member whose
-/// writes stall for its write timeout is ended at once, `listening` (and
-/// with it a `Chat` member's place in the room) dropped, and its status
-/// given a grace to go out before the call is let go.
-async fn stream_out(
-    mut sink: impl OutSink,
-    rx: queue::Receiver<Outgoing>,
-    subscriber: &GrpcMember,
-    listening: impl Future<Output = ()>,
-) -> RpcStatusCode {
-    let deadline = &subscriber.deadline;
-    let mut outgoing = rx.map(|m| Ok((m, WriteFlags::default())));
-    let sent = {
-        let streaming = async {
-            match subscriber.write_timeout {
-                Some(timeout) => {
-                    let mut timed = Timed {
-                        sink: &mut sink,
-                        deadline,
-                        timeout,
-                    };
-                    timed.send_all(&mut outgoing).await
-                }
-                None => sink.send_all(&mut outgoing).await,
-            }
-        };
-        let work = async {
-            match select(pin!(streaming), pin!(listening)).await {
-                Either::Left((sent, _listening)) => sent,
-                // The client stopped talking: the queue was closed; drain it.
-                Either::Right(((), streaming)) => streaming.await,
-            }
-        };
-        // At its token's expiry the member's stream ends (the queue is
-        // closed, so the work above finishes): this never completes.
-        let expiring = async {
-            if let Some(expiry) = &subscriber.expiry {
-                expiry.fired().await;
-                let status =
-                    RpcStatus::with_message(RpcStatusCode::UNAUTHENTICATED, "token expired".into());
-                let _ = subscriber.refused.set(status);
-                subscriber.tx.close_now();
-            }
-            std::future::pending::<()>().await
-        };
-        let work = async {
-            match select(pin!(work), pin!(expiring)).await {
-                Either::Left((sent, _)) => sent,
-                Either::Right(((), work)) => work.await,
-            }
-        };
-        match select(pin!(work), pin!(deadline.fired())).await {
-            Either::Left((sent, _)) => sent.map(|()| Some(())),
-            Either::Right(((), _)) => Ok(None),
-        }
-    };
-    drop(outgoing);
-    let status = subscriber.end_status();
-    let code = status.code();
-    match sent {
-        Ok(Some(())) => match sink.end(status).await {
-            Ok(()) => code,
-            Err(_) => RpcStatusCode::CANCELLED,
-        },
-        // Timed out: the status waits behind the stalled write, so it gets
-        // a grace to go out, and no more.
-        Ok(None) => {
-            deadline.rearm(super::STATUS_GRACE);
-            match select(pin!(sink.end(status)), pin!(deadline.fired())).await {
-                Either::Left((Ok(()), _)) => code,
-                _ => RpcStatusCode::CANCELLED,
-            }
-        }
-        Err(_) => RpcStatusCode::CANCELLED,
     }
 }

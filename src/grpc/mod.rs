@@ -17,6 +17,7 @@ mod chat;
 mod codec;
 mod deadline;
 mod health;
+mod stream;
 mod tls;
 
 use std::fmt;

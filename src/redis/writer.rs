@@ -407,24 +407,8 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
     let mut fields = reply.into_array().into_iter();
     let seq = u64::try_from(fields.next()?.as_int()?).ok()?;
     let epoch = fields.next()?.as_str()?.to_owned();
-    let mut present: Vec<String> = fields
-        .next()?
-        .into_array()
-        .iter()
-        .filter_map(|n| n.as_str().map(str::to_owned))
-        .collect();
-    present.sort();
-    // Each name once, with how many connections it has.
-    let (mut names, mut connections) = (Vec::<String>::new(), Vec::<u32>::new());
-    for name in present {
-        match (names.last(), connections.last_mut()) {
-            (Some(last), Some(count)) if *last == name => *count += 1,
-            _ => {
-                names.push(name);
-                connections.push(1);
-            }
-        }
-    }
+    let present = fields.next()?.into_array();
+    let (names, connections) = crate::chat::roster(present.iter().filter_map(|n| n.as_str()));
     let mut replay: Vec<Message> = fields
         .next()?
         .into_array()

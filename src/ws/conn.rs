@@ -21,7 +21,6 @@ use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
 use super::{Shared, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT};
-use crate::auth::{self, Denied};
 use crate::chat::{SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
@@ -261,7 +260,7 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
         warn_refused_origin(shared, origin.flatten());
         return http::reject(&mut stream, 403, "origin not allowed\n", "");
     }
-    if let Err((status, why)) = identify(&mut endpoint, &request, target, shared) {
+    if let Err((status, why)) = member::identify(&mut endpoint, &request, target, shared) {
         let headers = match status {
             401 => "WWW-Authenticate: Bearer\r\n",
             _ => "",
@@ -308,51 +307,6 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
 /// Tells the operator, at most once per [`REFUSAL_LOG_INTERVAL`], that a
 /// browser was refused and how to allow it: the browser itself only sees
 /// its connection fail.
-/// When tokens are required, a `/chat` member shows one (`Authorization:
-/// Bearer`, or `?token=` for browsers, which cannot set headers) and takes
-/// its name from it; `Err` is the status (401, 403) and why.
-fn identify(
-    endpoint: &mut Endpoint,
-    request: &tungstenite::handshake::server::Request,
-    target: &str,
-    shared: &Shared,
-) -> Result<(), (u16, String)> {
-    let (
-        Endpoint::Chat {
-            room,
-            name,
-            identity,
-            ..
-        },
-        Some(verifier),
-    ) = (endpoint, shared.hub.auth())
-    else {
-        return Ok(());
-    };
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    let token = match http::header(request, "Authorization").and_then(auth::bearer) {
-        Some(token) => Some(token.to_owned()),
-        None => http::query_param(query, "token")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    };
-    match verifier.admit(token.as_deref(), room, name) {
-        Ok(who) => {
-            name.clone_from(&who.sub);
-            *identity = Some(who);
-            Ok(())
-        }
-        Err(denied) => {
-            shared.metrics.auth_failed(denied.reason());
-            let status = match denied {
-                Denied::Unauthenticated(_) => 401,
-                Denied::Forbidden(_) => 403,
-            };
-            Err((status, format!("{denied}\n")))
-        }
-    }
-}
-
 fn warn_refused_origin(shared: &Shared, origin: Option<&str>) {
     let mut last = lock(&shared.origin_warned);
     if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {

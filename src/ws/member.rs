@@ -1,16 +1,20 @@
-//! A `/chat` connection as a member of a chat room: the room's messages go
-//! out as JSON text frames, and each JSON text message that comes in is
-//! said in the room.
+//! A `/chat` connection as a member of a chat room: who it is (its token,
+//! when tokens are required), the room's messages going out as JSON text
+//! frames, and each JSON text message that comes in said in the room.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tungstenite::handshake::server::Request;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
 use super::conn::{close_frame, Action};
+use super::http::{self, Endpoint};
 use super::input;
+use super::Shared;
+use crate::auth::{self, Denied};
 use crate::chat::{Delivery, Encoding, Member, Refusal, SendError, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -111,5 +115,50 @@ pub(super) fn on_message(
             }
         },
         Err(why) => Action::Close(CloseCode::Invalid, why),
+    }
+}
+
+/// When tokens are required, a `/chat` member shows one (`Authorization:
+/// Bearer`, or `?token=` for browsers, which cannot set headers) and takes
+/// its name from it; `Err` is the status (401, 403) and why.
+pub(super) fn identify(
+    endpoint: &mut Endpoint,
+    request: &Request,
+    target: &str,
+    shared: &Shared,
+) -> Result<(), (u16, String)> {
+    let (
+        Endpoint::Chat {
+            room,
+            name,
+            identity,
+            ..
+        },
+        Some(verifier),
+    ) = (endpoint, shared.hub.auth())
+    else {
+        return Ok(());
+    };
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let token = match http::header(request, "Authorization").and_then(auth::bearer) {
+        Some(token) => Some(token.to_owned()),
+        None => http::query_param(query, "token")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    match verifier.admit(token.as_deref(), room, name) {
+        Ok(who) => {
+            name.clone_from(&who.sub);
+            *identity = Some(who);
+            Ok(())
+        }
+        Err(denied) => {
+            shared.metrics.auth_failed(denied.reason());
+            let status = match denied {
+                Denied::Unauthenticated(_) => 401,
+                Denied::Forbidden(_) => 403,
+            };
+            Err((status, format!("{denied}\n")))
+        }
     }
 }

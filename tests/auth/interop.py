@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls"))
-from interop import grpc_calls, message  # noqa: E402  (the TLS test's protobuf by hand)
+from interop import LOGS, grpc_calls, message, start  # noqa: E402  (shared with the TLS test)
 
 PAPO = sys.argv[1]
 TIMEOUT = 10
@@ -40,21 +39,8 @@ def fail(why, log=None):
 
 
 def serve(secret_file, public_file):
-    log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-auth-", suffix=".log", delete=False)
-    args = [PAPO, "serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
-            "--auth-secret-file", secret_file, "--auth-public-key", public_file]
-    proc = subprocess.Popen(args, stderr=log, env=dict(os.environ, RUST_LOG="debug,grpcio=warn"))
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        time.sleep(0.05)
-        with open(log.name) as f:
-            text = f.read()
-        ws = re.search(r"ws listening on ws://([^/]+)/ws", text)
-        rpc = re.search(r"grpc listening on (\S+)", text)
-        if ws and rpc:
-            return proc, ws.group(1), rpc.group(1), log.name
-    proc.kill()
-    fail("papo serve did not start", log.name)
+    proc, ws, rpc = start(["--auth-secret-file", secret_file, "--auth-public-key", public_file])
+    return proc, ws, rpc, LOGS[-1]
 
 
 def claims(sub, ttl=60, **extra):
@@ -161,6 +147,8 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
+        for name in LOGS:
+            os.unlink(name)
 
 
 if __name__ == "__main__":

@@ -33,24 +33,31 @@ def fail(why):
     sys.exit("tls-interop: " + why)
 
 
-def serve(certs, *extra):
-    """Starts papo over TLS on free ports; returns it and its two addresses."""
-    log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-tls-", suffix=".log", delete=False)
+def start(extra, scheme="ws"):
+    """Starts `papo serve` with `extra` flags on free ports; returns it and
+    its two addresses. Its log is kept in LOGS."""
+    log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-test-", suffix=".log", delete=False)
     LOGS.append(log.name)
-    args = [PAPO, "serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
-            "--tls-cert", os.path.join(certs, "cert.pem"), "--tls-key", os.path.join(certs, "key.pem")]
-    proc = subprocess.Popen(args + list(extra), stderr=log, env=dict(os.environ, RUST_LOG="debug,grpcio=warn"))
+    args = [PAPO, "serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"] + list(extra)
+    proc = subprocess.Popen(args, stderr=log, env=dict(os.environ, RUST_LOG="debug,grpcio=warn"))
     deadline = time.time() + 30
+    text = ""
     while time.time() < deadline:
         time.sleep(0.05)
         with open(log.name) as f:
             text = f.read()
-        ws = re.search(r"ws listening on wss://([^/]+)/ws", text)
+        ws = re.search(r"ws listening on %s://([^/]+)/ws" % scheme, text)
         rpc = re.search(r"grpc listening on (\S+)", text)
         if ws and rpc:
             return proc, ws.group(1), rpc.group(1)
     proc.kill()
     fail("papo serve did not start:\n" + text)
+
+
+def serve(certs, *extra):
+    """Starts papo over TLS on free ports; returns it and its two addresses."""
+    tls = ["--tls-cert", os.path.join(certs, "cert.pem"), "--tls-key", os.path.join(certs, "key.pem")]
+    return start(tls + list(extra), "wss")
 
 
 # Protobuf by hand: the messages are a few string fields, and this keeps
