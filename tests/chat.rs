@@ -145,6 +145,29 @@ fn malformed_json_closes_that_member_with_1007_only() {
 }
 
 #[test]
+fn a_message_written_as_the_protos_json_is_said_under_the_connections_name() {
+    let server = serve(&["--no-grpc"]);
+    let ws_addr = server.ws.clone().unwrap();
+    let mut listener = ws_member(&ws_addr, "r", "ouvinte");
+    let mut speaker = ws_member(&ws_addr, "r", "m");
+    let joined = ws_next(&mut listener);
+    assert_eq!((kind(&joined), joined.sender.as_str()), (Kind::JOIN, "m"));
+    speaker
+        .send(Message::text(
+            r#"{"sender":"bench","text":"oi","room":"r"}"#,
+        ))
+        .unwrap();
+    let said = ws_next(&mut listener);
+    assert_eq!((said.sender.as_str(), said.text.as_str()), ("m", "oi"));
+    // Another room's name is refused: a connection speaks in its own.
+    speaker
+        .send(Message::text(r#"{"text":"oi","room":"outra"}"#))
+        .unwrap();
+    let code = close_of(&mut speaker).map(|f| f.code);
+    assert_eq!(code, Some(CloseCode::Invalid));
+}
+
+#[test]
 fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
     let server = serve(&["--max-message-size", "64KiB"]);
     let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
@@ -193,8 +216,27 @@ fn a_text_taken_in_always_fits_out_and_a_longer_one_is_never_published() {
 }
 
 #[test]
-fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
+fn send_message_is_not_held_to_a_members_rate_by_default() {
+    // A service posts many calls over one connection: only
+    // --send-rate-limit limits it.
     let server = serve(&["--rate-limit", "1", "--rate-burst", "5"]);
+    let client = chat_client(server.grpc.as_deref().unwrap());
+    for n in 0..50 {
+        let posted = post(&client, "rate", &n.to_string());
+        assert!(posted.is_ok(), "call {n}: {posted:?}");
+    }
+}
+
+#[test]
+fn a_member_over_the_rate_limit_is_refused_on_each_protocol() {
+    let server = serve(&[
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "5",
+        "--send-rate-limit",
+        "1",
+    ]);
     let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
     // WebSocket: the sixth message at once closes the member with 1008.
     let mut ws = ws_member(&ws_addr, "rate", "ana");

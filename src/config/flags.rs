@@ -131,13 +131,19 @@ pub const RATE_LIMIT: Flag = Flag::count(
     "rate-limit",
     "N",
     "100",
-    "Messages a chat member (or a SendMessage connection) may send per second (0: no limit)",
+    "Messages a chat member may send per second (0: no limit)",
 );
 pub const RATE_BURST: Flag = Flag::count(
     "rate-burst",
     "N",
     "200",
-    "Messages a chat member may send at once before --rate-limit applies",
+    "Messages a chat member (or SendMessage connection) may send at once before its limit applies",
+);
+pub const SEND_RATE_LIMIT: Flag = Flag::count(
+    "send-rate-limit",
+    "N",
+    "0",
+    "SendMessage calls a gRPC connection may make per second (0: no limit)",
 );
 pub const LISTEN_BACKLOG: Flag = Flag::count(
     "listen-backlog",
@@ -232,6 +238,7 @@ pub const SERVE: Command = Command {
         &AUTH_LEEWAY,
         &RATE_LIMIT,
         &RATE_BURST,
+        &SEND_RATE_LIMIT,
         &LISTEN_BACKLOG,
         &ALLOWED_ORIGIN,
         &PUBLIC_HOST,
@@ -431,6 +438,10 @@ impl ServeConfig {
             max_message_size,
             max_streams: v.parsed(&GRPC_MAX_STREAMS)?,
             max_connections: v.parsed(&GRPC_MAX_CONNECTIONS)?,
+            send_rate: Rate {
+                per_second: v.parsed(&SEND_RATE_LIMIT)?,
+                burst: v.parsed(&RATE_BURST)?,
+            },
             listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
             keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
             keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,

@@ -19,7 +19,9 @@ use super::deadline::{Deadline, Deadlines};
 use super::finish;
 use super::stream::stream_out;
 use crate::auth::{self, Denied, Identity};
-use crate::chat::{self, Bucket, Delivery, Encoding, Hub, Member, Refusal, SendError, Subscriber};
+use crate::chat::{
+    self, Bucket, Delivery, Encoding, Hub, Member, Rate, Refusal, SendError, Subscriber,
+};
 use crate::metrics::Metrics;
 use crate::proto::chat::{Response, SubscribeRequest};
 use crate::queue;
@@ -31,6 +33,7 @@ pub struct ChatServer {
     pub metrics: Arc<Metrics>,
     /// `SendMessage`'s rate limit, per client connection (its peer address).
     pub senders: Arc<Mutex<Senders>>,
+    pub send_rate: Rate,
     /// Members' write deadlines, and how long a member may accept nothing
     /// (`None`: forever).
     pub deadlines: Arc<Deadlines>,
@@ -53,7 +56,7 @@ const SENDERS_KEPT: usize = 1024;
 impl ChatServer {
     /// Takes a token from the bucket of the call's connection.
     fn may_send(&self, ctx: &RpcContext) -> bool {
-        let rate = self.hub.config().rate;
+        let rate = self.send_rate;
         if rate.per_second == 0 {
             return true;
         }

@@ -32,7 +32,7 @@ use grpcio::{
 };
 use log::{debug, info, warn};
 
-use crate::chat::Hub;
+use crate::chat::{Hub, Rate};
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
 use crate::proto::health_grpc;
@@ -54,6 +54,9 @@ pub struct GrpcConfig {
     pub max_streams: u32,
     /// Client connections served at once; more are closed at once.
     pub max_connections: usize,
+    /// `SendMessage` calls per connection (services post many calls over
+    /// one connection: off by default).
+    pub send_rate: Rate,
     /// Connections the kernel queues before the accept loop takes them.
     pub listen_backlog: u32,
     /// Idle time after which a client connection is pinged.
@@ -219,6 +222,7 @@ impl GrpcServer {
             hub,
             metrics: Arc::clone(&metrics),
             senders: Arc::default(),
+            send_rate: config.send_rate,
             deadlines: Arc::new(deadlines),
             write_timeout,
         };

@@ -196,7 +196,7 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
                 .hub
                 .join_from(&room, &name, subscriber.clone(), resume);
             message_loop(ws, &peer, shared, |m| {
-                member::on_message(&member, may_speak, &subscriber, &shared.metrics, m)
+                member::on_message(&member, &room, may_speak, &subscriber, &shared.metrics, m)
             })
         }
     };

@@ -1,33 +1,48 @@
-//! What a `/chat` member may send: a JSON object with at most a `"text"`
-//! string, read strictly as RFC 8259 JSON. Nothing else a client could put
-//! in a message (`sender`, `seq`, `members`, unknown fields) is taken, or
-//! even built: a field other than `text` is refused where it starts.
+//! What a `/chat` member may send: a JSON object with a `"text"` string,
+//! read strictly as RFC 8259 JSON. A client that writes the proto's
+//! `Message` may also send `"sender"` and `"room"` strings: the room must be
+//! the connection's own, and the sender is not taken (the connection's name
+//! speaks). Nothing the server sets (`seq`, `members`…) nor any unknown field
+//! is taken, or even built: it is refused where it starts.
 
-/// Parses a member's message; `Err` is a short reason for close `1007`.
-pub fn text_of(json: &str) -> Result<String, String> {
+/// Parses the message of a member of `room`; `Err` is a short reason for
+/// close `1007`.
+pub fn text_of(json: &str, room: &str) -> Result<String, String> {
     let mut scan = Scan {
         bytes: json.as_bytes(),
         at: 0,
     };
     scan.require(b'{')?;
-    let mut text = None;
+    let (mut text, mut sender, mut in_room) = (None, None, None);
     if !scan.eat(b'}') {
         loop {
             scan.require(b'"')?;
             let key = scan.string()?;
-            if key != "text" {
-                return Err(format!("only \"text\" is taken, not {key:?}"));
-            }
+            let field = match key.as_str() {
+                "text" => &mut text,
+                "sender" => &mut sender,
+                "room" => &mut in_room,
+                _ => {
+                    return Err(format!(
+                        "only \"text\" (and \"sender\", \"room\") is taken, not {key:?}"
+                    ))
+                }
+            };
             scan.require(b':')?;
             scan.require(b'"')?;
-            if text.replace(scan.string()?).is_some() {
-                return Err("\"text\" given twice".into());
+            if field.replace(scan.string()?).is_some() {
+                return Err(format!("{key:?} given twice"));
             }
             if scan.eat(b'}') {
                 break;
             }
             scan.require(b',')?;
         }
+    }
+    if let Some(other) = in_room.filter(|r| !r.is_empty() && r != room) {
+        return Err(format!(
+            "this connection speaks in room {room:?}, not {other:?}"
+        ));
     }
     scan.skip_space();
     if scan.at != scan.bytes.len() {
@@ -145,9 +160,17 @@ mod tests {
 
     #[test]
     fn takes_what_json_writers_write() {
+        let text_of = |json| text_of(json, "sala");
         assert_eq!(text_of(r#"{"text": "oi"}"#).unwrap(), "oi");
         assert_eq!(text_of(" {\n\"text\":\"oi\" }\r\n").unwrap(), "oi");
         assert_eq!(text_of("{}").unwrap(), "");
+        // The proto's Message as JSON: the room is the connection's, and the
+        // sender is not who speaks.
+        assert_eq!(
+            text_of(r#"{"sender": "bench", "text": "oi", "room": "sala"}"#).unwrap(),
+            "oi"
+        );
+        assert_eq!(text_of(r#"{"room": "", "text": "oi"}"#).unwrap(), "oi");
         // Python's json.dumps escapes everything beyond ASCII.
         assert_eq!(
             text_of(r#"{"text": "\ud83d\ude00 ol\u00e1"}"#).unwrap(),
@@ -166,6 +189,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_json_or_not_a_members_message() {
+        let text_of = |json| text_of(json, "sala");
         for bad in [
             "",
             "oi",
@@ -180,7 +204,9 @@ mod tests {
             "{\"text\": \"raw\nnewline\"}",
             r#"{"text": 7}"#,
             r#"{"text": "a", "text": "b"}"#,
-            r#"{"sender": "admin", "text": "oi"}"#,
+            r#"{"sender": 7, "text": "oi"}"#,
+            r#"{"sender": "a", "sender": "b"}"#,
+            r#"{"room": "outra", "text": "oi"}"#,
             r#"{"members": ["", "", ""]}"#,
             r#"{"seq": "1"}"#,
             r#"["text"]"#,
@@ -189,5 +215,7 @@ mod tests {
         }
         let why = text_of(r#"{"members": []}"#).unwrap_err();
         assert!(why.contains("members"), "{why}");
+        let why = text_of(r#"{"room": "outra", "text": "oi"}"#).unwrap_err();
+        assert!(why.contains("outra"), "{why}");
     }
 }

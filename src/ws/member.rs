@@ -83,6 +83,7 @@ impl Subscriber for WsMember {
 #[inline(never)] // Keeps the message loop's frame, live while idle, small.
 pub(super) fn on_message(
     member: &Member,
+    room: &str,
     may_speak: bool,
     subscriber: &WsMember,
     metrics: &Metrics,
@@ -94,7 +95,7 @@ pub(super) fn on_message(
             "/chat takes JSON text messages".into(),
         );
     };
-    match input::text_of(json.as_str()) {
+    match input::text_of(json.as_str(), room) {
         Ok(text) if text.is_empty() => Action::Nothing,
         Ok(_) if !may_speak => Action::Close(
             CloseCode::Policy,
