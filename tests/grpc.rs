@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode};
+use futures_util::SinkExt;
+use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode, WriteFlags};
 use papo::chat::{ChatConfig, Hub};
+use papo::executor::block_on;
 use papo::grpc::GrpcConfig;
 use papo::grpc::GrpcServer;
 use papo::metrics::Metrics;
-use papo::proto::chat::Message;
+use papo::proto::chat::{Message, SubscribeRequest};
 use papo::proto::chat_grpc::ChatServiceClient;
 use papo::proto::health::health_check_response::ServingStatus;
 use papo::proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -62,6 +64,57 @@ fn oversized_message_is_resource_exhausted_and_the_server_goes_on() {
     assert_eq!(
         send(&client, "Alice", "ok").unwrap(),
         "Mensagem recebida: ok"
+    );
+}
+
+/// What a call's result says, as a status code.
+fn code_of<T: std::fmt::Debug>(result: grpcio::Result<T>) -> RpcStatusCode {
+    match result {
+        Err(grpcio::Error::RpcFailure(status)) => status.code(),
+        other => panic!("expected a failed call, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_method_refuses_a_request_past_the_size_limit() {
+    let server = common::grpc_server_with(GrpcConfig {
+        max_message_size: 64 << 10,
+        ..GrpcConfig::default()
+    });
+    let chat = chat_client(server.addr());
+    let huge = "x".repeat(65 << 10);
+    let exhausted = RpcStatusCode::RESOURCE_EXHAUSTED;
+    assert_eq!(code_of(send(&chat, "Alice", &huge)), exhausted);
+    let request = SubscribeRequest {
+        room: huge.clone(),
+        ..Default::default()
+    };
+    let mut stream = chat.subscribe(&request).unwrap();
+    match next_within(&mut stream, "the refusal") {
+        Some(Err(grpcio::Error::RpcFailure(status))) => assert_eq!(status.code(), exhausted),
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    let (mut tx, mut rx) = chat.chat().unwrap();
+    let first = Message {
+        text: huge.clone(),
+        ..Default::default()
+    };
+    let _ = block_on(tx.send((first, WriteFlags::default())));
+    match next_within(&mut rx, "the refusal") {
+        Some(Err(grpcio::Error::RpcFailure(status))) => assert_eq!(status.code(), exhausted),
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    let health = health_client(server.addr());
+    assert_eq!(code_of(health.check(&health_request(&huge))), exhausted);
+    // Just under the limit is read, and the server goes on.
+    let fits = "y".repeat(60 << 10);
+    assert_eq!(
+        send(&chat, "Alice", &fits).unwrap(),
+        format!("Mensagem recebida: {fits}")
+    );
+    assert_eq!(
+        code_of(health.check(&health_request(&fits))),
+        RpcStatusCode::NOT_FOUND
     );
 }
 

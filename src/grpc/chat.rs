@@ -14,7 +14,7 @@ use grpcio::{
 use log::debug;
 use protobuf::Message as _;
 
-use super::codec::{self, Incoming, Outgoing};
+use super::codec::{self, Checked, Incoming, Outgoing};
 use super::deadline::{Deadline, Deadlines};
 use super::finish;
 use super::stream::stream_out;
@@ -177,11 +177,7 @@ fn weight(m: &Outgoing) -> usize {
 
 /// A client's message that cannot be taken, as the status that says why.
 fn refusal(incoming: &Incoming) -> Option<RpcStatus> {
-    let why = incoming.refused.as_ref()?;
-    Some(RpcStatus::with_message(
-        RpcStatusCode::INVALID_ARGUMENT,
-        why.clone(),
-    ))
+    incoming.refused.clone()
 }
 
 /// The room and member name a stream asks for, checked.
@@ -427,15 +423,19 @@ impl ChatServer {
     fn subscribe(
         &mut self,
         ctx: RpcContext,
-        req: SubscribeRequest,
+        req: Checked<SubscribeRequest>,
         sink: ServerStreamingSink<Outgoing>,
     ) {
         let token = token_of(&ctx);
-        let checked = membership(&req.room, &req.name).and_then(|(room, name)| {
-            let who = self.identify(token.as_deref(), &room, &name)?;
-            Ok((room, name, who))
+        let checked = req.0.and_then(|req| {
+            let (room, name) = membership(&req.room, &req.name)?;
+            Ok((req, room, name))
         });
-        let (room, name, identity) = match checked {
+        let checked = checked.and_then(|(req, room, name)| {
+            let who = self.identify(token.as_deref(), &room, &name)?;
+            Ok((req, room, name, who))
+        });
+        let (req, room, name, identity) = match checked {
             Ok(who) => who,
             Err(status) => {
                 let metrics = Arc::clone(&self.metrics);

@@ -4,13 +4,16 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::{SinkExt, StreamExt};
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags};
+use grpcio::{
+    RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, Service, ServiceBuilder, UnarySink,
+    WriteFlags,
+};
 
+use super::codec::{self, Checked};
 use super::finish;
 use crate::metrics::Metrics;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use crate::proto::health_grpc;
 use crate::queue;
 
 /// Services `grpc.health.v1.Health` reports on; `""` is the whole server.
@@ -95,30 +98,62 @@ pub struct HealthServer {
     pub metrics: Arc<Metrics>,
 }
 
-impl health_grpc::Health for HealthServer {
+impl HealthServer {
+    /// The service, registered by hand with the size-checking codec.
+    pub fn service(self) -> Service {
+        let (check, watch) = (self.clone(), self);
+        ServiceBuilder::new()
+            .add_unary_handler(&codec::HEALTH_CHECK, move |ctx, req, sink| {
+                check.check(ctx, req, sink)
+            })
+            .add_server_streaming_handler(&codec::HEALTH_WATCH, move |ctx, req, sink| {
+                watch.watch(ctx, req, sink)
+            })
+            .build()
+    }
+
     fn check(
-        &mut self,
+        &self,
         ctx: RpcContext,
-        req: HealthCheckRequest,
+        req: Checked<HealthCheckRequest>,
         sink: UnarySink<HealthCheckResponse>,
     ) {
+        let req = match req.0 {
+            Ok(req) => req,
+            Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
+        };
         let serving = self.health.lock().serving;
         let reply = match Health::status(serving, &req.service) {
             Some(status) => Ok(health_response(status)),
             None => Err(RpcStatus::with_message(
                 RpcStatusCode::NOT_FOUND,
-                format!("unknown service '{}'", req.service),
+                // Cut, as trailers must stay small whatever a client sent.
+                format!(
+                    "unknown service {:?}",
+                    req.service.chars().take(64).collect::<String>()
+                ),
             )),
         };
         finish(&ctx, sink, reply, &self.metrics);
     }
 
     fn watch(
-        &mut self,
+        &self,
         ctx: RpcContext,
-        req: HealthCheckRequest,
+        req: Checked<HealthCheckRequest>,
         mut sink: ServerStreamingSink<HealthCheckResponse>,
     ) {
+        let metrics = Arc::clone(&self.metrics);
+        let req = match req.0 {
+            Ok(req) => req,
+            Err(status) => {
+                let code = status.code();
+                return ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                    metrics.grpc_call(code.into());
+                });
+            }
+        };
         let (tx, rx) = queue::bounded(WATCH_QUEUE);
         {
             let mut state = self.health.lock();
@@ -129,7 +164,6 @@ impl health_grpc::Health for HealthServer {
             state.watchers.retain(|(_, tx)| !tx.is_gone());
             state.watchers.push((req.service, tx));
         }
-        let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
             let mut updates = rx.map(|status| Ok((status, WriteFlags::default())));
             let ended = match sink.send_all(&mut updates).await {

@@ -28,14 +28,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, UnarySink,
+    ChannelBuilder, EnvBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
+    UnarySink,
 };
 use log::{debug, info, warn};
 
 use crate::chat::{Hub, Rate};
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
-use crate::proto::health_grpc;
 use crate::tls::Tls;
 use crate::{lock, sys};
 use accept::{Acceptor, Listening};
@@ -172,13 +172,15 @@ fn default_poll_threads() -> usize {
 
 /// A server builder that tells C-core the limits, for every connection.
 fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
-    let max_len = i32::try_from(config.max_message_size).unwrap_or(i32::MAX);
     let args = ChannelBuilder::new(Arc::clone(&env))
         // Over TLS C-core listens itself, and by default with SO_REUSEPORT,
         // which would let a second papo silently share a port in use.
         .reuse_port(false)
-        .max_receive_message_len(max_len)
-        .max_send_message_len(max_len)
+        // No limit in C-core: with none, its message-size filter is left out
+        // of every call's path, and `codec` checks what is received (what is
+        // sent is papo's own, bounded by the same limit).
+        .max_receive_message_len(-1)
+        .max_send_message_len(-1)
         .max_concurrent_stream(i32::try_from(config.max_streams).unwrap_or(i32::MAX))
         .keepalive_time(config.keepalive_time)
         .keepalive_timeout(config.keepalive_timeout)
@@ -213,7 +215,14 @@ impl GrpcServer {
             0 => default_poll_threads(),
             n => n,
         };
-        let env = Arc::new(Environment::new(threads));
+        let max_message_size = config.max_message_size;
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(threads)
+                .name_prefix("grpc-poll")
+                .after_start(move || codec::set_receive_limit(max_message_size))
+                .build(),
+        );
         let health = Arc::new(Health::new());
         let write_timeout = Some(config.write_timeout).filter(|t| !t.is_zero());
         let checked_every = write_timeout.unwrap_or(STATUS_GRACE).min(STATUS_GRACE);
@@ -232,7 +241,7 @@ impl GrpcServer {
         };
         let mut server = with_limits(env, config)
             .register_service(chat.service())
-            .register_service(health_grpc::create_health(health_server))
+            .register_service(health_server.service())
             .build()
             .map_err(StartError::Create)?;
         let bind_error = || StartError::Bind(addr.to_owned());
