@@ -24,6 +24,24 @@ LOGS = []
 ROUNDS = 11
 
 
+def pinning():
+    """One core for the servers and another for the clients when there are
+    two: unpinned, a one-connection ping-pong is bimodal (about 10 or 20 us,
+    with where the scheduler puts the two threads)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return {cores[1]}, {cores[0]}
+
+
+SERVER_CPUS, CLIENT_CPUS = pinning()
+
+
+def on(cpus):
+    """A preexec_fn that pins the child to `cpus` (or leaves it be)."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 def median(results, key):
     """The run whose `key` is the median of all runs."""
     return sorted(results, key=lambda r: r[key])[len(results) // 2]
@@ -42,7 +60,7 @@ def start(args, pattern):
     env = dict(os.environ, RUST_LOG="info")
     log = tempfile.NamedTemporaryFile(mode="w+", prefix="papo-bench-", suffix=".log", delete=False)
     LOGS.append(log.name)
-    proc = subprocess.Popen([PAPO] + args, stderr=log, env=env)
+    proc = subprocess.Popen([PAPO] + args, stderr=log, env=env, preexec_fn=on(SERVER_CPUS))
     found = {}
     deadline = time.time() + 30
     while time.time() < deadline and len(found) < len(pattern):
@@ -61,7 +79,8 @@ def start(args, pattern):
 
 def bench(*args):
     try:
-        out = subprocess.run([PAPO, "bench"] + list(args), capture_output=True, text=True, timeout=300)
+        out = subprocess.run([PAPO, "bench"] + list(args), capture_output=True, text=True, timeout=300,
+                             preexec_fn=on(CLIENT_CPUS))
     except subprocess.TimeoutExpired:
         sys.exit("bench: papo bench %s took over 300 s" % " ".join(args))
     if out.returncode != 0:
@@ -128,7 +147,8 @@ def redis_rows(memory_addrs, rounds):
         return None
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=on(SERVER_CPUS))
     instances = []
     try:
         time.sleep(0.5)
@@ -170,6 +190,11 @@ def redis_rows(memory_addrs, rounds):
 def main():
     info = machine()
     print("machine: %(cores)s cores, %(cpu)s, Linux %(kernel)s" % info)
+    if SERVER_CPUS:
+        print("pinned: servers (and redis-server) on CPU %d, clients on CPU %d" % (min(SERVER_CPUS), min(CLIENT_CPUS)))
+    else:
+        print("not pinned: one core, shared by servers and clients")
+    info["pinned"] = {"servers": sorted(SERVER_CPUS), "clients": sorted(CLIENT_CPUS)} if SERVER_CPUS else None
     # A throwaway CA and certificate for the TLS rows.
     certs = tempfile.mkdtemp(prefix="papo-bench-certs-")
     subprocess.run([PAPO, "dev-cert", "--out", certs], check=True, capture_output=True)
@@ -258,7 +283,8 @@ def main():
         rows.append(dict(label="%s x32" % proto, **many))
     rows.append(dict(label="fanout 1000", **fanout))
     print()
-    print("fan-out to 1,000 WebSocket members: p50 %.0f us, p99 %.0f us" % (fanout["p50_us"], fanout["p99_us"]))
+    print("fan-out to 1,000 WebSocket members: p50 %.0f us, p99 %.0f us (each run's p99: %s)" % (
+        fanout["p50_us"], fanout["p99_us"], ", ".join("%.0f" % f["p99_us"] for f in fanouts)))
     print("idle WebSocket connection: %.1f KiB RSS, %.2f threads (server CPU %.2f s over %.0f s idle)" % (
         idle["rss_kib_per_conn"], idle["threads_per_conn"], idle["server_cpu_s"], idle["seconds"]))
     connect = median(connects, "ops_per_sec")
@@ -303,7 +329,10 @@ def main():
         print("goal %-42s measured %7.2f  %s" % (name, value, "met" if met else "MISSED"))
 
     rounds = {"%s_%d_%s" % (p, c, key): [round(a[key] / b[key], 3) for a, b in zip(runs[(p, c)], runs[("tcp", c)])]
-              for p, c, key in (("ws", 1, "p50_us"), ("grpc", 1, "p50_us"), ("ws", 32, "ops_per_sec"))}
+              for p, c, key in (("ws", 1, "p50_us"), ("grpc", 1, "p50_us"), ("ws", 32, "ops_per_sec"),
+                                ("grpc", 32, "ops_per_sec"))}
+    print("per-round ratios to the TCP floor: " + "; ".join("%s %s" % (k, " ".join("%.2f" % r for r in v))
+                                                           for k, v in sorted(rounds.items())))
     out = {"machine": info, "results": {"%s_%d" % k: v for k, v in results.items()}, "fanout": fanout, "idle": idles,
            "connect_wss": connect, "redis": shared,
            "ratios_per_round": rounds,
