@@ -144,7 +144,7 @@ def send_floor(members=1000, rounds=100, size=120, interval=0.02):
     on the clients' core (an epoll loop that reads and drops). On one
     machine the member's side of TCP runs inside the sender's `send`. A
     Python loop: its own overhead is included, so if anything this floor is
-    slower than a server's. Returns the rounds' median and p90, in us."""
+    slower than a server's. Returns p50 and p99 over every send, in us."""
     import select
     import socket
     listener = socket.socket()
@@ -182,15 +182,17 @@ def send_floor(members=1000, rounds=100, size=120, interval=0.02):
         if SERVER_CPUS:
             os.sched_setaffinity(0, SERVER_CPUS)
         message = b"x" * size
-        times = []
+        # Like fan-out's own measure: for every (connection, round), the time
+        # from the round's start to that connection's send returning.
+        elapsed = []
         for _ in range(rounds):
             started = time.perf_counter()
             for conn in accepted:
                 conn.send(message)
-            times.append((time.perf_counter() - started) * 1e6)
+                elapsed.append(time.perf_counter() - started)
             time.sleep(interval)
-        times.sort()
-        return {"p50_us": times[len(times) // 2], "p90_us": times[len(times) * 9 // 10]}
+        elapsed.sort()
+        return {"p50_us": elapsed[len(elapsed) // 2] * 1e6, "p99_us": elapsed[len(elapsed) * 99 // 100] * 1e6}
     finally:
         os.sched_setaffinity(0, previous)
         for conn in accepted:
@@ -349,9 +351,9 @@ def main():
     print()
     print("fan-out to 1,000 WebSocket members: p50 %.0f us, p99 %.0f us (each run's p99: %s)" % (
         fanout["p50_us"], fanout["p99_us"], ", ".join("%.0f" % f["p99_us"] for f in fanouts)))
-    print("its floor, one send on each of 1,000 loopback connections from one core: p50 %.0f us, p90 %.0f us "
-          "(fan-out p99 %.2fx the floor's p50)" % (floor_sends["p50_us"], floor_sends["p90_us"],
-                                                  fanout["p99_us"] / floor_sends["p50_us"]))
+    print("its floor, one send on each of 1,000 loopback connections from one core, 100 rounds: p50 %.0f us, "
+          "p99 %.0f us (fan-out p99 %.2fx the floor's)" % (floor_sends["p50_us"], floor_sends["p99_us"],
+                                                         fanout["p99_us"] / floor_sends["p99_us"]))
     print("idle WebSocket connection: %.1f KiB RSS, %.2f threads (server CPU %.2f s over %.0f s idle)" % (
         idle["rss_kib_per_conn"], idle["threads_per_conn"], idle["server_cpu_s"], idle["seconds"]))
     connect = median(connects, "ops_per_sec")
@@ -378,7 +380,7 @@ def main():
         ("gRPC unary p50 at 1 conn <= 6x TCP", ratio(runs, "grpc", 1, "p50_us"), "<=", 6.0),
         ("WebSocket msg/s at 32 conns >= 0.9x TCP", ratio(runs, "ws", 32, "ops_per_sec"), ">=", 0.9),
         ("fan-out to 1,000 members p99 <= 10 ms", fanout["p99_us"] / 1000.0, "<=", 10.0),
-        ("fan-out p99 <= 1.1x 1,000 bare sends", fanout["p99_us"] / floor_sends["p50_us"], "<=", 1.1),
+        ("fan-out p99 <= 1.1x 1,000 bare sends' p99", fanout["p99_us"] / floor_sends["p99_us"], "<=", 1.1),
         ("idle connection <= 16 KiB RSS", idle["rss_kib_per_conn"], "<=", 16.0),
         ("idle connection <= 1 thread", idle["threads_per_conn"], "<=", 1.0),
         ("wss p50 at 1 conn <= 1.3x ws", ratio(runs, "wss", 1, "p50_us", "ws"), "<=", 1.3),
