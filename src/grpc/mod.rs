@@ -9,7 +9,7 @@
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
 //! | `tls` | gRPC over TLS: C-core's TLS fed papo's certificate, reloads |
-//! | `codec` | its messages on the wire: only what a client may send, shared bytes out |
+//! | `codec` | its messages on the wire: the size limit, only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
 mod accept;
