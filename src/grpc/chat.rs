@@ -16,8 +16,8 @@ use protobuf::Message as _;
 
 use super::codec::{self, Checked, Incoming, Outgoing};
 use super::deadline::{Deadline, Deadlines};
-use super::finish;
 use super::stream::stream_out;
+use super::{finish, refuse_stream};
 use crate::auth::{self, Denied, Identity};
 use crate::chat::{
     self, Bucket, Delivery, Encoding, Hub, Member, Rate, Refusal, SendError, Subscriber,
@@ -175,11 +175,6 @@ fn weight(m: &Outgoing) -> usize {
     m.0.len()
 }
 
-/// A client's message that cannot be taken, as the status that says why.
-fn refusal(incoming: &Incoming) -> Option<RpcStatus> {
-    incoming.refused.clone()
-}
-
 /// The room and member name a stream asks for, checked.
 fn membership(room: &str, name: &str) -> Result<(String, String), RpcStatus> {
     let room = chat::room_name(room)
@@ -291,7 +286,7 @@ impl ChatServer {
             msg.text.len()
         );
         self.metrics.grpc.received(msg.text.len());
-        if let Some(status) = refusal(&msg) {
+        if let Some(status) = msg.refused.clone() {
             return finish(&ctx, sink, Err(status), &self.metrics);
         }
         let reply = membership(&msg.room, &msg.sender).and_then(|(room, sender)| {
@@ -357,7 +352,7 @@ impl ChatServer {
                 Some(Ok(first)) => first,
                 _ => return metrics.grpc_call(RpcStatusCode::CANCELLED.into()),
             };
-            let checked = match refusal(&first) {
+            let checked = match first.refused.clone() {
                 Some(status) => Err(status),
                 None => membership(&first.room, &first.sender),
             };
@@ -387,7 +382,7 @@ impl ChatServer {
             let listening = async move {
                 let mut incoming = Some(first);
                 while let Some(message) = incoming.take() {
-                    if let Some(status) = refusal(&message) {
+                    if let Some(status) = message.refused.clone() {
                         let _ = speaker.refused.set(status);
                         break;
                     }
@@ -437,14 +432,7 @@ impl ChatServer {
         });
         let (req, room, name, identity) = match checked {
             Ok(who) => who,
-            Err(status) => {
-                let metrics = Arc::clone(&self.metrics);
-                let code = status.code();
-                return ctx.spawn(async move {
-                    let _ = sink.fail(status).await;
-                    metrics.grpc_call(code.into());
-                });
-            }
+            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
         };
         let resume = req.since.map(|since| chat::Resume {
             since,

@@ -10,7 +10,7 @@ use grpcio::{
 };
 
 use super::codec::{self, Checked};
-use super::finish;
+use super::{finish, refuse_stream};
 use crate::metrics::Metrics;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
@@ -143,16 +143,9 @@ impl HealthServer {
         req: Checked<HealthCheckRequest>,
         mut sink: ServerStreamingSink<HealthCheckResponse>,
     ) {
-        let metrics = Arc::clone(&self.metrics);
         let req = match req.0 {
             Ok(req) => req,
-            Err(status) => {
-                let code = status.code();
-                return ctx.spawn(async move {
-                    let _ = sink.fail(status).await;
-                    metrics.grpc_call(code.into());
-                });
-            }
+            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
         };
         let (tx, rx) = queue::bounded(WATCH_QUEUE);
         {
@@ -164,6 +157,7 @@ impl HealthServer {
             state.watchers.retain(|(_, tx)| !tx.is_gone());
             state.watchers.push((req.service, tx));
         }
+        let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
             let mut updates = rx.map(|status| Ok((status, WriteFlags::default())));
             let ended = match sink.send_all(&mut updates).await {

@@ -120,6 +120,22 @@ fn finish<T>(
     ctx.spawn(async move { sent_as(sent.await, code, &metrics) });
 }
 
+/// Ends a server-streaming call with `status` before it streamed anything,
+/// and counts it.
+fn refuse_stream<T: Send + 'static>(
+    ctx: &RpcContext,
+    sink: grpcio::ServerStreamingSink<T>,
+    status: RpcStatus,
+    metrics: &Arc<Metrics>,
+) {
+    let metrics = Arc::clone(metrics);
+    let code = status.code();
+    ctx.spawn(async move {
+        let _ = sink.fail(status).await;
+        metrics.grpc_call(code.into());
+    });
+}
+
 /// [`finish`], from a task already spawned.
 async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
     let (sent, code) = hand_over(sink, reply);
