@@ -16,10 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use log::{debug, warn};
-use protobuf::well_known_types::struct_::{value::Kind, Struct, Value};
 use ring::{hmac, signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
+
+use crate::json::{self, Unknown, Value};
 
 /// Where the verification keys are, as `papo serve` was told.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,12 +230,16 @@ impl Verifier {
         else {
             return Err(AuthError::Malformed("not three dot-separated parts"));
         };
-        let header = json_object(header)?;
+        let mut header = part(header, &["alg"])?;
         let signed = &token[..header_and_claims_len(token)];
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        match text(&header, "alg").unwrap_or_default() {
+        let alg = match header.take(0) {
+            Some(Value::String(alg)) => alg,
+            _ => String::new(),
+        };
+        match alg.as_str() {
             "HS256" => {
                 let key = self
                     .secret
@@ -252,41 +257,35 @@ impl Verifier {
                     .verify(signed.as_bytes(), &signature)
                     .map_err(|_| AuthError::BadSignature)?;
             }
-            other => return Err(AuthError::Algorithm(other.to_owned())),
+            _ => return Err(AuthError::Algorithm(alg)),
         }
         // Only a token whose signature holds is read further.
-        let claims = json_object(claims)?;
-        let sub = text(&claims, "sub")
-            .filter(|s| !s.is_empty())
-            .ok_or(AuthError::Malformed("no \"sub\""))?;
+        let mut claims = part(claims, &CLAIMS)?;
+        let sub = match claims.take(0) {
+            Some(Value::String(sub)) if !sub.is_empty() => sub,
+            _ => return Err(AuthError::Malformed("no \"sub\"")),
+        };
         let leeway = self.leeway.as_secs();
-        let expires = seconds(&claims, "exp")?.ok_or(AuthError::Malformed("no \"exp\""))?;
+        let expires = seconds(claims.get(1))?.ok_or(AuthError::Malformed("no \"exp\""))?;
         if now > expires.saturating_add(leeway) {
             return Err(AuthError::Expired);
         }
-        if seconds(&claims, "nbf")?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        if seconds(claims.get(2))?.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
             return Err(AuthError::NotYetValid);
         }
-        let rooms = match claims.fields.get("rooms").and_then(|v| v.kind.as_ref()) {
-            None | Some(Kind::NullValue(_)) => None,
-            Some(Kind::ListValue(list)) => Some(
-                list.values
-                    .iter()
-                    .map(|v| match &v.kind {
-                        Some(Kind::StringValue(s)) => Ok(s.clone()),
-                        _ => Err(AuthError::Malformed("\"rooms\" holds a non-string")),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+        let rooms = match claims.take(3) {
+            None | Some(Value::Null) => None,
+            Some(Value::Strings(list)) => Some(list),
+            Some(Value::Other) => return Err(AuthError::Malformed("\"rooms\" holds a non-string")),
             Some(_) => return Err(AuthError::Malformed("\"rooms\" is not a list")),
         };
-        let publish = match claims.fields.get("pub").and_then(|v| v.kind.as_ref()) {
+        let publish = match claims.get(4) {
             None => true,
-            Some(Kind::BoolValue(b)) => *b,
+            Some(Value::Bool(b)) => *b,
             Some(_) => return Err(AuthError::Malformed("\"pub\" is not a boolean")),
         };
         Ok(Identity {
-            sub: sub.to_owned(),
+            sub,
             rooms,
             publish,
             expires,
@@ -377,28 +376,26 @@ fn header_and_claims_len(token: &str) -> usize {
     token.rfind('.').unwrap_or(0)
 }
 
-/// A base64url part of a token, as a JSON object.
-fn json_object(part: &str) -> Result<Struct, AuthError> {
+/// The claims papo reads, in the order [`part`] keeps them.
+const CLAIMS: [&str; 5] = ["sub", "exp", "nbf", "rooms", "pub"];
+
+/// The fields `wanted` of a base64url part of a token, a JSON object.
+/// The part's size is the request's or the call's, already bounded; its
+/// nesting is bounded here, and only what is wanted is kept.
+fn part(part: &str, wanted: &[&str]) -> Result<json::Fields, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::Malformed("a part is not base64url"))?;
-    let json = std::str::from_utf8(&bytes).map_err(|_| AuthError::Malformed("not UTF-8"))?;
-    protobuf_json_mapping::parse_from_str::<Struct>(json)
+    json::object(&bytes, wanted, Unknown::Skip)
         .map_err(|_| AuthError::Malformed("a part is not a JSON object"))
 }
 
-fn text<'a>(object: &'a Struct, key: &str) -> Option<&'a str> {
-    match object.fields.get(key)?.kind.as_ref()? {
-        Kind::StringValue(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// A NumericDate claim: seconds since the epoch (fractions dropped).
-fn seconds(object: &Struct, key: &str) -> Result<Option<u64>, AuthError> {
-    match object.fields.get(key).and_then(|v: &Value| v.kind.as_ref()) {
+/// A NumericDate claim: seconds since the epoch (fractions dropped; a date
+/// past what a `u64` holds is the farthest one).
+fn seconds(value: Option<&Value>) -> Result<Option<u64>, AuthError> {
+    match value {
         None => Ok(None),
-        Some(Kind::NumberValue(n)) if n.is_finite() && *n >= 0.0 => Ok(Some(*n as u64)),
+        Some(Value::Number(n)) if *n >= 0.0 => Ok(Some(*n as u64)),
         Some(_) => Err(AuthError::Malformed("a date is not a number of seconds")),
     }
 }

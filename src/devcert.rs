@@ -77,19 +77,36 @@ pub fn write(dir: &Path, hosts: &[String]) -> Result<DevCert, String> {
         key: dir.join("key.pem"),
     };
     let save = |path: &Path, text: &str, mode: u32| {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| fail(&path.display().to_string(), &e))
+        replace(path, text.as_bytes(), mode).map_err(|e| fail(&path.display().to_string(), &e))
     };
     save(&files.ca, &ca.pem(), 0o644)?;
     save(&files.cert, &(leaf.pem() + &ca.pem()), 0o644)?;
     save(&files.key, &key.serialize_pem(), 0o600)?;
     Ok(files)
+}
+
+/// Puts `bytes` at `path` as a new file of `mode`: written to a file of its
+/// own created beside it (never one already there, never through a
+/// symlink), then renamed over whatever `path` was, a symlink included, so
+/// a key never lands in a file someone else made or can read.
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let fresh = path.with_file_name(format!(".{name}.{}.{nanos}", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&fresh)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    let done = written.and_then(|()| fs::rename(&fresh, path));
+    if done.is_err() {
+        let _ = fs::remove_file(&fresh);
+    }
+    done
 }
 
 #[cfg(test)]
@@ -115,6 +132,41 @@ mod tests {
         };
         let err = mismatched.load().err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("do not make a certificate and its key")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_key_is_a_new_file_of_its_owners_never_what_was_there() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("papo-devcert-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A key file left readable by all, and a certificate that is a
+        // symlink to a file of someone else's.
+        fs::write(dir.join("key.pem"), "old").unwrap();
+        fs::set_permissions(dir.join("key.pem"), fs::Permissions::from_mode(0o644)).unwrap();
+        let target = dir.join("elsewhere");
+        fs::write(&target, "not papo's").unwrap();
+        symlink(&target, dir.join("cert.pem")).unwrap();
+        let files = write(&dir, &[]).unwrap();
+        let key = fs::symlink_metadata(&files.key).unwrap();
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        assert!(fs::read_to_string(&files.key)
+            .unwrap()
+            .contains("PRIVATE KEY"));
+        assert!(!fs::symlink_metadata(&files.cert).unwrap().is_symlink());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "not papo's");
+        // A key that is a symlink is replaced, its target untouched.
+        fs::remove_file(&files.key).unwrap();
+        symlink(&target, &files.key).unwrap();
+        write(&dir, &[]).unwrap();
+        assert!(!fs::symlink_metadata(&files.key).unwrap().is_symlink());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "not papo's");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 4, "{left:?}");
         let _ = fs::remove_dir_all(&dir);
     }
 }

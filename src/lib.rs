@@ -5,12 +5,14 @@
 //! and `server` runs them together in one process.
 
 pub mod auth;
+pub mod ceiling;
 pub mod chat;
 pub mod client;
 pub mod config;
 pub mod devcert;
 pub mod executor;
 pub mod grpc;
+mod json;
 pub mod metrics;
 pub mod proto;
 pub mod redis;

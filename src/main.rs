@@ -32,10 +32,13 @@ impl From<CliError> for Failure {
 fn main() -> ExitCode {
     // Quiet by default: start-up lines and warnings; gRPC C-core's own info
     // chatter (poller names, connect back-offs) only when asked for.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,grpcio=warn"))
-        .init();
-    // gRPC C-core logs through `log` too, at the level RUST_LOG allows.
-    grpcio::redirect_log();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,grpcio=warn,grpc_core=warn"),
+    )
+    .init();
+    // gRPC C-core logs through `log` too (target `grpc_core`), at the level
+    // RUST_LOG allows.
+    papo::grpc::redirect_core_log();
     let args: Result<Vec<String>, _> = std::env::args_os()
         .skip(1)
         .map(|a| a.into_string())

@@ -14,6 +14,7 @@ use std::thread;
 use log::{info, warn};
 
 use crate::auth::Verifier;
+use crate::ceiling::Readings;
 use crate::chat::{Engine, Hub, Memory};
 use crate::config::ServeConfig;
 use crate::grpc::{GrpcServer, StartError};
@@ -22,10 +23,6 @@ use crate::redis::Redis;
 use crate::sys::{self, SignalSet};
 use crate::tls::{Tls, TlsError};
 use crate::ws::WsServer;
-
-/// Descriptors kept free besides one per WebSocket connection: listeners,
-/// gRPC connections, log files.
-const FD_HEADROOM: u64 = 64;
 
 /// Why `papo serve` stopped other than by a signal, or could not start.
 #[derive(Debug)]
@@ -76,6 +73,32 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// The WebSocket connections this process can hold: `max`, or fewer when a
+/// limit on threads or descriptors binds first, which is said in one line
+/// with how to raise it. Past the ceiling, connections are answered `503`:
+/// past some limits (the map count) a thread that starts aborts the process.
+fn thread_ceiling(max: usize) -> usize {
+    let Some(binding) = Readings::now().binding() else {
+        return max;
+    };
+    let room = usize::try_from(binding.connections).unwrap_or(usize::MAX);
+    if room >= max {
+        info!(
+            "room for {room} WebSocket connection threads here ({} {} binds first)",
+            binding.name, binding.value
+        );
+        return max;
+    }
+    warn!(
+        "{} ({}) allows about {room} WebSocket connections, fewer than --max-connections {max}: \
+         past {room} they are answered 503; to raise it: {}",
+        binding.name,
+        binding.value,
+        binding.raise_for(max as u64)
+    );
+    room
+}
+
 /// Runs both servers until SIGINT or SIGTERM, then drains them. A second
 /// signal during the drain exits at once with status 128 + its number.
 /// SIGHUP reloads the TLS certificate.
@@ -87,19 +110,12 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Some(files) => Some(Tls::load(files.clone()).map_err(ServeError::Tls)?),
         None => None,
     };
-    match sys::raise_fd_limit() {
-        Ok(limit)
-            if config.ws_addr.is_some()
-                && limit < config.ws.max_connections as u64 + FD_HEADROOM =>
-        {
-            warn!(
-                "open-file limit {limit} is below --max-connections {} plus headroom: \
-                 connections past it will fail to be accepted",
-                config.ws.max_connections
-            )
-        }
-        Ok(_) => {}
-        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    if let Err(e) = sys::raise_fd_limit() {
+        warn!("cannot raise the open-file limit: {e}");
+    }
+    let mut ws_config = config.ws.clone();
+    if config.ws_addr.is_some() {
+        ws_config.max_connections = thread_ceiling(ws_config.max_connections);
     }
     let metrics = Arc::new(Metrics::new());
     // One hub: browsers and services meet in the same rooms, kept in this
@@ -155,14 +171,8 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {
         let listening = |e: io::Error| ServeError::WsBind(addr.clone(), e);
-        let server = WsServer::bind(
-            addr,
-            config.ws.clone(),
-            Arc::clone(&metrics),
-            hub,
-            tls.clone(),
-        )
-        .map_err(listening)?;
+        let server = WsServer::bind(addr, ws_config, Arc::clone(&metrics), hub, tls.clone())
+            .map_err(listening)?;
         let handle = server.handle().map_err(listening)?;
         let events = events.clone();
         let accept = thread::Builder::new()

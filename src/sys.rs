@@ -6,7 +6,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use grpcio::GrpcSlice;
@@ -76,6 +76,27 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The soft `RLIMIT_NPROC` and `RLIMIT_NOFILE` (`None`: unlimited or
+/// unknown).
+pub fn thread_and_file_limits() -> (Option<u64>, Option<u64>) {
+    let soft = |resource| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the local struct only.
+        let rc = unsafe { libc::getrlimit(resource, &mut limit) };
+        (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    };
+    (soft(libc::RLIMIT_NPROC), soft(libc::RLIMIT_NOFILE))
+}
+
+/// Whether the process runs as root (which `RLIMIT_NPROC` does not bind).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 // ---------------------------------------------------------------------------
 // Sockets
 
@@ -121,6 +142,26 @@ pub fn send_nonblocking(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
 
 /// A descriptor to wait on with [`poll`].
 pub type PollFd = libc::pollfd;
+
+/// Reads and drops what has already arrived on `socket`, without waiting,
+/// up to a few buffers: a socket closed with unread input sends a reset.
+pub fn discard_pending(socket: &TcpStream) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: the pointer and length describe `sink`, alive for the call.
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                sink.as_mut_ptr().cast(),
+                sink.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+    }
+}
 
 /// A [`PollFd`] asking whether `fd` is readable (`out` false) or writable.
 pub fn poll_fd(fd: RawFd, out: bool) -> PollFd {
@@ -306,6 +347,60 @@ pub fn hand_to_grpc(server: &mut grpcio::Server, socket: TcpStream) -> io::Resul
     // closing it does not touch C-core's.
     unsafe { server.add_channel_from_fd(fd) };
     Ok(watch)
+}
+
+// ---------------------------------------------------------------------------
+// gRPC C-core's log
+
+/// Where C-core's log lines go: `(level, file, line, message)`.
+static GRPC_LOG: OnceLock<fn(log::Level, &str, u32, &str)> = OnceLock::new();
+
+unsafe extern "C" fn grpc_log(args: *mut grpcio_sys::gpr_log_func_args) {
+    let Some(handler) = GRPC_LOG.get() else {
+        return;
+    };
+    // SAFETY: C-core passes a valid struct whose strings, NUL-terminated,
+    // live for the call; none of them is kept.
+    let (file, line, severity, message) = unsafe {
+        let args = &*args;
+        let text = |p: *const libc::c_char| match p.is_null() {
+            true => std::borrow::Cow::Borrowed(""),
+            false => std::ffi::CStr::from_ptr(p).to_string_lossy(),
+        };
+        (
+            text(args.file),
+            args.line,
+            args.severity,
+            text(args.message),
+        )
+    };
+    let level = match severity {
+        grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_ERROR => log::Level::Error,
+        grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_INFO => log::Level::Info,
+        grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_DEBUG => log::Level::Debug,
+    };
+    handler(level, &file, u32::try_from(line).unwrap_or(0), &message);
+}
+
+/// Sends gRPC C-core's log lines to `handler`, at the verbosity `log` is
+/// set to.
+pub fn redirect_grpc_log(handler: fn(log::Level, &str, u32, &str)) {
+    let _ = GRPC_LOG.set(handler);
+    let verbosity = match log::max_level() {
+        log::LevelFilter::Off | log::LevelFilter::Error | log::LevelFilter::Warn => {
+            grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_ERROR
+        }
+        log::LevelFilter::Info => grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_INFO,
+        log::LevelFilter::Debug | log::LevelFilter::Trace => {
+            grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_DEBUG
+        }
+    };
+    // SAFETY: both only store their argument; `grpc_log` is a function
+    // with the signature C-core calls.
+    unsafe {
+        grpcio_sys::gpr_set_log_verbosity(verbosity);
+        grpcio_sys::gpr_set_log_function(Some(grpc_log));
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ fn redis_hub(redis: &RedisServer, config: &ChatConfig) -> Arc<Hub> {
         history_ttl: config.history_ttl,
         presence_ttl: Duration::from_secs(15),
         pending: 64 << 20,
+        max_reply: 64 << 20,
         one_member_per_name: false,
     })
     .expect("redis engine");

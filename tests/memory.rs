@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{chat_client, connect, raw_upgrade, serve};
+use common::{chat_client, connect, raw_upgrade, serve, status_kib};
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -40,16 +40,6 @@ const FLOOD_MESSAGES: usize = 60;
 const FORGED_GRPC: usize = 8;
 const IDLE_GRPC_CONNECTIONS: usize = 200;
 const STREAMS_PER_CONNECTION: usize = 5;
-
-/// A kibibyte figure from `/proc/PID/status`.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// A masked client frame of any length.
 fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {

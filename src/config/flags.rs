@@ -112,6 +112,12 @@ pub const REDIS_PENDING: Flag = Flag::size(
     "64MiB",
     "With --redis: bytes of messages waiting for Redis; past it, new ones are refused as unavailable",
 );
+pub const REDIS_MAX_REPLY: Flag = Flag::size(
+    "redis-max-reply",
+    "SIZE",
+    "64MiB",
+    "With --redis: the most memory one reply from Redis may take; past it the connection is made anew",
+);
 pub const AUTH_SECRET_FILE: Flag = Flag::optional(
     "auth-secret-file",
     "FILE",
@@ -179,6 +185,12 @@ pub const GRPC_MAX_STREAMS: Flag = Flag::count(
     "100",
     "Concurrent gRPC calls per client connection",
 );
+pub const GRPC_MEMORY: Flag = Flag::size(
+    "grpc-memory",
+    "SIZE",
+    "256MiB",
+    "Memory gRPC C-core may take for all connections together (what calls send before papo reads it); past it, calls are cancelled RESOURCE_EXHAUSTED",
+);
 pub const GRPC_KEEPALIVE_TIME: Flag = Flag::duration(
     "grpc-keepalive-time",
     "60s",
@@ -233,6 +245,7 @@ pub const SERVE: Command = Command {
         &REDIS,
         &PRESENCE_TTL,
         &REDIS_PENDING,
+        &REDIS_MAX_REPLY,
         &AUTH_SECRET_FILE,
         &AUTH_PUBLIC_KEY,
         &AUTH_LEEWAY,
@@ -245,6 +258,7 @@ pub const SERVE: Command = Command {
         &GRPC_THREADS,
         &GRPC_MAX_CONNECTIONS,
         &GRPC_MAX_STREAMS,
+        &GRPC_MEMORY,
         &GRPC_KEEPALIVE_TIME,
         &GRPC_KEEPALIVE_TIMEOUT,
         &TLS_CERT,
@@ -437,6 +451,7 @@ impl ServeConfig {
             threads: v.parsed(&GRPC_THREADS)?,
             max_message_size,
             max_streams: v.parsed(&GRPC_MAX_STREAMS)?,
+            memory: v.size(&GRPC_MEMORY)?,
             max_connections: v.parsed(&GRPC_MAX_CONNECTIONS)?,
             send_rate: Rate {
                 per_second: v.parsed(&SEND_RATE_LIMIT)?,
@@ -468,6 +483,7 @@ impl ServeConfig {
                 history_ttl: chat.history_ttl,
                 presence_ttl: v.duration(&PRESENCE_TTL)?,
                 pending: v.size(&REDIS_PENDING)?,
+                max_reply: v.size(&REDIS_MAX_REPLY)?,
                 one_member_per_name: auth_files(v)?.is_some(),
             }),
         };

@@ -9,12 +9,14 @@
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
 //! | `tls` | gRPC over TLS: C-core's TLS fed papo's certificate, reloads |
+//! | `corelog` | C-core's own log lines, rate-limited |
 //! | `codec` | its messages on the wire: the size limit, only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
 
 mod accept;
 mod chat;
 mod codec;
+mod corelog;
 mod deadline;
 mod health;
 mod stream;
@@ -28,8 +30,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, EnvBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
-    UnarySink,
+    ChannelBuilder, CompressionAlgorithms, EnvBuilder, Environment, ResourceQuota, RpcContext,
+    RpcStatus, RpcStatusCode, ServerBuilder, UnarySink,
 };
 use log::{debug, info, warn};
 
@@ -43,6 +45,8 @@ use chat::ChatServer;
 use deadline::Deadlines;
 use health::{Health, HealthServer};
 
+pub use corelog::redirect as redirect_core_log;
+
 /// Limits of the gRPC server.
 #[derive(Debug, Clone)]
 pub struct GrpcConfig {
@@ -52,6 +56,10 @@ pub struct GrpcConfig {
     pub max_message_size: usize,
     /// Concurrent calls per client connection.
     pub max_streams: u32,
+    /// Memory C-core may take for all connections together: its resource
+    /// quota. C-core 1.56 holds a message whole, whatever its declared size,
+    /// before papo's codec can refuse it; the quota bounds all of that.
+    pub memory: usize,
     /// Client connections served at once; more are closed at once.
     pub max_connections: usize,
     /// `SendMessage` calls per connection (services post many calls over
@@ -186,6 +194,10 @@ fn default_poll_threads() -> usize {
     thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
+/// C-core's channel argument for the compression algorithms it takes
+/// (`GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET`).
+const COMPRESSION_ALGORITHMS: &std::ffi::CStr = c"grpc.compression_enabled_algorithms_bitset";
+
 /// A server builder that tells C-core the limits, for every connection.
 fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
     let args = ChannelBuilder::new(Arc::clone(&env))
@@ -202,6 +214,17 @@ fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
         .keepalive_timeout(config.keepalive_timeout)
         // Idle connections are the ones keepalive exists for.
         .keepalive_permit_without_calls(true)
+        // Identity only: C-core would inflate a compressed message whole,
+        // past every limit, before papo sees it. A call that names another
+        // encoding is refused UNIMPLEMENTED before its message is read, and
+        // clients are told `grpc-accept-encoding: identity`.
+        .raw_cfg_int(
+            COMPRESSION_ALGORITHMS.into(),
+            1 << CompressionAlgorithms::GRPC_COMPRESS_NONE as i32,
+        )
+        // Past the quota, C-core closes idle connections, then cancels
+        // calls (RESOURCE_EXHAUSTED) to free what they hold.
+        .set_resource_quota(ResourceQuota::new(Some("papo-grpc")).resize_memory(config.memory))
         .build_args();
     ServerBuilder::new(env).channel_args(args)
 }

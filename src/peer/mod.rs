@@ -14,9 +14,10 @@
 //! (a session cannot be split into a read half and a write half). The
 //! connection thread blocks in `recv` on the raw socket with no lock held,
 //! then takes the lock only to feed the bytes in and take the plaintext out
-//! ([`Peer::read`]). A writer takes it to encrypt a whole frame and send
-//! the ciphertext without waiting; what the socket refuses stays in the
-//! session, and queued frames are encrypted only once it has gone, so the
+//! ([`Peer::read`]). A writer takes it to encrypt a small frame and send
+//! the ciphertext without waiting; a larger frame queues, shared, and is
+//! handed to the session a record at a time as the socket drains, so the
+//! session holds at most one record beyond what the socket took and the
 //! queue's bounds hold as they do in plaintext.
 
 use std::collections::VecDeque;
@@ -35,6 +36,9 @@ mod flusher;
 use crate::{lock, sys};
 pub use flusher::start_flusher;
 use flusher::FLUSHER;
+
+/// How often a closing connection looks whether its queue has drained.
+const LINGER_POLL: Duration = Duration::from_millis(5);
 
 /// Bounds of one peer's outbound queue.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +82,9 @@ pub struct Peer {
     expired: AtomicBool,
     /// The keepalive pinged the peer and no pong has come back yet.
     pinged: AtomicBool,
+    /// The close frame went out and the write side is shut: the peer has
+    /// until the keepalive's grace to close its side.
+    lingering: AtomicBool,
 }
 
 /// What a flush step left behind.
@@ -119,6 +126,43 @@ fn send_tls(session: &mut ServerConnection, socket: &TcpStream) -> io::Result<(u
     Ok((sent, true))
 }
 
+/// Most plaintext handed to a TLS session at once: one record's worth, so
+/// a session holds at most one record of ciphertext beyond what the socket
+/// took, and a frame queued for many members stays one shared copy.
+const TLS_CHUNK: usize = 16 * 1024;
+
+/// Sends the session's ciphertext, and hands it the queued frames a record
+/// at a time while the socket takes what it makes. `written` is how much of
+/// the front frame the session has had. Returns the ciphertext bytes sent
+/// and whether everything queued went.
+fn pump_tls(
+    session: &mut ServerConnection,
+    socket: &TcpStream,
+    frames: &mut VecDeque<Arc<[u8]>>,
+    written: &mut usize,
+    bytes: &mut usize,
+) -> io::Result<(usize, bool)> {
+    let mut total = 0;
+    loop {
+        let (sent, all) = send_tls(session, socket)?;
+        total += sent;
+        if !all {
+            return Ok((total, false));
+        }
+        let Some(front) = frames.front() else {
+            return Ok((total, true));
+        };
+        let end = written.saturating_add(TLS_CHUNK).min(front.len());
+        session.writer().write_all(&front[*written..end])?;
+        *written = end;
+        if end == front.len() {
+            *bytes -= front.len();
+            frames.pop_front();
+            *written = 0;
+        }
+    }
+}
+
 impl Peer {
     /// A peer on `socket`; `tls` is its session, its handshake done.
     pub fn new(
@@ -128,8 +172,8 @@ impl Peer {
     ) -> Arc<Peer> {
         let is_tls = tls.is_some();
         let tls = tls.map(|mut session| {
-            // The queue bounds what waits; the session holds at most the
-            // frame being sent.
+            // The queue bounds what waits; the session holds at most one
+            // small frame or one record of a larger one (`TLS_CHUNK`).
             session.set_buffer_limit(None);
             Box::new(session)
         });
@@ -144,6 +188,7 @@ impl Peer {
             heard: AtomicBool::new(true),
             expired: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
         })
     }
 
@@ -274,9 +319,9 @@ impl Peer {
             return Err(SendError::Closed);
         }
         if let (true, Some(session)) = (out.frames.is_empty(), out.tls.as_mut()) {
-            if !session.wants_write() {
-                // Encrypted whole; what the socket refuses stays in the
-                // session for the flusher.
+            if !session.wants_write() && frame.len() <= TLS_CHUNK {
+                // A small frame is encrypted at once; what the socket
+                // refuses stays in the session (one record) for the flusher.
                 let sent = session
                     .writer()
                     .write_all(frame)
@@ -295,7 +340,10 @@ impl Peer {
                     }
                 };
             }
-            // An earlier frame's ciphertext still waits: this one queues.
+            // A larger frame, or ciphertext still waiting: the frame queues,
+            // shared, and is encrypted a record at a time as the socket
+            // drains.
+            out.written = 0;
         } else if out.frames.is_empty() {
             match sys::send_nonblocking(&self.socket, frame) {
                 Ok(n) if n == frame.len() => return Ok(()),
@@ -384,10 +432,75 @@ impl Peer {
         out.progress = None;
         out.registered = false;
         if out.closing {
-            let _ = self.socket.shutdown(Shutdown::Both);
+            self.shut_write();
             return Flushed::Dead;
         }
         Flushed::Done
+    }
+
+    /// The last frame is out: shuts the write side only, so the peer's
+    /// answer can still be read (input left unread would turn the close
+    /// into a reset that destroys the close frame in flight). The
+    /// connection's thread reads on; the keepalive cuts a peer that does not
+    /// close its side within its grace ([`Peer::lingering`]).
+    fn shut_write(&self) {
+        let _ = self.socket.shutdown(Shutdown::Write);
+        self.lingering.store(true, Ordering::Release);
+    }
+
+    /// Whether the close frame is out and the peer is awaited.
+    pub fn lingering(&self) -> bool {
+        self.lingering.load(Ordering::Acquire)
+    }
+
+    /// Cuts off a peer that did not close its side after papo's close
+    /// frame; its blocked `read` ends.
+    pub fn cut(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// Ends the connection on its own thread, once it has sent its close
+    /// frame: lets the queue drain, shuts the write side, then reads and
+    /// discards what the peer still sends until it closes its side, for at
+    /// most `grace` and `max_bytes`, so that unread input does not turn the
+    /// close into a reset that destroys the close frame before the peer
+    /// reads it.
+    pub fn linger(&self, grace: Duration, max_bytes: usize) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let out = lock(&self.out);
+            let waiting =
+                !out.frames.is_empty() || out.tls.as_ref().is_some_and(|s| s.wants_write());
+            if !waiting || out.broken || Instant::now() >= deadline {
+                break;
+            }
+            drop(out);
+            std::thread::sleep(LINGER_POLL);
+        }
+        if !self.lingering() {
+            let mut out = lock(&self.out);
+            out.closing = true;
+            out.frames.clear();
+            out.bytes = 0;
+            if let Some(session) = out.tls.as_mut() {
+                session.send_close_notify();
+                let _ = send_tls(session, &self.socket);
+            }
+            drop(out);
+            self.shut_write();
+        }
+        let mut sink = [0u8; 4096];
+        let mut left = max_bytes;
+        while left > 0 {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() || self.socket.set_read_timeout(Some(wait)).is_err() {
+                break;
+            }
+            match (&self.socket).read(&mut sink) {
+                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 
     /// [`Peer::flush`] over TLS: the session's ciphertext first, then each
@@ -396,6 +509,7 @@ impl Peer {
         let Outbound {
             tls: Some(session),
             frames,
+            written,
             bytes,
             progress,
             broken,
@@ -404,30 +518,22 @@ impl Peer {
         else {
             return Flushed::Dead;
         };
-        loop {
-            let (sent, all) = match send_tls(session, &self.socket) {
-                Ok(sent) => sent,
-                Err(_) => {
-                    *broken = true;
-                    let _ = self.socket.shutdown(Shutdown::Both);
-                    return Flushed::Dead;
-                }
-            };
-            if sent > 0 {
-                *progress = Some(Instant::now());
-            }
-            if !all {
-                let since = *progress.get_or_insert_with(Instant::now);
-                return Flushed::Waiting(self.write_deadline(since));
-            }
-            let Some(frame) = frames.pop_front() else {
-                break;
-            };
-            *bytes -= frame.len();
-            if session.writer().write_all(&frame).is_err() {
+        let before = *written;
+        let pumped = pump_tls(session, &self.socket, frames, written, bytes);
+        match pumped {
+            Err(_) => {
                 *broken = true;
                 let _ = self.socket.shutdown(Shutdown::Both);
                 return Flushed::Dead;
+            }
+            Ok((sent, all)) => {
+                if sent > 0 || *written != before {
+                    *progress = Some(Instant::now());
+                }
+                if !all {
+                    let since = *progress.get_or_insert_with(Instant::now);
+                    return Flushed::Waiting(self.write_deadline(since));
+                }
             }
         }
         *progress = None;
@@ -437,7 +543,7 @@ impl Peer {
                 session.send_close_notify();
                 let _ = send_tls(session, &self.socket);
             }
-            let _ = self.socket.shutdown(Shutdown::Both);
+            self.shut_write();
             return Flushed::Dead;
         }
         Flushed::Done

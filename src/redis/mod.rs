@@ -50,6 +50,9 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
     /// Bytes of messages waiting for Redis, past which more are refused.
     pub pending: usize,
+    /// The most memory one reply from Redis may take as read; past it the
+    /// connection is dropped and made anew.
+    pub max_reply: usize,
     /// Names are verified identities (tokens are required): a name with
     /// several connections, on any instance, is one member.
     pub one_member_per_name: bool,

@@ -15,27 +15,36 @@ use crate::chat::lock_room;
 /// How long one `XREAD` waits for entries (below the connection's read
 /// timeout): the reader's heartbeat when nothing happens.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Entries read per room per round, at most.
-const COUNT: &str = "512";
+/// Entries read per room per round, at most. A round whose reply is past
+/// `--redis-max-reply` is read again with half as many, down to one; the
+/// count grows back by one a round that fits.
+const COUNT: usize = 512;
 
 pub(super) fn run(shared: &Shared) {
     let mut retry = RETRY_FIRST;
     let mut wake = StreamId::default();
     let mut was_down = false;
+    let mut count = COUNT;
     loop {
-        let mut connection = match Connection::open(&shared.config.address, IO_TIMEOUT) {
-            Ok(connection) => connection,
-            Err(_) => {
-                was_down = true;
-                back_off(&mut retry);
-                continue;
-            }
-        };
+        let mut connection =
+            match Connection::open(&shared.config.address, IO_TIMEOUT, shared.config.max_reply) {
+                Ok(connection) => connection,
+                Err(_) => {
+                    was_down = true;
+                    back_off(&mut retry);
+                    continue;
+                }
+            };
         if was_down {
             info!("redis: reader back, continuing where each room stopped");
         }
         retry = RETRY_FIRST;
-        if let Err(e) = read_rounds(shared, &mut connection, &mut wake) {
+        if let Err(e) = read_rounds(shared, &mut connection, &mut wake, &mut count) {
+            if e.kind() == std::io::ErrorKind::InvalidData && count > 1 {
+                count /= 2;
+                warn!("redis: reader: {e}; reading {count} entries a room at a time");
+                continue;
+            }
             warn!("redis: reader lost its connection: {e}");
             // Down until the writer gets through again.
             shared.set_up(false);
@@ -49,6 +58,7 @@ fn read_rounds(
     shared: &Shared,
     connection: &mut Connection,
     wake: &mut StreamId,
+    count: &mut usize,
 ) -> std::io::Result<()> {
     let block = BLOCK.as_millis().to_string();
     loop {
@@ -59,7 +69,7 @@ fn read_rounds(
         let mut args = vec![
             "XREAD".to_owned(),
             "COUNT".into(),
-            COUNT.into(),
+            count.to_string(),
             "BLOCK".into(),
             block.clone(),
             "STREAMS".into(),
@@ -68,7 +78,9 @@ fn read_rounds(
         args.extend(rooms.iter().map(|(_, key, _)| key.clone()));
         args.push(wake.to_string());
         args.extend(rooms.iter().map(|(_, _, cursor)| cursor.to_string()));
-        let reply = match connection.call(&args)? {
+        let reply = connection.call(&args)?;
+        *count = (*count + 1).min(COUNT);
+        let reply = match reply {
             Value::Array(streams) => streams,
             _ => continue, // nothing new before the timeout
         };

@@ -96,22 +96,29 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// Longest bulk string or array papo accepts from Redis: far above any
-/// entry it writes, far below what would exhaust memory.
-const MAX_BULK: usize = 64 << 20;
+/// Longest array papo accepts from Redis, and the deepest nesting: far
+/// above any reply to what it asks.
 const MAX_ARRAY: usize = 1 << 20;
+const MAX_DEPTH: usize = 8;
+/// What a value costs against a reply's bound besides its bytes: its place
+/// in memory, so a reply of many small values is weighed as it is held.
+const VALUE_COST: usize = std::mem::size_of::<Value>();
 
 /// A connection to Redis.
 pub struct Connection {
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
+    /// The most memory one reply may take as read (`--redis-max-reply`).
+    max_reply: usize,
 }
 
 impl Connection {
     /// Connects, authenticates and selects the database; `timeout` bounds
     /// connecting and every read and write (a read blocked in Redis, as
     /// `XREAD BLOCK`'s, must be shorter).
-    pub fn open(address: &Address, timeout: Duration) -> io::Result<Connection> {
+    /// A reply that would take more than `max_reply` bytes to hold is an
+    /// `InvalidData` error, and the connection is not to be used again.
+    pub fn open(address: &Address, timeout: Duration, max_reply: usize) -> io::Result<Connection> {
         let addr = (address.host.as_str(), address.port)
             .to_socket_addrs()?
             .next()
@@ -123,6 +130,7 @@ impl Connection {
         let mut connection = Connection {
             reader: BufReader::new(stream.try_clone()?),
             writer: BufWriter::new(stream),
+            max_reply,
         };
         if let Some(password) = &address.password {
             connection.call(&[b"AUTH", password.as_bytes()])?;
@@ -151,7 +159,7 @@ impl Connection {
 
     /// Reads the next reply.
     pub fn read(&mut self) -> io::Result<Value> {
-        read_value(&mut self.reader, 0)
+        read_reply(&mut self.reader, self.max_reply)
     }
 
     /// Sends one command and reads its reply; an error reply is an `Err`.
@@ -190,22 +198,38 @@ fn read_len(line: &str, max: usize) -> io::Result<Option<usize>> {
     }
 }
 
-fn read_value(reader: &mut impl BufRead, depth: usize) -> io::Result<Value> {
-    if depth > 8 {
+/// Reads one reply that takes at most `max` bytes to hold.
+fn read_reply(reader: &mut impl BufRead, max: usize) -> io::Result<Value> {
+    let mut left = max;
+    read_value(reader, 0, &mut left)
+}
+
+/// Charges `bytes` to what the reply may still take.
+fn charge(left: &mut usize, bytes: usize) -> io::Result<()> {
+    *left = left.checked_sub(bytes).ok_or_else(|| {
+        invalid("a reply larger than --redis-max-reply: the connection is dropped")
+    })?;
+    Ok(())
+}
+
+fn read_value(reader: &mut impl BufRead, depth: usize, left: &mut usize) -> io::Result<Value> {
+    if depth > MAX_DEPTH {
         return Err(invalid("reply nested too deep"));
     }
+    charge(left, VALUE_COST)?;
     let line = read_line(reader)?;
     let (kind, rest) = line.split_at_checked(1).ok_or_else(|| invalid("empty"))?;
     match kind {
-        "+" => Ok(Value::Bytes(rest.as_bytes().to_vec())),
-        "-" => Ok(Value::Error(rest.to_owned())),
+        "+" => charge(left, rest.len()).map(|()| Value::Bytes(rest.as_bytes().to_vec())),
+        "-" => charge(left, rest.len()).map(|()| Value::Error(rest.to_owned())),
         ":" => rest
             .parse()
             .map(Value::Int)
             .map_err(|_| invalid("bad integer")),
-        "$" => match read_len(rest, MAX_BULK)? {
+        "$" => match read_len(rest, *left)? {
             None => Ok(Value::Nil),
             Some(len) => {
+                charge(left, len)?;
                 let mut bytes = vec![0; len + 2];
                 reader.read_exact(&mut bytes)?;
                 bytes.truncate(len);
@@ -214,10 +238,15 @@ fn read_value(reader: &mut impl BufRead, depth: usize) -> io::Result<Value> {
         },
         "*" => match read_len(rest, MAX_ARRAY)? {
             None => Ok(Value::Nil),
-            Some(len) => (0..len)
-                .map(|_| read_value(reader, depth + 1))
-                .collect::<io::Result<_>>()
-                .map(Value::Array),
+            Some(len) => {
+                // The array's items are charged as they come, so the
+                // length a reply claims reserves nothing.
+                let mut items = Vec::new();
+                for _ in 0..len {
+                    items.push(read_value(reader, depth + 1, left)?);
+                }
+                Ok(Value::Array(items))
+            }
         },
         _ => Err(invalid("unknown reply type")),
     }
@@ -245,7 +274,8 @@ mod tests {
     #[test]
     fn replies_parse_and_garbage_is_an_error() {
         let mut input: &[u8] = b"*3\r\n:5\r\n$2\r\nhi\r\n*-1\r\n-ERR no\r\n+OK\r\n";
-        let value = read_value(&mut input, 0).unwrap();
+        let read = |input: &mut &[u8]| read_reply(input, 1 << 20);
+        let value = read(&mut input).unwrap();
         assert_eq!(
             value,
             Value::Array(vec![
@@ -254,14 +284,33 @@ mod tests {
                 Value::Nil
             ])
         );
-        assert_eq!(
-            read_value(&mut input, 0).unwrap(),
-            Value::Error("ERR no".into())
-        );
-        assert_eq!(read_value(&mut input, 0).unwrap().as_str(), Some("OK"));
+        assert_eq!(read(&mut input).unwrap(), Value::Error("ERR no".into()));
+        assert_eq!(read(&mut input).unwrap().as_str(), Some("OK"));
         for bad in [&b"$99999999999\r\n"[..], b"?x\r\n", b"$5\r\nab", b":x\r\n"] {
             let mut input = bad;
-            assert!(read_value(&mut input, 0).is_err());
+            assert!(read(&mut input).is_err());
         }
+    }
+
+    #[test]
+    fn a_whole_reply_is_bounded_by_what_it_takes_to_hold() {
+        // Many small integers: each is a value held, whatever its bytes.
+        let count = 100_000;
+        let mut wire = format!("*{count}\r\n").into_bytes();
+        for _ in 0..count {
+            wire.extend_from_slice(b":1\r\n");
+        }
+        let held = (count + 1) * VALUE_COST;
+        assert!(read_reply(&mut &wire[..], held).is_ok());
+        let err = read_reply(&mut &wire[..], held - 1).unwrap_err();
+        assert!(err.to_string().contains("--redis-max-reply"), "{err}");
+        // A bulk string claiming more than the bound is refused before
+        // anything is allocated for it.
+        let err = read_reply(&mut &b"$1000000\r\n"[..], 1000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // Nested arrays, each of them charged.
+        let deep = b"*1\r\n*1\r\n*1\r\n:1\r\n";
+        assert!(read_reply(&mut &deep[..], 4 * VALUE_COST).is_ok());
+        assert!(read_reply(&mut &deep[..], 4 * VALUE_COST - 1).is_err());
     }
 }

@@ -54,7 +54,8 @@ impl Link {
 }
 
 fn connect(shared: &Shared) -> io::Result<Link> {
-    let mut connection = Connection::open(&shared.config.address, IO_TIMEOUT)?;
+    let mut connection =
+        Connection::open(&shared.config.address, IO_TIMEOUT, shared.config.max_reply)?;
     let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
     let sha = sha
         .as_str()

@@ -120,8 +120,7 @@ impl WsServer {
                 );
             }
             metrics.ws_closed(CloseReason::Rejected);
-            // A fresh socket's send buffer is empty: this small write cannot block.
-            let _ = stream.write_all(&http::response(503, "too many connections\n", ""));
+            refuse(&mut stream, self.shared.tls.is_some());
             return;
         };
         let shared = Arc::clone(&self.shared);
@@ -149,9 +148,34 @@ impl WsServer {
             });
         if let Err(e) = spawned {
             // The closure, and with it the stream and the slot, is dropped.
-            warn!("ws connection dropped: cannot spawn a thread: {e}");
+            let dropped = metrics.ws_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                *last_refusal_log = Some(Instant::now());
+                warn!("ws connection dropped: cannot start its thread: {e} ({dropped} refused so far)");
+            }
             metrics.ws_closed(CloseReason::IoError);
         }
+    }
+}
+
+/// A TLS alert record, sent in the clear as a handshake's first alerts
+/// are: fatal (2), internal_error (80). A TLS client past the limit reads
+/// "alert internal error", where a plaintext `503` would read as a bad
+/// record ("wrong version number").
+const TLS_REFUSAL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80];
+
+/// Refuses a connection past the limit without a thread: `503` in
+/// plaintext, a fatal TLS alert over TLS; then the write side is shut and
+/// what the peer already sent is read away, so that the close is a FIN and
+/// not a reset that could destroy the answer. A fresh socket's send buffer
+/// is empty: the small write cannot block.
+fn refuse(stream: &mut TcpStream, tls: bool) {
+    let answer = match tls {
+        true => TLS_REFUSAL.to_vec(),
+        false => http::response(503, "too many connections\n", ""),
+    };
+    if stream.write_all(&answer).is_ok() && stream.shutdown(std::net::Shutdown::Write).is_ok() {
+        sys::discard_pending(stream);
     }
 }
 

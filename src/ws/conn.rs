@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,9 @@ use super::front::{handshake_failure, Front};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsMember};
-use super::{Shared, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT};
+use super::{
+    Shared, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
+};
 use crate::chat::{SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
@@ -171,13 +173,27 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
         return Ok(());
     };
     let registration = Registration::new(shared, &peer);
+    let served = serve_upgraded(ws, &peer, endpoint, &registration, shared);
+    // Whoever closed, the close frame reaches the peer before the socket goes.
+    peer.linger(CLOSE_GRACE, CLOSE_DRAIN_BYTES);
+    served
+}
+
+/// Runs an upgraded connection's endpoint until it closes.
+fn serve_upgraded<'a>(
+    ws: Box<WebSocket<Duplex<'a>>>,
+    peer: &Arc<Peer>,
+    endpoint: Endpoint,
+    registration: &Registration<'_>,
+    shared: &'a Shared,
+) -> Result<(), ConnError> {
     if shared.stopping.load(Ordering::Acquire) {
         peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
         return Err(ConnError::Shutdown);
     }
     let served = match endpoint {
-        Endpoint::Reply => message_loop(ws, &peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
-        Endpoint::Echo => message_loop(ws, &peer, shared, |m| Action::Reply("", m)),
+        Endpoint::Reply => message_loop(ws, peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
+        Endpoint::Echo => message_loop(ws, peer, shared, |m| Action::Reply("", m)),
         Endpoint::Chat {
             room,
             name,
@@ -189,13 +205,13 @@ pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), Co
             }
             let may_speak = identity.as_ref().is_none_or(|who| who.publish);
             let subscriber = Arc::new(WsMember {
-                peer: Arc::clone(&peer),
+                peer: Arc::clone(peer),
                 metrics: Arc::clone(&shared.metrics),
             });
             let member = shared
                 .hub
                 .join_from(&room, &name, subscriber.clone(), resume);
-            message_loop(ws, &peer, shared, |m| {
+            message_loop(ws, peer, shared, |m| {
                 member::on_message(&member, &room, may_speak, &subscriber, &shared.metrics, m)
             })
         }
@@ -337,10 +353,11 @@ impl<'a> Registration<'a> {
 }
 
 impl Registration<'_> {
-    /// Ends the connection (close `1008` "token expired") after `lifetime`.
+    /// Ends the connection (close `1008` "token expired") after `lifetime`
+    /// (a token's own number: one past what an `Instant` holds never comes).
     fn expires_in(&self, lifetime: Duration) {
         if let Some(watched) = lock(&self.shared.peers).get_mut(&self.id) {
-            watched.expires = Some(Instant::now() + lifetime);
+            watched.expires = Instant::now().checked_add(lifetime);
         }
     }
 }
@@ -399,7 +416,7 @@ fn message_loop(
             Ok(message) => message,
             Err(_) if peer.expired() => return Err(ConnError::PongTimeout),
             Err(WsError::ConnectionClosed) => return Ok(()),
-            Err(e) => return Err(close_after_error(ws, peer, e)),
+            Err(e) => return Err(close_after_error(ws, e)),
         };
         let inbound = &mut ws.get_mut().inbound;
         match &message {
@@ -443,10 +460,9 @@ fn message_loop(
 }
 
 /// Fails the connection as RFC 6455 asks: a close frame with the code that
-/// names the error, then the TCP connection is closed at once. Reading on for
-/// a moment keeps unread input from turning the close into a reset that could
-/// destroy the close frame before the peer reads it.
-fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError) -> ConnError {
+/// names the error; the connection then lingers ([`Peer::linger`]) and is
+/// closed.
+fn close_after_error(mut ws: Box<WebSocket<Duplex>>, error: WsError) -> ConnError {
     let (code, reason) = match &error {
         WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text message"),
         WsError::Capacity(_) => (CloseCode::Size, "message too big"),
@@ -454,24 +470,8 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, peer: &Peer, error: WsError
         WsError::Io(e) if is_inbound_full(e) => (CloseCode::Again, "server busy: try again later"),
         _ => return error.into(),
     };
-    let frame = close_payload(code, reason);
-    // A failure here means the peer is gone; the steps below then end at once.
-    let _ = ws.close(Some(frame));
-    let socket = peer.socket();
-    if socket.shutdown(Shutdown::Write).is_ok() {
-        // Bounded in time and bytes, however the peer trickles.
-        let deadline = Instant::now() + CLOSE_GRACE;
-        let mut sink = [0u8; 1024];
-        for _ in 0..64 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
-                break;
-            }
-            if !matches!((&*socket).read(&mut sink), Ok(n) if n > 0) {
-                break;
-            }
-        }
-    }
+    // A failure here means the peer is gone; the linger then ends at once.
+    let _ = ws.close(Some(close_payload(code, reason)));
     error.into()
 }
 

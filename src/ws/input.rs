@@ -5,154 +5,29 @@
 //! speaks). Nothing the server sets (`seq`, `members`…) nor any unknown field
 //! is taken, or even built: it is refused where it starts.
 
+use crate::json::{self, Unknown, Value};
+
 /// Parses the message of a member of `room`; `Err` is a short reason for
 /// close `1007`.
 pub fn text_of(json: &str, room: &str) -> Result<String, String> {
-    let mut scan = Scan {
-        bytes: json.as_bytes(),
-        at: 0,
+    let mut fields = json::object(json.as_bytes(), &FIELDS, Unknown::Refuse)?;
+    let mut string = |index: usize| match fields.take(index) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{:?} is not a string", FIELDS[index])),
     };
-    scan.require(b'{')?;
-    let (mut text, mut sender, mut in_room) = (None, None, None);
-    if !scan.eat(b'}') {
-        loop {
-            scan.require(b'"')?;
-            let key = scan.string()?;
-            let field = match key.as_str() {
-                "text" => &mut text,
-                "sender" => &mut sender,
-                "room" => &mut in_room,
-                _ => {
-                    return Err(format!(
-                        "only \"text\" (and \"sender\", \"room\") is taken, not {key:?}"
-                    ))
-                }
-            };
-            scan.require(b':')?;
-            scan.require(b'"')?;
-            if field.replace(scan.string()?).is_some() {
-                return Err(format!("{key:?} given twice"));
-            }
-            if scan.eat(b'}') {
-                break;
-            }
-            scan.require(b',')?;
-        }
-    }
+    let (text, _sender, in_room) = (string(0)?, string(1)?, string(2)?);
     if let Some(other) = in_room.filter(|r| !r.is_empty() && r != room) {
         return Err(format!(
             "this connection speaks in room {room:?}, not {other:?}"
         ));
     }
-    scan.skip_space();
-    if scan.at != scan.bytes.len() {
-        return Err("text after the JSON object".into());
-    }
     Ok(text.unwrap_or_default())
 }
 
-struct Scan<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Scan<'_> {
-    fn skip_space(&mut self) {
-        while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.at += 1;
-        }
-    }
-
-    /// Skips white space, then takes `byte` if it is next.
-    fn eat(&mut self, byte: u8) -> bool {
-        self.skip_space();
-        let next = self.bytes.get(self.at) == Some(&byte);
-        self.at += usize::from(next);
-        next
-    }
-
-    fn require(&mut self, byte: u8) -> Result<(), String> {
-        match self.eat(byte) {
-            true => Ok(()),
-            false => Err(format!(
-                "expected '{}' at byte {}: a JSON object like {{\"text\": \"oi\"}}",
-                char::from(byte),
-                self.at
-            )),
-        }
-    }
-
-    /// The rest of a string whose opening quote was just taken.
-    fn string(&mut self) -> Result<String, String> {
-        let mut out = String::new();
-        let bad = |why: &str| Err(format!("invalid JSON string: {why}"));
-        loop {
-            // Copy the run up to the next quote, escape or control byte.
-            let run = self.bytes[self.at..]
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-                .unwrap_or(self.bytes.len() - self.at);
-            // The input is a `str`, and the run ends at an ASCII byte: the
-            // run is whole UTF-8.
-            out.push_str(&String::from_utf8_lossy(
-                &self.bytes[self.at..self.at + run],
-            ));
-            self.at += run;
-            let Some(&byte) = self.bytes.get(self.at) else {
-                return bad("not closed");
-            };
-            self.at += 1;
-            match byte {
-                b'"' => return Ok(out),
-                b'\\' => {}
-                _ => return bad("a raw control character"),
-            }
-            let Some(&escape) = self.bytes.get(self.at) else {
-                return bad("not closed");
-            };
-            self.at += 1;
-            out.push(match escape {
-                b'"' => '"',
-                b'\\' => '\\',
-                b'/' => '/',
-                b'b' => '\u{8}',
-                b'f' => '\u{c}',
-                b'n' => '\n',
-                b'r' => '\r',
-                b't' => '\t',
-                b'u' => match self.hex4()? {
-                    high @ 0xD800..=0xDBFF => {
-                        if self.bytes.get(self.at..self.at + 2) != Some(b"\\u") {
-                            return bad("a lone surrogate");
-                        }
-                        self.at += 2;
-                        match self.hex4()? {
-                            low @ 0xDC00..=0xDFFF => {
-                                let c = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
-                                char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER)
-                            }
-                            _ => return bad("a lone surrogate"),
-                        }
-                    }
-                    0xDC00..=0xDFFF => return bad("a lone surrogate"),
-                    c => char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER),
-                },
-                _ => return bad("an unknown escape"),
-            });
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .bytes
-            .get(self.at..self.at + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| "invalid JSON string: a \\u escape needs four hex digits".to_owned())?;
-        self.at += 4;
-        u32::from_str_radix(digits, 16).map_err(|e| e.to_string())
-    }
-}
+/// What a member's message may hold: `"text"`, and the proto's `"sender"`
+/// and `"room"`.
+const FIELDS: [&str; 3] = ["text", "sender", "room"];
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! Keepalive for every connection, from one `ws-keepalive` thread: a peer
 //! silent for `ping_interval` is pinged, and cut off if still silent
 //! `pong_timeout` later. The same thread ends a chat member whose token has
-//! expired (close `1008` "token expired").
+//! expired (close `1008` "token expired"), and cuts off a peer that does not
+//! close its side within a grace after papo's close frame.
 //!
 //! A read timeout per connection would do the same at the price of a kernel
 //! timer armed and disarmed on every read (see the README's benchmarks).
@@ -18,7 +19,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::conn::{close_frame, encode};
-use super::Shared;
+use super::{Shared, CLOSE_GRACE};
 use crate::lock;
 use crate::peer::Peer;
 
@@ -37,6 +38,8 @@ pub(super) struct Watched {
     pinged_at: Option<Instant>,
     /// When its token expires, for a chat member that showed one.
     pub expires: Option<Instant>,
+    /// The first tick that found papo's close frame sent.
+    lingering_since: Option<Instant>,
 }
 
 impl Watched {
@@ -46,6 +49,7 @@ impl Watched {
             heard_at: Instant::now(),
             pinged_at: None,
             expires: None,
+            lingering_since: None,
         }
     }
 }
@@ -67,6 +71,7 @@ pub(super) fn run(shared: &Shared) {
     let mut to_ping = Vec::new();
     let mut to_drop = Vec::new();
     let mut to_end = Vec::new();
+    let mut to_cut = Vec::new();
     while !shared.stopping.load(Ordering::Acquire) {
         thread::sleep(tick);
         let now = Instant::now();
@@ -74,6 +79,13 @@ pub(super) fn run(shared: &Shared) {
             if watched.expires.is_some_and(|at| now >= at) {
                 watched.expires = None;
                 to_end.push(Arc::clone(&watched.peer));
+            }
+            if watched.peer.lingering() {
+                let since = *watched.lingering_since.get_or_insert(now);
+                if now.duration_since(since) >= CLOSE_GRACE {
+                    to_cut.push(Arc::clone(&watched.peer));
+                }
+                continue;
             }
             if !pinging {
                 continue;
@@ -100,6 +112,9 @@ pub(super) fn run(shared: &Shared) {
         }
         for peer in to_drop.drain(..) {
             peer.expire();
+        }
+        for peer in to_cut.drain(..) {
+            peer.cut();
         }
         for peer in to_end.drain(..) {
             peer.close_with(Arc::clone(&expired));

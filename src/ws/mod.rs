@@ -50,8 +50,11 @@ const MAX_REQUEST_HEADERS: usize = 64;
 const READ_BUFFER: usize = 1024;
 /// Largest reply buffer a connection keeps between messages.
 const REPLY_BUFFER_KEPT: usize = 16 * 1024;
-/// How long a failed connection waits for the peer to read its close frame.
+/// How long a closing connection waits for the peer to read its close frame
+/// and close its side, and how much of its input it reads and discards
+/// meanwhile.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 /// At most one "connection refused" (or "origin refused") warning per
 /// this interval.
 pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);

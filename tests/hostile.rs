@@ -1,0 +1,289 @@
+//! What a hostile peer tries on the surfaces added since 0.6 (tokens, TLS,
+//! history, Redis, the gRPC listener, the thread ceiling), each answered
+//! with a refusal while the server goes on serving everyone else.
+
+mod common;
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use common::{chat_client, kind, raw_upgrade, serve, ws_next, Ws, SOON};
+use grpcio::{CallOption, MetadataBuilder, RpcStatusCode};
+use papo::proto::chat::message::Kind;
+use papo::proto::chat::Message as ChatMessage;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::Message;
+
+const SECRET: &str = "the hostile tests' HS256 secret, thirty-two bytes or more";
+
+fn secret_file(test: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("papo-hostile-{test}-{}", std::process::id()));
+    std::fs::write(&path, SECRET).expect("write the secret");
+    path
+}
+
+/// A token of `header` and `claims`, signed HS256 with the tests' secret.
+fn signed(header: &str, claims: &str) -> String {
+    let body = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let tag = ring::hmac::sign(&key, body.as_bytes());
+    format!("{body}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+}
+
+/// A header, a claim set and a signature of the right shapes, the header
+/// nested `depth` arrays deep.
+fn nested_token(depth: usize) -> String {
+    let header = format!(r#"{{"a":{}"#, "[".repeat(depth));
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(r#"{"sub":"ana","exp":1}"#),
+        URL_SAFE_NO_PAD.encode([0u8; 32])
+    )
+}
+
+fn bearer(token: &str) -> CallOption {
+    let mut headers = MetadataBuilder::new();
+    headers
+        .add_str("authorization", &format!("Bearer {token}"))
+        .unwrap();
+    CallOption::default().headers(headers.build())
+}
+
+fn post_with(addr: &str, token: &str) -> Option<RpcStatusCode> {
+    let m = ChatMessage {
+        sender: "ana".into(),
+        room: "geral".into(),
+        text: "oi".into(),
+        ..Default::default()
+    };
+    let client = chat_client(addr);
+    client
+        .send_message_opt(&m, bearer(token))
+        .err()
+        .map(|e| match e {
+            grpcio::Error::RpcFailure(status) => status.code(),
+            other => panic!("{other:?}"),
+        })
+}
+
+fn ws_member(addr: &str, token: &str) -> Ws {
+    let url = format!("ws://{addr}/chat?room=geral&token={token}");
+    let (ws, _) = common::connect(url.as_str()).expect("upgrade with a token");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(SOON)).unwrap();
+    }
+    ws
+}
+
+/// Item 1: a token nested deeply is a 401 / UNAUTHENTICATED, however deep,
+/// and the server lives on.
+#[test]
+fn a_deeply_nested_token_is_refused_and_the_server_lives_on() {
+    let secret = secret_file("nested");
+    let mut server = serve(&["--auth-secret-file", secret.to_str().unwrap()]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    for depth in [50, 100, 3000] {
+        let token = nested_token(depth);
+        let (_, status) = raw_upgrade(
+            ws.parse().unwrap(),
+            &format!("/chat?room=geral&token={token}"),
+            "",
+        );
+        assert!(
+            status.starts_with("HTTP/1.1 401"),
+            "depth {depth}: {status}"
+        );
+        let (_, status) = raw_upgrade(
+            ws.parse().unwrap(),
+            "/chat?room=geral",
+            &format!("Authorization: Bearer {token}\r\n"),
+        );
+        assert!(
+            status.starts_with("HTTP/1.1 401"),
+            "depth {depth}: {status}"
+        );
+    }
+    let deep = nested_token(3000);
+    assert_eq!(
+        post_with(&grpc, &deep),
+        Some(RpcStatusCode::UNAUTHENTICATED)
+    );
+    assert!(server.child.try_wait().unwrap().is_none(), "papo died");
+    // Still serving: a good token is taken on both protocols.
+    let good = signed(r#"{"alg":"HS256"}"#, r#"{"sub":"ana","exp":4000000000}"#);
+    assert_eq!(post_with(&grpc, &good), None);
+    let mut member = ws_member(&ws, &good);
+    assert_eq!(kind(&ws_next(&mut member)), Kind::JOIN);
+}
+
+/// Item 10: a token whose `exp` is past any clock's range is a token that
+/// does not expire, on both protocols, and nothing panics.
+#[test]
+fn a_token_expiring_past_any_clock_is_taken_without_a_panic() {
+    let secret = secret_file("far");
+    let mut server = serve(&["--auth-secret-file", secret.to_str().unwrap()]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    for exp in ["1e19", "1e300", "18446744073709551615"] {
+        let token = signed(
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"sub":"ana","exp":{exp}}}"#),
+        );
+        let mut member = ws_member(&ws, &token);
+        assert_eq!(kind(&ws_next(&mut member)), Kind::JOIN, "exp {exp}");
+        member.send(Message::text(r#"{"text":"oi"}"#)).unwrap();
+        let said = ws_next(&mut member);
+        assert_eq!((kind(&said), said.text.as_str()), (Kind::MESSAGE, "oi"));
+        assert_eq!(post_with(&grpc, &token), None, "exp {exp}");
+    }
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(server.child.try_wait().unwrap().is_none(), "papo died");
+}
+
+/// Item 14: a member closed for its rate gets the close frame and its
+/// reason, not a reset that destroys them, though its burst is unread.
+#[test]
+fn a_member_closed_for_its_rate_reads_the_close_frame() {
+    use std::io::Write as _;
+    let server = serve(&[]);
+    let ws = server.ws.clone().unwrap();
+    for round in 0..3 {
+        let (mut member, _) =
+            common::connect(format!("ws://{ws}/chat?room=burst&name=b{round}").as_str()).unwrap();
+        // Sent one frame at a time, as a browser's burst would be: a
+        // reset after papo's close fails the sends that follow.
+        let frame = common::client_frame(0x81, br#"{"text":"a burst, far past the rate"}"#, true);
+        for sent in 0..5000 {
+            match member.get_mut() {
+                MaybeTlsStream::Plain(s) => s
+                    .write_all(&frame)
+                    .unwrap_or_else(|e| panic!("round {round}: send {sent}: {e}")),
+                _ => unreachable!(),
+            }
+        }
+        let close = loop {
+            match member.read() {
+                Ok(Message::Close(frame)) => break frame,
+                Ok(_) => continue,
+                Err(e) => panic!("round {round}: {e} before the close frame"),
+            }
+        };
+        let close = close.expect("a close frame with a code");
+        assert_eq!(u16::from(close.code), 1008, "round {round}");
+        assert_eq!(close.reason.as_str(), "rate limit", "round {round}");
+    }
+}
+
+/// Item 13: at `--max-connections`, a TLS client reads a TLS alert, not a
+/// plaintext `503` it takes for a broken record.
+#[test]
+fn a_tls_client_past_the_limit_reads_a_tls_refusal() {
+    let dir = std::env::temp_dir().join(format!("papo-hostile-tls-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
+    let server = serve(&[
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+        "--max-connections",
+        "1",
+    ]);
+    let addr: std::net::SocketAddr = server.ws.clone().unwrap().parse().unwrap();
+    let _held = std::net::TcpStream::connect(addr).unwrap();
+    let config = papo::tls::client_config(Some(&files.ca)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // The held connection takes the one slot as soon as it is accepted.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut session = rustls::ClientConnection::new(config, name).unwrap();
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(SOON)).unwrap();
+    let error = loop {
+        match session.complete_io(&mut socket) {
+            Ok(_) if session.is_handshaking() => continue,
+            Ok(_) => panic!("a handshake past the limit"),
+            Err(e) => break e,
+        }
+    };
+    let alert = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::InternalError
+        )),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 2: a compressed message cannot inflate past the limit inside
+/// C-core, and an uncompressed one past the limit is not held whole.
+#[test]
+fn a_grpc_message_past_the_limit_is_refused_before_it_is_held() {
+    use grpcio::{ChannelBuilder, CompressionAlgorithms, EnvBuilder};
+    let server = serve(&["--no-ws", "--grpc-memory", "32MiB"]);
+    let (grpc, pid) = (server.grpc.clone().unwrap(), server.child.id());
+    let before = common::status_kib(pid, "VmHWM:");
+    let env = std::sync::Arc::new(EnvBuilder::new().cq_count(1).build());
+    let post = |compressed: bool, len: usize| {
+        let mut channel = ChannelBuilder::new(env.clone()).max_send_message_len(-1);
+        if compressed {
+            channel =
+                channel.default_compression_algorithm(CompressionAlgorithms::GRPC_COMPRESS_GZIP);
+        }
+        let client = papo::proto::chat_grpc::ChatServiceClient::new(channel.connect(&grpc));
+        let m = ChatMessage {
+            sender: "bomb".into(),
+            room: "geral".into(),
+            text: "a".repeat(len),
+            ..Default::default()
+        };
+        match client.send_message(&m) {
+            Err(grpcio::Error::RpcFailure(status)) => status.code(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // 200 MiB of text, a fraction of a megabyte on the wire.
+    let code = post(true, 200 << 20);
+    assert!(
+        matches!(
+            code,
+            RpcStatusCode::UNIMPLEMENTED | RpcStatusCode::RESOURCE_EXHAUSTED
+        ),
+        "{code:?}"
+    );
+    // Each refusal is one C-core log line: a retry loop does not flood.
+    for _ in 0..30 {
+        assert_eq!(post(true, 10), RpcStatusCode::UNIMPLEMENTED);
+    }
+    let lines = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("gzip"))
+        .count();
+    assert!((1..=10).contains(&lines), "{lines} lines about gzip");
+    let code = post(false, 128 << 20);
+    assert_eq!(code, RpcStatusCode::RESOURCE_EXHAUSTED);
+    let grown = common::status_kib(pid, "VmHWM:").saturating_sub(before) << 10;
+    eprintln!("peak RSS grew {} MiB", grown >> 20);
+    // The quota, and what the process allocates around it.
+    assert!(grown < 48 << 20, "peak RSS grew {} MiB", grown >> 20);
+    // Still serving, under the limit.
+    let small = ChatMessage {
+        sender: "ana".into(),
+        room: "geral".into(),
+        text: "oi".into(),
+        ..Default::default()
+    };
+    assert!(chat_client(&grpc).send_message(&small).is_ok());
+}
