@@ -8,6 +8,19 @@
 /// far beyond any claim set, far below what the stack can hold.
 pub const MAX_DEPTH: usize = 16;
 
+/// How long `s` is as a JSON string's contents, escaped as papo's JSON
+/// printer escapes it: two bytes for `"`, `\\` and the usual control
+/// escapes, six (`\u00XX`) for any other control character, C1 included.
+pub fn escaped_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' => 2,
+            c if c.is_control() => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
 /// A field's value, as far as a caller looks into it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -421,6 +434,25 @@ mod tests {
         }
         let unknown = object(br#"{"c": 1}"#, &["a"], Unknown::Refuse).unwrap_err();
         assert!(unknown.contains("\"c\""), "{unknown}");
+    }
+
+    #[test]
+    fn escaped_length_is_what_the_printer_writes() {
+        use crate::proto::chat::Message;
+        for text in [
+            "oi",
+            "\u{1}\u{1f}\u{7f}\u{85}",
+            "a\"b\\c\nd\re\tf",
+            "olá 😀 日本",
+        ] {
+            let m = Message {
+                text: text.into(),
+                ..Default::default()
+            };
+            let json = protobuf_json_mapping::print_to_string(&m).unwrap();
+            // {"text": "…"}
+            assert_eq!(json.len(), escaped_len(text) + 12, "{json}");
+        }
     }
 
     #[test]

@@ -287,3 +287,110 @@ fn a_grpc_message_past_the_limit_is_refused_before_it_is_held() {
     };
     assert!(chat_client(&grpc).send_message(&small).is_ok());
 }
+
+/// A `wss` client whose socket's receive buffer is small, as a member on
+/// a slow link has: what it does not read stays with the server.
+fn small_buffered_wss(
+    addr: &str,
+    path: &str,
+    ca: &std::path::Path,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = socket.into();
+    let config = papo::tls::client_config(Some(ca)).unwrap();
+    let request = format!("wss://localhost:{}{path}", addr.port());
+    tungstenite::client_tls_with_config(
+        request,
+        stream,
+        None,
+        Some(tungstenite::Connector::Rustls(config)),
+    )
+    .unwrap()
+    .0
+}
+
+/// Item 3: `wss` members that stop reading hold the message's one shared
+/// frame, not an encrypted copy each; and a text whose JSON would be past
+/// the limit is refused before it is published, on both protocols.
+#[test]
+fn wss_members_share_one_copy_and_json_past_the_limit_is_refused() {
+    let dir = std::env::temp_dir().join(format!("papo-hostile-wss-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
+    let server = serve(&[
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+        "--write-timeout",
+        "0",
+    ]);
+    let (ws, grpc, pid) = (
+        server.ws.clone().unwrap(),
+        server.grpc.clone().unwrap(),
+        server.child.id(),
+    );
+    let tls = papo::client::ClientTls {
+        grpc: true,
+        ca: Some(files.ca.clone()),
+        identity: None,
+    };
+    let env = std::sync::Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+    let builder = grpcio::ChannelBuilder::new(env).max_send_message_len(-1);
+    let channel = papo::client::grpc_tls(builder, &tls)
+        .unwrap()
+        .connect(&grpc);
+    let client = papo::proto::chat_grpc::ChatServiceClient::new(channel);
+    let post = |text: String| {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: "wss".into(),
+            text,
+            ..Default::default()
+        };
+        client.send_message(&m).err().map(|e| match e {
+            grpcio::Error::RpcFailure(status) => status.code(),
+            other => panic!("{other:?}"),
+        })
+    };
+    // 4,190,000 control characters are 25 MB as JSON: refused unpublished.
+    assert_eq!(
+        post("\u{1}".repeat(4_190_000)),
+        Some(RpcStatusCode::RESOURCE_EXHAUSTED)
+    );
+    let mut speaker =
+        papo::client::ws_connect(&format!("wss://{ws}/chat?room=wss&name=s"), &tls).unwrap();
+    speaker
+        // 3 MB in: a C1 control is two bytes raw and six as JSON.
+        .send(Message::text(format!(
+            r#"{{"text":"{}"}}"#,
+            "\u{85}".repeat(1_500_000)
+        )))
+        .unwrap();
+    let close = loop {
+        match speaker.read() {
+            Ok(Message::Close(frame)) => break frame.expect("a close code"),
+            Ok(_) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1009);
+
+    let members: Vec<_> = (0..50)
+        .map(|n| small_buffered_wss(&ws, &format!("/chat?room=wss&name=m{n}"), &files.ca))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = common::status_kib(pid, "VmRSS:");
+    assert_eq!(post("x".repeat(4_190_000)), None);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let grown = common::status_kib(pid, "VmHWM:").saturating_sub(before) << 10;
+    eprintln!("peak RSS grew {} MiB", grown >> 20);
+    // The text as published, its JSON frame and protobuf (one each, shared),
+    // what is in hand, and 50 sessions of a record each.
+    assert!(grown < 40 << 20, "peak RSS grew {} MiB", grown >> 20);
+    drop(members);
+    let _ = std::fs::remove_dir_all(&dir);
+}

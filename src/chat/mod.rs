@@ -377,9 +377,13 @@ impl Hub {
         self.engine.append(&room, None, message, done)
     }
 
-    /// Whether `text` may be said at all.
+    /// Whether `text` may be said at all: it must fit the limit as it goes
+    /// out, in JSON with its escapes (six bytes for a control character) as
+    /// in protobuf, not only as it came in.
     pub fn check(&self, text: &str) -> Result<(), Refusal> {
-        match text.len() <= self.config.max_text {
+        let fits = text.len() <= self.config.max_text
+            && crate::json::escaped_len(text) <= self.config.max_text;
+        match fits {
             true => Ok(()),
             false => Err(Refusal::TooLong {
                 max: self.config.max_text,

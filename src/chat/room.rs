@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use super::{Delivery, Resume, SendError, Subscriber};
+use crate::json::escaped_len;
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
@@ -88,12 +89,23 @@ pub(super) struct HistoryBudget {
     pub(super) limit: usize,
 }
 
-/// What a logged message costs, near enough: its strings as published and
-/// in the two encodings a delivery caches, and the bookkeeping.
-fn weight(delivery: &Delivery) -> usize {
+/// What a logged message may cost at most: its strings as published, as
+/// JSON with their escapes (up to six times a text of control characters)
+/// and as protobuf, the two encodings a delivery caches, and the
+/// bookkeeping around them.
+pub(super) fn weight(delivery: &Delivery) -> usize {
     let m = &delivery.message;
-    3 * (m.text.len() + m.sender.len() + m.room.len()) + 256
+    let strings = [&m.text, &m.sender, &m.room, &m.epoch];
+    let raw: usize = strings.iter().map(|s| s.len()).sum();
+    let json: usize = strings.iter().map(|s| escaped_len(s)).sum();
+    raw + (json + JSON_FIELDS) + (raw + PROTOBUF_FIELDS) + BOOKKEEPING
 }
+
+/// Bytes a delivery takes besides its strings: the JSON frame's field names
+/// and numbers, the protobuf's tags and numbers, and the allocations.
+const JSON_FIELDS: usize = 160;
+const PROTOBUF_FIELDS: usize = 48;
+const BOOKKEEPING: usize = 256;
 
 /// A new epoch: unique in this process and, by the clock, across restarts.
 pub fn new_epoch() -> String {

@@ -455,3 +455,54 @@ fn a_room_emptied_keeps_its_numbering_and_log_until_it_expires() {
     assert_ne!(got[0].epoch, epoch);
     assert!(!got[0].recovered);
 }
+
+#[test]
+fn a_logged_message_weighs_at_least_what_it_keeps() {
+    use protobuf::Message as _;
+    for text in [
+        "\u{1}".repeat(100_000),
+        "x".repeat(100_000),
+        "ã\"\n".repeat(30_000),
+    ] {
+        let delivery = Delivery::new(Message {
+            sender: "ana".into(),
+            room: "sala".into(),
+            text,
+            seq: 123_456,
+            timestamp_ms: room::now_ms(),
+            epoch: new_epoch(),
+            ..Default::default()
+        });
+        // Both encodings, as the two transports cache them.
+        let json = delivery.encoded(Encoding::WsJson, |m| {
+            protobuf_json_mapping::print_to_string(m)
+                .unwrap()
+                .into_bytes()
+        });
+        let protobuf = delivery.encoded(Encoding::Protobuf, |m| m.write_to_bytes().unwrap());
+        let m = &delivery.message;
+        let kept = m.text.len() + m.sender.len() + m.room.len() + m.epoch.len();
+        // The WebSocket frame adds a header of at most ten bytes.
+        let kept = kept + json.len() + 10 + protobuf.len();
+        assert!(
+            room::weight(&delivery) >= kept,
+            "weighs {} for {kept} kept",
+            room::weight(&delivery)
+        );
+    }
+}
+
+#[test]
+fn a_text_whose_json_is_past_the_limit_is_refused() {
+    let hub = Hub::new(ChatConfig {
+        max_text: 600,
+        ..unlimited()
+    });
+    assert!(hub.check(&"x".repeat(600)).is_ok());
+    // 100 control characters are 600 bytes as JSON; 101 are past it.
+    assert!(hub.check(&"\u{1}".repeat(100)).is_ok());
+    assert!(matches!(
+        hub.check(&"\u{1}".repeat(101)),
+        Err(Refusal::TooLong { max: 600 })
+    ));
+}
