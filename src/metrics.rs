@@ -141,6 +141,8 @@ pub struct Metrics {
     pub grpc_refused: AtomicU64,
     tls_failed: [AtomicU64; TLS_FAILURES.len()],
     auth_failed: [AtomicU64; AUTH_FAILURES.len()],
+    /// Joins refused by the join rate limit: by address, by identity.
+    joins_refused: [AtomicU64; 2],
 }
 
 /// Why a TLS handshake on the WebSocket port failed, as labelled.
@@ -182,6 +184,12 @@ impl Metrics {
         if let Some(slot) = AUTH_FAILURES.iter().position(|&r| r == reason) {
             self.auth_failed[slot].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a join refused by its address's limit (`by_identity` false)
+    /// or its identity's.
+    pub fn join_refused(&self, by_identity: bool) {
+        self.joins_refused[usize::from(by_identity)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a gRPC call that ended with `code` (a `grpc-status` number).
@@ -306,6 +314,17 @@ impl Metrics {
             "counter",
             "Chat connections and calls refused for their token, by reason, both protocols.",
             &refused,
+        );
+        let joins: Vec<_> = ["address", "identity"]
+            .iter()
+            .zip(&self.joins_refused)
+            .map(|(by, c)| (format!("{{by=\"{by}\"}}"), get(c)))
+            .collect();
+        metric(
+            "papo_joins_refused_total",
+            "counter",
+            "Chat joins refused by the join rate limit, by what was over it, both protocols.",
+            &joins,
         );
         let calls: Vec<_> = GRPC_CODES
             .iter()

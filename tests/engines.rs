@@ -123,7 +123,12 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
         let members: Vec<_> = inboxes
             .iter()
             .enumerate()
-            .map(|(i, inbox)| Arc::new(hub.join("r", &format!("m{i}"), inbox.clone())))
+            .map(|(i, inbox)| {
+                Arc::new(
+                    hub.join("r", &format!("m{i}"), inbox.clone())
+                        .expect("join"),
+                )
+            })
             .collect();
         for inbox in &inboxes {
             inbox.wait_for_kind(Kind::JOIN, "m3");
@@ -166,10 +171,10 @@ fn fans_out_to_a_thousand_members() {
         let inboxes: Vec<_> = (0..1000).map(|_| Inbox::new(1000)).collect();
         let _members: Vec<_> = inboxes
             .iter()
-            .map(|inbox| hub.join("big", "", inbox.clone()))
+            .map(|inbox| hub.join("big", "", inbox.clone()).expect("join"))
             .collect();
         let last = Inbox::new(1000);
-        let _last = hub.join("big", "last", last.clone());
+        let _last = hub.join("big", "last", last.clone()).expect("join");
         last.wait_for_kind(Kind::JOIN, "last");
         for n in 0..100 {
             hub.publish("big", "svc", &format!("m{n}")).unwrap();
@@ -188,8 +193,8 @@ fn a_stuck_member_is_dropped_and_the_others_carry_on_in_order() {
     for (engine, hub, _redis) in hubs(unlimited()) {
         let stuck = Inbox::new(5);
         let fine = Inbox::new(1000);
-        let _stuck = hub.join("r", "stuck", stuck.clone());
-        let _fine = hub.join("r", "fine", fine.clone());
+        let _stuck = hub.join("r", "stuck", stuck.clone()).expect("join");
+        let _fine = hub.join("r", "fine", fine.clone()).expect("join");
         fine.wait_for_kind(Kind::JOIN, "fine");
         for n in 0..20 {
             hub.publish("r", "svc", &n.to_string()).unwrap();
@@ -207,14 +212,16 @@ fn a_stuck_member_is_dropped_and_the_others_carry_on_in_order() {
 fn join_and_leave_races_leave_no_ghosts() {
     for (engine, hub, _redis) in hubs(unlimited()) {
         let stay = Inbox::new(100_000);
-        let _stay = hub.join("r", "stay", stay.clone());
+        let _stay = hub.join("r", "stay", stay.clone()).expect("join");
         stay.wait_for_kind(Kind::JOIN, "stay");
         let churn: Vec<_> = (0..4)
             .map(|t| {
                 let hub = Arc::clone(&hub);
                 thread::spawn(move || {
                     for n in 0..50 {
-                        let member = hub.join("r", &format!("c{t}"), Inbox::new(100_000));
+                        let member = hub
+                            .join("r", &format!("c{t}"), Inbox::new(100_000))
+                            .expect("join");
                         member.say(&format!("c{t}:{n}")).unwrap();
                         drop(member);
                     }
@@ -224,7 +231,7 @@ fn join_and_leave_races_leave_no_ghosts() {
         churn.into_iter().for_each(|c| c.join().unwrap());
         // Once the dust settles, a newcomer finds only who stayed.
         let late = Inbox::new(1000);
-        let _late = hub.join("r", "late", late.clone());
+        let _late = hub.join("r", "late", late.clone()).expect("join");
         let joined = late.wait_for_kind(Kind::JOIN, "late");
         assert_eq!(joined.members, ["late", "stay"], "{engine}");
         // And every JOIN the stayer saw of a churner has its LEAVE.
@@ -246,7 +253,7 @@ fn join_and_leave_races_leave_no_ghosts() {
 fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
     for (engine, hub, _redis) in hubs(unlimited()) {
         let a = Inbox::new(1000);
-        let member = hub.join("r", "a", a.clone());
+        let member = hub.join("r", "a", a.clone()).expect("join");
         for n in 0..5 {
             member.say(&n.to_string()).unwrap();
         }
@@ -261,7 +268,9 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
             since: last.seq,
             epoch: last.epoch.clone(),
         };
-        let _member = hub.join_from("r", "a", again.clone(), Some(resume));
+        let _member = hub
+            .join_from("r", "a", again.clone(), Some(resume))
+            .expect("join");
         let joined = again.wait_for_kind(Kind::JOIN, "a");
         assert!(joined.recovered, "{engine}: {joined:?}");
         hub.publish("r", "svc", "live").unwrap();
@@ -282,7 +291,9 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
             since: 1,
             epoch: "another".into(),
         };
-        let _other = hub.join_from("r", "o", other.clone(), Some(stale));
+        let _other = hub
+            .join_from("r", "o", other.clone(), Some(stale))
+            .expect("join");
         assert!(!other.wait_for_kind(Kind::JOIN, "o").recovered, "{engine}");
     }
 }
@@ -312,7 +323,10 @@ fn a_room_filling_all_at_once_drops_no_one() {
                         chunk
                             .iter()
                             .enumerate()
-                            .map(|(i, inbox)| hub.join("full", &format!("m{t}-{i}"), inbox.clone()))
+                            .map(|(i, inbox)| {
+                                hub.join("full", &format!("m{t}-{i}"), inbox.clone())
+                                    .expect("join")
+                            })
                             .collect::<Vec<_>>()
                     })
                 })

@@ -394,3 +394,116 @@ fn wss_members_share_one_copy_and_json_past_the_limit_is_refused() {
     drop(members);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 5: rooms are bounded: past `--max-rooms` a new room is refused,
+/// with the limit named, on both protocols.
+#[test]
+fn rooms_past_the_limit_are_refused_on_both_protocols() {
+    let server = serve(&["--max-rooms", "100"]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let client = chat_client(&grpc);
+    let post = |room: String| {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room,
+            text: "oi".into(),
+            ..Default::default()
+        };
+        client.send_message(&m).err().map(|e| match e {
+            grpcio::Error::RpcFailure(status) => (status.code(), status.message().to_owned()),
+            other => panic!("{other:?}"),
+        })
+    };
+    for n in 0..100 {
+        assert_eq!(post(format!("r{n}")), None, "room {n}");
+    }
+    let (code, why) = post("one-more".into()).expect("refused");
+    assert_eq!(code, RpcStatusCode::RESOURCE_EXHAUSTED);
+    assert!(why.contains("at most 100 rooms"), "{why}");
+    let (mut member, _) =
+        common::connect(format!("ws://{ws}/chat?room=another&name=ana").as_str()).unwrap();
+    let close = loop {
+        match member.read() {
+            Ok(Message::Close(frame)) => break frame.expect("a close code"),
+            Ok(_) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1013);
+    assert!(
+        close.reason.contains("at most 100 rooms"),
+        "{}",
+        close.reason
+    );
+    // The rooms held still take messages.
+    assert_eq!(post("r7".into()), None);
+}
+
+/// Item 7: one token's holder reconnecting in a loop is held to its join
+/// limit (HTTP 429, then RESOURCE_EXHAUSTED over gRPC), counted in
+/// `/metrics`; its room hears a bounded number of JOINs.
+#[test]
+fn a_reconnect_loop_is_held_to_its_join_limit() {
+    let secret = secret_file("churn");
+    let server = serve(&["--auth-secret-file", secret.to_str().unwrap()]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let token = signed(r#"{"alg":"HS256"}"#, r#"{"sub":"ana","exp":4000000000}"#);
+    let mut watcher = ws_member(
+        &ws,
+        &signed(r#"{"alg":"HS256"}"#, r#"{"sub":"bob","exp":4000000000}"#),
+    );
+    assert_eq!(kind(&ws_next(&mut watcher)), Kind::JOIN);
+    let (mut upgraded, mut limited) = (0usize, 0usize);
+    for _ in 0..200 {
+        let (_, status) = raw_upgrade(
+            ws.parse().unwrap(),
+            &format!("/chat?room=geral&token={token}"),
+            "",
+        );
+        match &status[..12] {
+            "HTTP/1.1 101" => upgraded += 1,
+            "HTTP/1.1 429" => limited += 1,
+            other => panic!("{other}"),
+        }
+    }
+    // The burst (20), and what the rate (10/s) refills meanwhile.
+    assert!((20..60).contains(&upgraded), "{upgraded} joined");
+    assert_eq!(upgraded + limited, 200);
+    let request = papo::proto::chat::SubscribeRequest {
+        room: "geral".into(),
+        ..Default::default()
+    };
+    let client = chat_client(&grpc);
+    let mut stream = client.subscribe_opt(&request, bearer(&token)).unwrap();
+    match common::next_within(&mut stream, "the refusal") {
+        Some(Err(grpcio::Error::RpcFailure(status))) => {
+            assert_eq!(status.code(), RpcStatusCode::RESOURCE_EXHAUSTED);
+            assert!(
+                status.message().contains("join rate limit"),
+                "{}",
+                status.message()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let metrics = common::raw_exchange(
+        ws.parse().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("papo_joins_refused_total{by=\"identity\"} "))
+        .and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(refused, Some(limited + 1), "{metrics}");
+    // The watcher heard one JOIN per join let in, no more.
+    if let MaybeTlsStream::Plain(s) = watcher.get_ref() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+    }
+    let mut joins = 0;
+    while let Ok(Message::Text(json)) = watcher.read() {
+        let m: ChatMessage = protobuf_json_mapping::parse_from_str(json.as_str()).unwrap();
+        joins += usize::from(kind(&m) == Kind::JOIN);
+    }
+    assert_eq!(joins, upgraded);
+}

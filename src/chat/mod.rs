@@ -13,6 +13,7 @@
 //! subscriber only queues), and a subscriber whose queue is full is dropped
 //! from the room on the spot: one stuck member never slows the others.
 mod engine;
+mod joins;
 mod names;
 mod rate;
 mod room;
@@ -31,6 +32,7 @@ use crate::auth::Verifier;
 use crate::lock;
 use crate::proto::chat::Message;
 pub use engine::{Done, Engine, Memory};
+pub use joins::{JoinLimited, JoinLimiter};
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
 use room::HistoryBudget;
@@ -119,6 +121,13 @@ pub struct ChatConfig {
     /// Bytes all rooms' logs together may hold: past it, the room being
     /// written to forgets its oldest entries.
     pub history_budget: usize,
+    /// Rooms held at once, with members or keeping a log; a new one past
+    /// it is refused.
+    pub max_rooms: usize,
+    /// Joins per second, and at once, by one identity (a token's `sub`).
+    pub join_rate: Rate,
+    /// Joins per second, and at once, from one address.
+    pub address_join_rate: Rate,
 }
 
 /// Where a joining member stopped: the last `seq` it saw, in `epoch` (an
@@ -138,6 +147,8 @@ pub enum Refusal {
     RateLimited,
     /// The engine that keeps rooms' logs cannot be reached.
     Unavailable,
+    /// A new room, and the hub holds its most rooms already.
+    TooManyRooms { max: usize },
 }
 
 impl std::fmt::Display for Refusal {
@@ -146,6 +157,12 @@ impl std::fmt::Display for Refusal {
             Refusal::TooLong { max } => write!(f, "text longer than {max} bytes"),
             Refusal::RateLimited => f.write_str("rate limit"),
             Refusal::Unavailable => f.write_str("chat engine unavailable: try again later"),
+            Refusal::TooManyRooms { max } => {
+                write!(
+                    f,
+                    "room limit reached: this server holds at most {max} rooms"
+                )
+            }
         }
     }
 }
@@ -182,13 +199,22 @@ pub struct Hub {
     /// When expired rooms were last let go of.
     swept: Mutex<Instant>,
     history_budget: Arc<HistoryBudget>,
+    /// The room whose log weighed the most when last looked for, and when.
+    heaviest: Mutex<Option<(std::sync::Weak<Mutex<Room>>, Instant)>>,
     engine: Arc<dyn Engine>,
+    joins: JoinLimiter,
     /// Checks chat tokens (`None`: anyone may join as any name).
     auth: Option<Verifier>,
 }
 
 /// How often, at most, the hub looks for rooms whose log has expired.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often, at most, the hub looks for the heaviest room's log while the
+/// logs are past their budget (a look goes over every room).
+const HEAVIEST_INTERVAL: Duration = Duration::from_millis(100);
+/// Entries forgotten at most per call of [`Hub::keep_budget`]: each publish
+/// calls it, so the logs come back within the budget as fast as they grow.
+const FORGET_PER_CALL: usize = 64;
 
 impl Hub {
     /// A hub whose rooms keep their logs in memory.
@@ -213,16 +239,26 @@ impl Hub {
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             swept: Mutex::new(Instant::now()),
-            history_budget: Arc::new(HistoryBudget {
-                held: std::sync::atomic::AtomicUsize::new(0),
-                limit: config.history_budget,
-            }),
+            history_budget: Arc::new(HistoryBudget::new(config.history_budget)),
+            heaviest: Mutex::new(None),
+            joins: JoinLimiter::new(config.address_join_rate, config.join_rate),
             config,
         })
     }
 
     pub fn config(&self) -> &ChatConfig {
         &self.config
+    }
+
+    /// Takes a join from `address` by `identity` (a verified name), unless
+    /// either has joined too often of late. Checked by the transports
+    /// before a member costs a thread or a stream.
+    pub fn admit_join(
+        &self,
+        address: Option<std::net::IpAddr>,
+        identity: Option<&str>,
+    ) -> Result<(), JoinLimited> {
+        self.joins.admit(address, identity)
     }
 
     /// What checks chat tokens, when they are required.
@@ -253,7 +289,7 @@ impl Hub {
         room: &str,
         name: &str,
         subscriber: Arc<dyn Subscriber>,
-    ) -> Member {
+    ) -> Result<Member, Refusal> {
         self.join_from(room, name, subscriber, None)
     }
 
@@ -266,10 +302,10 @@ impl Hub {
         name: &str,
         subscriber: Arc<dyn Subscriber>,
         resume: Option<Resume>,
-    ) -> Member {
+    ) -> Result<Member, Refusal> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let room_arc = loop {
-            let room_arc = self.room(room);
+            let room_arc = self.room(room)?;
             let mut locked = lock_room(&room_arc);
             // Its last member left, and the hub let go of it, between the
             // look-up and the lock: look again, or the joiner would be alone
@@ -288,24 +324,27 @@ impl Hub {
             drop(locked);
             break room_arc;
         };
+        self.keep_budget();
         debug!("room {room:?}: {name:?} joined");
-        Member {
+        Ok(Member {
             hub: Arc::clone(self),
             room: room_arc,
             id,
             name: name.to_owned(),
             bucket: Mutex::new(Bucket::new(self.config.rate, Instant::now())),
-        }
+        })
     }
 
-    /// The room named `name`, created if need be. Now and then, rooms
-    /// whose log has expired are let go of here (a room another thread
-    /// holds locked is looked at next time).
-    fn room(&self, name: &str) -> Arc<Mutex<Room>> {
+    /// The room named `name`, created if need be, unless the hub holds its
+    /// most rooms. Now and then, and whenever the rooms are at their most,
+    /// rooms whose log has expired are let go of here (a room another
+    /// thread holds locked is looked at next time).
+    fn room(&self, name: &str) -> Result<Arc<Mutex<Room>>, Refusal> {
         let mut rooms = lock(&self.rooms);
         let now = Instant::now();
         let mut swept = lock(&self.swept);
-        if now.saturating_duration_since(*swept) >= SWEEP_INTERVAL {
+        let full = rooms.len() >= self.config.max_rooms && !rooms.contains_key(name);
+        if full || now.saturating_duration_since(*swept) >= SWEEP_INTERVAL {
             *swept = now;
             let ttl = self.config.history_ttl;
             rooms.retain(|_, room| match room.try_lock() {
@@ -317,6 +356,11 @@ impl Hub {
             });
         }
         drop(swept);
+        if rooms.len() >= self.config.max_rooms && !rooms.contains_key(name) {
+            return Err(Refusal::TooManyRooms {
+                max: self.config.max_rooms,
+            });
+        }
         let room = rooms.entry(name.to_owned()).or_insert_with(|| {
             let keep = if self.engine.local_log() {
                 self.config.history
@@ -328,7 +372,7 @@ impl Hub {
             room.one_member_per_name = self.auth.is_some();
             Arc::new(Mutex::new(room))
         });
-        Arc::clone(room)
+        Ok(Arc::clone(room))
     }
 
     /// Publishes `text` from `sender` to `room`; returns the message's
@@ -354,7 +398,7 @@ impl Hub {
         let found = lock(&self.rooms).get(room).cloned();
         let room = match found {
             Some(room) => room,
-            None if self.rooms_outlive_members() => self.room(room),
+            None if self.rooms_outlive_members() => self.room(room)?,
             // Nobody here to hear it, and nothing to keep it in.
             None if self.engine.local_log() => {
                 if let Some(done) = done {
@@ -374,7 +418,9 @@ impl Hub {
             text: text.to_owned(),
             ..Default::default()
         };
-        self.engine.append(&room, None, message, done)
+        let said = self.engine.append(&room, None, message, done);
+        self.keep_budget();
+        said
     }
 
     /// Whether `text` may be said at all: it must fit the limit as it goes
@@ -389,6 +435,48 @@ impl Hub {
                 max: self.config.max_text,
             }),
         }
+    }
+
+    /// Brings the logs back within their budget, forgetting the oldest
+    /// entries of the heaviest room first, a few at most per call. Called
+    /// after each publish, with no room locked (a room is locked one at a
+    /// time here, so no two locks are ever taken in turn).
+    fn keep_budget(&self) {
+        for _ in 0..FORGET_PER_CALL {
+            if !self.history_budget.over() {
+                return;
+            }
+            let Some(room) = self.heaviest_room() else {
+                return;
+            };
+            if !lock_room(&room).forget_oldest() {
+                *lock(&self.heaviest) = None;
+            }
+        }
+    }
+
+    /// The room whose log weighs the most, looked for anew at most every
+    /// [`HEAVIEST_INTERVAL`] (a room another thread holds locked is skipped).
+    fn heaviest_room(&self) -> Option<Arc<Mutex<Room>>> {
+        let mut cached = lock(&self.heaviest);
+        if let Some((room, at)) = cached.as_ref() {
+            if at.elapsed() < HEAVIEST_INTERVAL {
+                if let Some(room) = room.upgrade() {
+                    return Some(room);
+                }
+            }
+        }
+        let rooms = lock(&self.rooms);
+        let heaviest = rooms
+            .values()
+            .filter_map(|room| Some((room.try_lock().ok()?.log_weight(), room)))
+            .filter(|(weight, _)| *weight > 0)
+            .max_by_key(|(weight, _)| *weight)
+            .map(|(_, room)| Arc::clone(room));
+        *cached = heaviest
+            .as_ref()
+            .map(|room| (Arc::downgrade(room), Instant::now()));
+        heaviest
     }
 
     /// The names of the rooms the hub holds: with members, or keeping a log.
@@ -413,6 +501,8 @@ impl Hub {
                 room.closed = true;
             }
         }
+        drop(room);
+        self.keep_budget();
     }
 }
 
@@ -443,9 +533,12 @@ impl Member {
             text: text.to_owned(),
             ..Default::default()
         };
-        self.hub
+        let said = self
+            .hub
             .engine
-            .append(&self.room, Some(self.id), message, None)
+            .append(&self.room, Some(self.id), message, None);
+        self.hub.keep_budget();
+        said
     }
 }
 

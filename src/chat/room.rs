@@ -63,10 +63,17 @@ pub struct Room {
     pub(super) seq: u64,
     /// Names this log: a new one whenever the log starts over.
     pub(super) epoch: String,
-    /// The last `keep` messages and events, oldest first: a contiguous run
-    /// of numbers ending at `seq`, within the hub's history budget.
+    /// The last `keep` messages and the last `keep` JOIN and LEAVE events,
+    /// oldest first, within the hub's history budget. Events are counted
+    /// apart, so presence churn never pushes a message out: a replay may
+    /// skip old events, never a message.
     history: VecDeque<Arc<Delivery>>,
     keep: usize,
+    /// Of `history`, how many are events.
+    events: usize,
+    /// The newest message the log forgot (0: none): a member resuming from
+    /// it or later missed nothing a replay cannot hand it.
+    lost_through: u64,
     budget: Arc<HistoryBudget>,
     /// What `history` weighs against the budget.
     held: usize,
@@ -83,10 +90,34 @@ pub struct Room {
     pub(super) one_member_per_name: bool,
 }
 
-/// The bytes every room's log together may hold.
+/// The bytes every room's log together may hold. Past it, the rooms
+/// holding the most forget their oldest entries first: a room writing
+/// beyond its share forgets its own; one within its share is kept, and the
+/// hub takes from the heaviest room instead ([`super::Hub`]).
 pub(super) struct HistoryBudget {
     pub(super) held: AtomicUsize,
     pub(super) limit: usize,
+    /// Rooms whose log holds anything.
+    pub(super) rooms: AtomicUsize,
+}
+
+impl HistoryBudget {
+    pub(super) fn new(limit: usize) -> HistoryBudget {
+        HistoryBudget {
+            held: AtomicUsize::new(0),
+            limit,
+            rooms: AtomicUsize::new(0),
+        }
+    }
+
+    pub(super) fn over(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.limit
+    }
+
+    /// A room's fair share: the budget over the rooms holding logs.
+    fn share(&self) -> usize {
+        self.limit / self.rooms.load(Ordering::Relaxed).max(1)
+    }
 }
 
 /// What a logged message may cost at most: its strings as published, as
@@ -106,6 +137,11 @@ pub(super) fn weight(delivery: &Delivery) -> usize {
 const JSON_FIELDS: usize = 160;
 const PROTOBUF_FIELDS: usize = 48;
 const BOOKKEEPING: usize = 256;
+
+/// Whether a logged entry is a JOIN or LEAVE rather than a message.
+fn is_event(delivery: &Delivery) -> bool {
+    delivery.message.kind.enum_value_or_default() != Kind::MESSAGE
+}
 
 /// A new epoch: unique in this process and, by the clock, across restarts.
 pub fn new_epoch() -> String {
@@ -162,6 +198,8 @@ impl Room {
             epoch: new_epoch(),
             history: VecDeque::new(),
             keep,
+            events: 0,
+            lost_through: 0,
             budget,
             held: 0,
             last_active: Instant::now(),
@@ -183,6 +221,7 @@ impl Room {
             self.seq = 0;
             self.epoch = new_epoch();
             while self.forget_oldest() {}
+            self.lost_through = 0;
         }
     }
 
@@ -192,8 +231,7 @@ impl Room {
     pub(super) fn replay(&self, resume: &Resume, subscriber: &dyn Subscriber) -> bool {
         let same_epoch = resume.epoch == self.epoch || resume.epoch.is_empty() && resume.since == 0;
         let since = if same_epoch { resume.since } else { 0 };
-        let first_kept = self.history.front().map_or(self.seq + 1, |d| d.message.seq);
-        let complete = same_epoch && (since >= self.seq || first_kept <= since + 1);
+        let complete = same_epoch && (since >= self.seq || since >= self.lost_through);
         for delivery in self.history.iter().filter(|d| d.message.seq > since) {
             if subscriber.replay(delivery).is_err() {
                 return false;
@@ -203,15 +241,25 @@ impl Room {
     }
 
     /// Logs `delivery`, then forgets the oldest entries while the room
-    /// keeps more than `keep` or the hub's logs weigh more than the budget
-    /// (down to forgetting this one: the log stays a contiguous run).
+    /// keeps more than `keep`, or while the logs weigh more than the budget
+    /// and this room more than its share (never its newest entry here: the
+    /// hub then takes from the heaviest room). The log stays a contiguous run.
     fn record(&mut self, delivery: &Arc<Delivery>) {
         let weight = weight(delivery);
         self.budget.held.fetch_add(weight, Ordering::Relaxed);
+        if self.history.is_empty() {
+            self.budget.rooms.fetch_add(1, Ordering::Relaxed);
+        }
         self.held += weight;
         self.history.push_back(Arc::clone(delivery));
-        while self.history.len() > self.keep
-            || self.budget.held.load(Ordering::Relaxed) > self.budget.limit
+        if is_event(delivery) {
+            self.events += 1;
+            if self.events > self.keep {
+                self.forget_oldest_event();
+            }
+        }
+        while self.history.len() - self.events > self.keep
+            || self.history.len() > 1 && self.budget.over() && self.held > self.budget.share()
         {
             if !self.forget_oldest() {
                 break;
@@ -219,15 +267,42 @@ impl Room {
         }
     }
 
+    /// Drops the oldest JOIN or LEAVE event, wherever it is in the log.
+    fn forget_oldest_event(&mut self) {
+        if let Some(at) = self.history.iter().position(|d| is_event(d)) {
+            if let Some(event) = self.history.remove(at) {
+                self.forgot(&event);
+            }
+        }
+    }
+
+    /// What the log weighs against the budget.
+    pub(super) fn log_weight(&self) -> usize {
+        self.held
+    }
+
     /// Drops the oldest logged entry; false when there is none.
-    fn forget_oldest(&mut self) -> bool {
+    pub(super) fn forget_oldest(&mut self) -> bool {
         let Some(oldest) = self.history.pop_front() else {
             return false;
         };
-        let weight = weight(&oldest);
+        self.forgot(&oldest);
+        true
+    }
+
+    /// Accounts for an entry taken out of the log.
+    fn forgot(&mut self, entry: &Delivery) {
+        let weight = weight(entry);
         self.held -= weight;
         self.budget.held.fetch_sub(weight, Ordering::Relaxed);
-        true
+        if is_event(entry) {
+            self.events -= 1;
+        } else {
+            self.lost_through = self.lost_through.max(entry.message.seq);
+        }
+        if self.history.is_empty() {
+            self.budget.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Hands a delivery to every member, each as its arrival says; returns
@@ -410,5 +485,8 @@ impl Drop for Room {
     /// A room let go of gives its log's weight back to the budget.
     fn drop(&mut self) {
         self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
+        if !self.history.is_empty() {
+            self.budget.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

@@ -83,9 +83,9 @@ fn seed_replies() {
 fn members_see_joins_messages_and_leaves_with_stamps() {
     let hub = Hub::new(without_history());
     let ana = Inbox::new(100);
-    let a = hub.join("sala", "ana", ana.clone());
+    let a = hub.join("sala", "ana", ana.clone()).expect("join");
     let bob = Inbox::new(100);
-    let b = hub.join("sala", "bob", bob.clone());
+    let b = hub.join("sala", "bob", bob.clone()).expect("join");
     assert_eq!(a.say("oi"), Ok(3));
     drop(b);
     let seen = lock(&ana.messages).clone();
@@ -123,7 +123,10 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
     let members: Vec<_> = inboxes
         .iter()
         .enumerate()
-        .map(|(i, inbox)| hub.join("r", &format!("m{i}"), inbox.clone()))
+        .map(|(i, inbox)| {
+            hub.join("r", &format!("m{i}"), inbox.clone())
+                .expect("join")
+        })
         .collect();
     thread::scope(|s| {
         for (i, member) in members.iter().enumerate() {
@@ -160,8 +163,11 @@ fn concurrent_senders_are_seen_in_one_order_by_everyone() {
 fn a_room_of_n_costs_linear_bytes_to_fill() {
     let hub = Hub::new(unlimited());
     let first = Inbox::new(10_000);
-    let _members: Vec<_> = std::iter::once(hub.join("big", "m0", first.clone()))
-        .chain((1..300).map(|i| hub.join("big", &format!("m{i}"), Inbox::new(10_000))))
+    let _members: Vec<_> = std::iter::once(hub.join("big", "m0", first.clone()).expect("join"))
+        .chain((1..300).map(|i| {
+            hub.join("big", &format!("m{i}"), Inbox::new(10_000))
+                .expect("join")
+        }))
         .collect();
     let listed: usize = lock(&first.messages).iter().map(|m| m.members.len()).sum();
     assert_eq!(listed, 1, "only its own JOIN lists members");
@@ -173,7 +179,7 @@ fn fans_out_to_a_thousand_subscribers() {
     let inboxes: Vec<_> = (0..1000).map(|_| Inbox::new(2000)).collect();
     let _members: Vec<_> = inboxes
         .iter()
-        .map(|i| hub.join("big", "", i.clone()))
+        .map(|i| hub.join("big", "", i.clone()).expect("join"))
         .collect();
     for n in 0..10 {
         hub.publish("big", "svc", &format!("m{n}")).unwrap();
@@ -187,8 +193,8 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
     let hub = Hub::new(unlimited());
     let stuck = Inbox::new(3);
     let fine = Inbox::new(1000);
-    let _s = hub.join("r", "stuck", stuck.clone());
-    let _f = hub.join("r", "fine", fine.clone());
+    let _s = hub.join("r", "stuck", stuck.clone()).expect("join");
+    let _f = hub.join("r", "fine", fine.clone()).expect("join");
     for n in 0..50 {
         hub.publish("r", "svc", &n.to_string()).unwrap();
     }
@@ -211,17 +217,22 @@ fn a_stuck_subscriber_is_dropped_and_the_others_carry_on_in_order() {
 fn join_and_leave_races_leave_no_ghosts() {
     let hub = Hub::new(without_history());
     let watcher = Inbox::new(1_000_000);
-    let _w = hub.join("r", "watcher", watcher.clone());
+    let _w = hub.join("r", "watcher", watcher.clone()).expect("join");
     thread::scope(|s| {
         for t in 0..4 {
             let hub = &hub;
             s.spawn(move || {
                 for n in 0..200 {
-                    let m = hub.join("r", &format!("t{t}-{n}"), Inbox::new(10_000));
+                    let m = hub
+                        .join("r", &format!("t{t}-{n}"), Inbox::new(10_000))
+                        .expect("join");
                     m.say("hi").unwrap();
                     drop(m);
                     // Rooms come and go too.
-                    drop(hub.join(&format!("tmp{t}"), "x", Inbox::new(10)));
+                    drop(
+                        hub.join(&format!("tmp{t}"), "x", Inbox::new(10))
+                            .expect("join"),
+                    );
                 }
             });
         }
@@ -253,7 +264,7 @@ fn joining_a_room_as_its_last_member_leaves_never_strands_the_joiner() {
             s.spawn(move || {
                 for n in 0..2_000 {
                     let inbox = Inbox::new(10_000);
-                    let member = hub.join("one", "", inbox.clone());
+                    let member = hub.join("one", "", inbox.clone()).expect("join");
                     let probe = format!("{t}:{n}");
                     hub.publish("one", "probe", &probe).unwrap();
                     if !inbox.texts().contains(&probe) {
@@ -275,7 +286,7 @@ fn a_text_too_long_to_send_out_is_refused_before_it_is_published() {
         ..unlimited()
     });
     let inbox = Inbox::new(100);
-    let member = hub.join("r", "ana", inbox.clone());
+    let member = hub.join("r", "ana", inbox.clone()).expect("join");
     assert_eq!(member.say("12345678"), Ok(2));
     assert_eq!(member.say("123456789"), Err(Refusal::TooLong { max: 8 }));
     assert_eq!(
@@ -295,7 +306,7 @@ fn a_member_over_its_rate_is_refused_and_nothing_is_published() {
         ..unlimited()
     });
     let inbox = Inbox::new(100);
-    let member = hub.join("r", "ana", inbox.clone());
+    let member = hub.join("r", "ana", inbox.clone()).expect("join");
     let said: Vec<_> = (0..5).map(|n| member.say(&n.to_string())).collect();
     assert!(said[..3].iter().all(Result::is_ok), "{said:?}");
     assert_eq!(
@@ -333,9 +344,9 @@ fn log_of(inbox: &Inbox) -> Vec<(u64, Kind, String, String)> {
 fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
     let hub = with_history(100, Duration::from_secs(3600));
     let ana = Inbox::new(1000);
-    let a = hub.join("r", "ana", ana.clone());
+    let a = hub.join("r", "ana", ana.clone()).expect("join");
     let bob = Inbox::new(1000);
-    let b = hub.join("r", "bob", bob.clone());
+    let b = hub.join("r", "bob", bob.clone()).expect("join");
     a.say("1").unwrap();
     let last = log_of(&bob).last().map(|m| m.0).unwrap();
     let epoch = lock(&bob.messages)[0].epoch.clone();
@@ -349,7 +360,9 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
         since: last,
         epoch: epoch.clone(),
     };
-    let _b = hub.join_from("r", "bob", back.clone(), Some(resume));
+    let _b = hub
+        .join_from("r", "bob", back.clone(), Some(resume))
+        .expect("join");
     a.say("5").unwrap();
     let got = log_of(&back);
     // bob's own LEAVE, the three he missed, his JOIN, then the live one.
@@ -374,22 +387,24 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
 fn resuming_past_the_log_or_from_another_epoch_says_so() {
     let hub = with_history(3, Duration::from_secs(3600));
     let ana = Inbox::new(1000);
-    let a = hub.join("r", "ana", ana.clone());
+    let a = hub.join("r", "ana", ana.clone()).expect("join");
     for n in 0..10 {
         a.say(&n.to_string()).unwrap();
     }
     let epoch = lock(&ana.messages)[0].epoch.clone();
     // Too old: what remains (the last three), not recovered.
     let old = Inbox::new(1000);
-    let _o = hub.join_from(
-        "r",
-        "old",
-        old.clone(),
-        Some(Resume {
-            since: 2,
-            epoch: epoch.clone(),
-        }),
-    );
+    let _o = hub
+        .join_from(
+            "r",
+            "old",
+            old.clone(),
+            Some(Resume {
+                since: 2,
+                epoch: epoch.clone(),
+            }),
+        )
+        .expect("join");
     let texts: Vec<String> = old.texts();
     assert_eq!(texts, ["7", "8", "9"]);
     let join = lock(&old.messages).last().cloned().unwrap();
@@ -397,23 +412,27 @@ fn resuming_past_the_log_or_from_another_epoch_says_so() {
     assert!(!join.recovered);
     // Another epoch: everything kept, not recovered.
     let other = Inbox::new(1000);
-    let _x = hub.join_from(
-        "r",
-        "x",
-        other.clone(),
-        Some(Resume {
-            since: 5,
-            epoch: "gone".into(),
-        }),
-    );
+    let _x = hub
+        .join_from(
+            "r",
+            "x",
+            other.clone(),
+            Some(Resume {
+                since: 5,
+                epoch: "gone".into(),
+            }),
+        )
+        .expect("join");
     assert!(!lock(&other.messages).last().unwrap().recovered);
     // since 0, no epoch: everything kept, recovered only if the log is whole.
     let fresh = Inbox::new(1000);
-    let _f = hub.join_from("r", "f", fresh.clone(), Some(Resume::default()));
+    let _f = hub
+        .join_from("r", "f", fresh.clone(), Some(Resume::default()))
+        .expect("join");
     assert!(!lock(&fresh.messages).last().unwrap().recovered);
     // No resume at all: live messages only, as before.
     let live = Inbox::new(1000);
-    let _l = hub.join("r", "live", live.clone());
+    let _l = hub.join("r", "live", live.clone()).expect("join");
     assert_eq!(log_of(&live).len(), 1);
 }
 
@@ -421,7 +440,7 @@ fn resuming_past_the_log_or_from_another_epoch_says_so() {
 fn a_room_emptied_keeps_its_numbering_and_log_until_it_expires() {
     let hub = with_history(100, Duration::from_millis(200));
     let ana = Inbox::new(1000);
-    let a = hub.join("r", "ana", ana.clone());
+    let a = hub.join("r", "ana", ana.clone()).expect("join");
     a.say("oi").unwrap();
     let epoch = lock(&ana.messages)[0].epoch.clone();
     drop(a);
@@ -429,7 +448,9 @@ fn a_room_emptied_keeps_its_numbering_and_log_until_it_expires() {
     assert_eq!(hub.publish("r", "svc", "anyone?"), Ok(4));
     assert_eq!(hub.rooms(), ["r"]);
     let back = Inbox::new(1000);
-    let _b = hub.join_from("r", "bob", back.clone(), Some(Resume::default()));
+    let _b = hub
+        .join_from("r", "bob", back.clone(), Some(Resume::default()))
+        .expect("join");
     assert_eq!(back.texts(), ["oi", "anyone?"]);
     let join = lock(&back.messages).last().cloned().unwrap();
     assert_eq!(
@@ -440,15 +461,17 @@ fn a_room_emptied_keeps_its_numbering_and_log_until_it_expires() {
     // Past the TTL: a new epoch, numbered from 1, nothing replayed.
     thread::sleep(Duration::from_millis(300));
     let late = Inbox::new(1000);
-    let _l = hub.join_from(
-        "r",
-        "late",
-        late.clone(),
-        Some(Resume {
-            since: 5,
-            epoch: epoch.clone(),
-        }),
-    );
+    let _l = hub
+        .join_from(
+            "r",
+            "late",
+            late.clone(),
+            Some(Resume {
+                since: 5,
+                epoch: epoch.clone(),
+            }),
+        )
+        .expect("join");
     let got = lock(&late.messages).clone();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].seq, 1);
@@ -505,4 +528,107 @@ fn a_text_whose_json_is_past_the_limit_is_refused() {
         hub.check(&"\u{1}".repeat(101)),
         Err(Refusal::TooLong { max: 600 })
     ));
+}
+
+#[test]
+fn rooms_past_the_limit_are_refused_and_named() {
+    let hub = Hub::new(ChatConfig {
+        max_rooms: 3,
+        ..unlimited()
+    });
+    for room in ["a", "b", "c"] {
+        assert!(hub.publish(room, "svc", "oi").is_ok());
+    }
+    let refused = Err(Refusal::TooManyRooms { max: 3 });
+    assert_eq!(hub.publish("d", "svc", "oi"), refused);
+    assert!(matches!(
+        hub.join("e", "ana", Inbox::new(10)),
+        Err(Refusal::TooManyRooms { max: 3 })
+    ));
+    // A room already held takes members and messages as before.
+    let _ana = hub.join("a", "ana", Inbox::new(10)).expect("join");
+    assert!(hub.publish("b", "svc", "oi").is_ok());
+    assert_eq!(hub.rooms().len(), 3);
+    assert!(Refusal::TooManyRooms { max: 3 }
+        .to_string()
+        .contains("at most 3 rooms"));
+}
+
+#[test]
+fn the_history_budget_is_shared_fairly_between_rooms() {
+    let hub = Hub::new(ChatConfig {
+        history_budget: 1 << 20,
+        ..unlimited()
+    });
+    let line = "x".repeat(1000);
+    // One sender fills the budget from many rooms; then a quiet room says
+    // a little; then the sender goes on.
+    for n in 0..3000 {
+        hub.publish(&format!("flood{}", n % 30), "svc", &line)
+            .unwrap();
+    }
+    for n in 0..20 {
+        hub.publish("quiet", "ana", &format!("q{n}")).unwrap();
+    }
+    for n in 0..3000 {
+        hub.publish(&format!("flood{}", n % 30), "svc", &line)
+            .unwrap();
+    }
+    let kept = |room: &str| {
+        let inbox = Inbox::new(100_000);
+        let resume = Resume {
+            since: 0,
+            epoch: String::new(),
+        };
+        let _m = hub
+            .join_from(room, "", inbox.clone(), Some(resume))
+            .expect("join");
+        inbox.texts()
+    };
+    let quiet = kept("quiet");
+    assert_eq!(quiet.len(), 20, "the quiet room kept {quiet:?}");
+    assert_eq!(quiet.last().map(String::as_str), Some("q19"));
+    // The flood's rooms share what is left, and the budget holds.
+    assert!(!kept("flood0").is_empty());
+    assert!(hub.history_budget.held.load(Ordering::Relaxed) <= 1 << 20);
+}
+
+#[test]
+fn presence_churn_never_pushes_a_message_out_of_the_log() {
+    let hub = Hub::new(ChatConfig {
+        history: 10,
+        ..unlimited()
+    });
+    let speaker = hub.join("r", "ana", Inbox::new(100)).expect("join");
+    let before = Inbox::new(100);
+    drop(hub.join("r", "watcher", before.clone()).expect("join"));
+    let seen = lock(&before.messages)
+        .last()
+        .map(|m| (m.seq, m.epoch.clone()))
+        .unwrap();
+    for n in 0..5 {
+        speaker.say(&format!("m{n}")).unwrap();
+    }
+    // Two hundred JOIN and LEAVE events, twenty times what the log keeps.
+    for n in 0..100 {
+        drop(
+            hub.join("r", &format!("churn{n}"), Inbox::new(100))
+                .expect("join"),
+        );
+    }
+    let back = Inbox::new(1000);
+    let resume = Resume {
+        since: seen.0,
+        epoch: seen.1,
+    };
+    let _w = hub
+        .join_from("r", "watcher", back.clone(), Some(resume))
+        .expect("join");
+    assert_eq!(back.texts(), ["m0", "m1", "m2", "m3", "m4"]);
+    let own = lock(&back.messages).last().cloned().unwrap();
+    assert_eq!(own.kind.enum_value_or_default(), Kind::JOIN);
+    assert!(own.recovered, "every message it missed was replayed");
+    // The log kept its last ten events beside the messages.
+    let events = lock(&back.messages).len() - 5 - 1;
+    assert_eq!(events, 10);
 }

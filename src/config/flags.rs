@@ -96,6 +96,36 @@ pub const HISTORY_BUDGET: Flag = Flag::size(
     "64MiB",
     "Bytes all rooms' logs together may hold; past it a room forgets its oldest messages",
 );
+pub const MAX_ROOMS: Flag = Flag::count(
+    "max-rooms",
+    "N",
+    "100000",
+    "Rooms held at once (with members, or keeping a log); a new room past it is refused",
+);
+pub const JOIN_RATE_LIMIT: Flag = Flag::count(
+    "join-rate-limit",
+    "N",
+    "10",
+    "With tokens: chat joins per second by one token's sub (0: no limit); past it, HTTP 429 / RESOURCE_EXHAUSTED",
+);
+pub const JOIN_BURST: Flag = Flag::count(
+    "join-burst",
+    "N",
+    "20",
+    "Chat joins one sub may make at once before --join-rate-limit applies",
+);
+pub const ADDRESS_JOIN_RATE_LIMIT: Flag = Flag::count(
+    "address-join-rate-limit",
+    "N",
+    "100",
+    "Chat joins per second from one client address (0: no limit); past it, HTTP 429 / RESOURCE_EXHAUSTED",
+);
+pub const ADDRESS_JOIN_BURST: Flag = Flag::count(
+    "address-join-burst",
+    "N",
+    "2000",
+    "Chat joins one address may make at once before --address-join-rate-limit applies",
+);
 pub const REDIS: Flag = Flag::optional(
     "redis",
     "URL",
@@ -242,6 +272,11 @@ pub const SERVE: Command = Command {
         &HISTORY,
         &HISTORY_TTL,
         &HISTORY_BUDGET,
+        &MAX_ROOMS,
+        &JOIN_RATE_LIMIT,
+        &JOIN_BURST,
+        &ADDRESS_JOIN_RATE_LIMIT,
+        &ADDRESS_JOIN_BURST,
         &REDIS,
         &PRESENCE_TTL,
         &REDIS_PENDING,
@@ -472,6 +507,15 @@ impl ServeConfig {
             history: v.parsed(&HISTORY)?,
             history_ttl: v.duration(&HISTORY_TTL)?,
             history_budget: v.size(&HISTORY_BUDGET)?,
+            max_rooms: v.parsed(&MAX_ROOMS)?,
+            join_rate: Rate {
+                per_second: v.parsed(&JOIN_RATE_LIMIT)?,
+                burst: v.parsed(&JOIN_BURST)?,
+            },
+            address_join_rate: Rate {
+                per_second: v.parsed(&ADDRESS_JOIN_RATE_LIMIT)?,
+                burst: v.parsed(&ADDRESS_JOIN_BURST)?,
+            },
         };
         let redis = match v.optional(&REDIS)? {
             None => None,

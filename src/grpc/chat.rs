@@ -143,7 +143,9 @@ fn answer(
 fn refusal_status(why: &Refusal) -> RpcStatus {
     let code = match why {
         Refusal::Unavailable => RpcStatusCode::UNAVAILABLE,
-        Refusal::TooLong { .. } | Refusal::RateLimited => RpcStatusCode::RESOURCE_EXHAUSTED,
+        Refusal::TooLong { .. } | Refusal::RateLimited | Refusal::TooManyRooms { .. } => {
+            RpcStatusCode::RESOURCE_EXHAUSTED
+        }
     };
     RpcStatus::with_message(code, why.to_string())
 }
@@ -191,7 +193,7 @@ impl ChatServer {
         name: &str,
         resume: Option<chat::Resume>,
         identity: Option<&Identity>,
-    ) -> (Member, Arc<GrpcMember>, queue::Receiver<Outgoing>) {
+    ) -> Result<(Member, Arc<GrpcMember>, queue::Receiver<Outgoing>), RpcStatus> {
         let config = self.hub.config();
         // As a WebSocket peer's: two of the largest messages.
         let max_bytes = (config.max_text + chat::ENVELOPE).saturating_mul(2);
@@ -209,14 +211,46 @@ impl ChatServer {
                 expiry
             }),
         });
-        let member = self.hub.join_from(
-            room,
-            name,
-            Arc::clone(&subscriber) as Arc<dyn Subscriber>,
-            resume,
-        );
-        (member, subscriber, rx)
+        let member = self
+            .hub
+            .join_from(
+                room,
+                name,
+                Arc::clone(&subscriber) as Arc<dyn Subscriber>,
+                resume,
+            )
+            .map_err(|refusal| refusal_status(&refusal))?;
+        Ok((member, subscriber, rx))
     }
+}
+
+/// The address of a call's peer, from C-core's `ipv4:ADDR:PORT` or
+/// `ipv6:[ADDR]:PORT` (its brackets maybe %-escaped).
+fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
+    let rest = peer
+        .strip_prefix("ipv4:")
+        .or_else(|| peer.strip_prefix("ipv6:"))?;
+    let rest = rest.replace("%5B", "[").replace("%5D", "]");
+    let (host, _port) = rest.rsplit_once(':')?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Refuses a join over its address's or its identity's limit.
+fn admit_join(
+    server: &ChatServer,
+    address: Option<std::net::IpAddr>,
+    identity: Option<&Identity>,
+) -> Result<(), RpcStatus> {
+    let sub = identity.map(|who| who.sub.as_str());
+    server.hub.admit_join(address, sub).map_err(|limited| {
+        server
+            .metrics
+            .join_refused(limited == chat::JoinLimited::Identity);
+        RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, limited.to_string())
+    })
 }
 
 /// The token in a call's `authorization: Bearer` metadata.
@@ -345,6 +379,7 @@ impl ChatServer {
     ) {
         let server = self.clone();
         let token = token_of(&ctx);
+        let address = peer_ip(&ctx.peer());
         ctx.spawn(async move {
             let metrics = Arc::clone(&server.metrics);
             // The first message says who and where.
@@ -358,6 +393,7 @@ impl ChatServer {
             };
             let checked = checked.and_then(|(room, name)| {
                 let who = server.identify(token.as_deref(), &room, &name)?;
+                admit_join(&server, address, who.as_ref())?;
                 Ok((room, name, who))
             });
             let (room, name, identity) = match checked {
@@ -374,7 +410,15 @@ impl ChatServer {
             });
             let name = identity.as_ref().map_or(name, |who| who.sub.clone());
             let may_speak = identity.as_ref().is_none_or(|who| who.publish);
-            let (member, subscriber, rx) = server.member(&room, &name, resume, identity.as_ref());
+            let (member, subscriber, rx) =
+                match server.member(&room, &name, resume, identity.as_ref()) {
+                    Ok(joined) => joined,
+                    Err(status) => {
+                        let code = status.code();
+                        let _ = sink.fail(status).await;
+                        return metrics.grpc_call(code.into());
+                    }
+                };
             let speaker = Arc::clone(&subscriber);
             // Borrowed, not moved: the request stream must outlive the call's
             // status, or dropping it would cancel the call first.
@@ -428,6 +472,7 @@ impl ChatServer {
         });
         let checked = checked.and_then(|(req, room, name)| {
             let who = self.identify(token.as_deref(), &room, &name)?;
+            admit_join(self, peer_ip(&ctx.peer()), who.as_ref())?;
             Ok((req, room, name, who))
         });
         let (req, room, name, identity) = match checked {
@@ -439,7 +484,10 @@ impl ChatServer {
             epoch: req.epoch.clone(),
         });
         let name = identity.as_ref().map_or(name, |who| who.sub.clone());
-        let (member, subscriber, rx) = self.member(&room, &name, resume, identity.as_ref());
+        let (member, subscriber, rx) = match self.member(&room, &name, resume, identity.as_ref()) {
+            Ok(joined) => joined,
+            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
+        };
         let metrics = Arc::clone(&self.metrics);
         ctx.spawn(async move {
             let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;

@@ -23,7 +23,7 @@ use super::member::{self, WsMember};
 use super::{
     Shared, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
 };
-use crate::chat::{SendError, WS_REPLY_PREFIX};
+use crate::chat::{JoinLimited, SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
 use crate::peer::{OutboundLimits, Peer};
@@ -208,9 +208,16 @@ fn serve_upgraded<'a>(
                 peer: Arc::clone(peer),
                 metrics: Arc::clone(&shared.metrics),
             });
-            let member = shared
+            let member = match shared
                 .hub
-                .join_from(&room, &name, subscriber.clone(), resume);
+                .join_from(&room, &name, subscriber.clone(), resume)
+            {
+                Ok(member) => member,
+                Err(refusal) => {
+                    peer.close_with(close_frame(CloseCode::Again, &refusal.to_string()));
+                    return Err(ConnError::BadInput(u16::from(CloseCode::Again)));
+                }
+            };
             message_loop(ws, peer, shared, |m| {
                 member::on_message(&member, &room, may_speak, &subscriber, &shared.metrics, m)
             })
@@ -237,6 +244,7 @@ struct Upgraded<'a> {
 #[inline(never)]
 fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, ConnError> {
     let config = &shared.config;
+    let address = stream.peer_addr().ok().map(|a| a.ip());
     stream.set_nodelay(true)?;
     stream.set_write_timeout(nonzero(config.write_timeout))?;
     let deadline = Instant::now() + config.handshake_timeout;
@@ -282,6 +290,16 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
             _ => "",
         };
         return http::reject(&mut stream, status, &why, headers);
+    }
+    if let Endpoint::Chat { identity, .. } = &endpoint {
+        let sub = identity.as_ref().map(|who| who.sub.as_str());
+        if let Err(limited) = shared.hub.admit_join(address, sub) {
+            shared
+                .metrics
+                .join_refused(limited == JoinLimited::Identity);
+            let why = format!("{limited}\n");
+            return http::reject(&mut stream, 429, &why, "Retry-After: 1\r\n");
+        }
     }
     let response = match create_response(&request) {
         Ok(response) => response,

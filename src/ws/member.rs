@@ -110,6 +110,9 @@ pub(super) fn on_message(
                 metrics.ws_rate_limited.fetch_add(1, Ordering::Relaxed);
                 Action::Close(CloseCode::Policy, refusal.to_string())
             }
+            Err(refusal @ Refusal::TooManyRooms { .. }) => {
+                Action::Close(CloseCode::Again, refusal.to_string())
+            }
             Err(refusal @ Refusal::Unavailable) => {
                 subscriber.not_said(&refusal);
                 Action::Nothing
