@@ -209,6 +209,18 @@ impl Epoll {
             .map(drop)
     }
 
+    /// Watches `fd` for input, edge-triggered: an event when more comes,
+    /// not while what came waits unread.
+    pub fn add_edge(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: token,
+        };
+        // SAFETY: `event` is a valid epoll_event for the duration of the call.
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
+            .map(drop)
+    }
+
     /// Watches `fd` for hang-up and errors only (reported whatever the
     /// mask): the socket shut down both ways, or reset.
     pub fn add_for_hangup(&self, fd: RawFd, token: u64) -> io::Result<()> {

@@ -507,3 +507,65 @@ fn a_reconnect_loop_is_held_to_its_join_limit() {
     }
     assert_eq!(joins, upgraded);
 }
+
+/// Item 9: a connection that never sends its HTTP/2 preface holds a place
+/// for `--handshake-timeout` only: in plaintext papo closes it before C-core
+/// sees it, over TLS C-core's handshake deadline does.
+#[test]
+fn silent_grpc_connections_are_closed_at_the_handshake_timeout() {
+    use std::io::Read as _;
+    let server = serve(&[
+        "--no-ws",
+        "--grpc-max-connections",
+        "10",
+        "--handshake-timeout",
+        "1s",
+    ]);
+    let grpc = server.grpc.clone().unwrap();
+    let mut silent: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(&grpc).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The ten silent sockets hold every place: a client is refused…
+    let small = ChatMessage {
+        sender: "svc".into(),
+        room: "geral".into(),
+        text: "oi".into(),
+        ..Default::default()
+    };
+    let option = CallOption::default().timeout(std::time::Duration::from_millis(500));
+    assert!(chat_client(&grpc).send_message_opt(&small, option).is_err());
+    // …until their time is up: each is closed, and the client is served.
+    for socket in &mut silent {
+        socket.set_read_timeout(Some(SOON)).unwrap();
+        assert!(matches!(socket.read(&mut [0; 16]), Ok(0)), "closed");
+    }
+    assert!(chat_client(&grpc).send_message(&small).is_ok());
+
+    let dir = std::env::temp_dir().join(format!("papo-hostile-grpc-tls-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
+    let tls = serve(&[
+        "--no-ws",
+        "--handshake-timeout",
+        "1s",
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ]);
+    let addr = tls.grpc.clone().unwrap();
+    let start = std::time::Instant::now();
+    let silent: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for mut socket in silent {
+        socket.set_read_timeout(Some(SOON)).unwrap();
+        assert!(matches!(socket.read(&mut [0; 16]), Ok(0)), "closed");
+    }
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,7 +44,7 @@ pub const MAX_MESSAGE_SIZE: Flag = Flag::size(
 pub const HANDSHAKE_TIMEOUT: Flag = Flag::duration(
     "handshake-timeout",
     "5s",
-    "Time a new WebSocket connection has to send its whole request head",
+    "Time a new connection has to send its request head (WebSocket), or its TLS handshake and HTTP/2 preface and settings (gRPC)",
 );
 pub const PING_INTERVAL: Flag = Flag::duration(
     "ping-interval",
@@ -496,6 +496,7 @@ impl ServeConfig {
             keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
             keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,
             write_timeout: v.duration(&WRITE_TIMEOUT)?,
+            handshake_timeout: v.duration(&HANDSHAKE_TIMEOUT)?,
         };
         let chat = ChatConfig {
             send_queue: v.parsed(&SEND_QUEUE)?,

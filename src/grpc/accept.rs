@@ -1,14 +1,17 @@
 //! The gRPC port's accept loop. C-core (1.56, grpcio's) has no limit on the
 //! connections it accepts, and each one costs it buffers and a transport,
-//! so papo listens itself: one `grpc-accept` thread accepts, hands each
-//! connection to C-core, and closes at once those past
-//! `--grpc-max-connections`. It learns that C-core is done with a
-//! connection from a second descriptor of its socket, polled for hang-up
-//! only: C-core shuts a connection down both ways before it closes it.
+//! so papo listens itself: one `grpc-accept` thread accepts, closes at once
+//! those past `--grpc-max-connections`, and hands a connection to C-core
+//! once its HTTP/2 preface and settings have come (peeked, not read), or
+//! closes it when they have not within `--handshake-timeout`: a socket that
+//! never speaks holds a place for that long only. It learns that C-core is
+//! done with a connection from a second descriptor of its socket, polled
+//! for hang-up only: C-core shuts a connection down both ways before it
+//! closes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use super::preface::{self, Preface};
 use crate::metrics::Metrics;
 use crate::sys::{self, Epoll};
 use crate::{lock, ws};
@@ -43,6 +47,7 @@ pub(super) struct Listening {
     pub listener: TcpListener,
     pub server: Arc<Mutex<grpcio::Server>>,
     pub max_connections: usize,
+    pub handshake_timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -62,6 +67,9 @@ impl Acceptor {
                     listening,
                     epoll,
                     open: HashMap::new(),
+                    waiting: HashMap::new(),
+                    deadlines: VecDeque::new(),
+                    peeked: vec![0; preface::MOST],
                     next_token: FIRST_CONNECTION,
                     refusal_logged: None,
                 }
@@ -93,6 +101,12 @@ struct Loop {
     epoll: Epoll,
     /// The watch on each connection C-core serves, by token.
     open: HashMap<u64, OwnedFd>,
+    /// Connections whose preface has not all come yet, by token.
+    waiting: HashMap<u64, TcpStream>,
+    /// When each waiting connection's time is up, in the order accepted.
+    deadlines: VecDeque<(Instant, u64)>,
+    /// Where a waiting connection's first bytes are peeked into.
+    peeked: Vec<u8>,
     next_token: u64,
     refusal_logged: Option<Instant>,
 }
@@ -101,7 +115,10 @@ impl Loop {
     fn run(mut self) {
         let mut ready = Vec::new();
         loop {
-            if let Err(e) = self.epoll.wait(&mut ready, Duration::MAX) {
+            let wait = self.deadlines.front().map_or(Duration::MAX, |(at, _)| {
+                at.saturating_duration_since(Instant::now())
+            });
+            if let Err(e) = self.epoll.wait(&mut ready, wait) {
                 warn!("grpc accept loop: {e}");
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
@@ -110,10 +127,17 @@ impl Loop {
                 match token {
                     STOP => return,
                     LISTENER => self.accept_all(),
+                    token if self.waiting.contains_key(&token) => self.spoke(token),
                     done => self.closed(done),
                 }
             }
+            self.time_out();
         }
+    }
+
+    /// Connections held by papo or C-core: what the limit counts.
+    fn held(&self) -> usize {
+        self.open.len() + self.waiting.len()
     }
 
     /// Takes every connection waiting on the listener.
@@ -129,23 +153,74 @@ impl Loop {
                 }
             };
             let max = self.listening.max_connections;
-            if self.open.len() >= max {
+            if self.held() >= max {
                 self.refuse(max);
                 continue;
             }
-            let watch = match sys::hand_to_grpc(&mut lock(&self.listening.server), socket) {
-                Ok(watch) => watch,
-                Err(e) => {
-                    debug!("grpc connection dropped before it was served: {e}");
-                    continue;
-                }
-            };
             let token = self.next_token;
             self.next_token += 1;
-            // Unwatched, a connection still works; it just is not counted.
-            if self.epoll.add_for_hangup(watch.as_raw_fd(), token).is_ok() {
-                self.open.insert(token, watch);
-                self.count();
+            // Edge-triggered: woken when more bytes come, not while the
+            // ones peeked at wait unread.
+            if socket.set_nonblocking(true).is_err()
+                || self.epoll.add_edge(socket.as_raw_fd(), token).is_err()
+            {
+                continue;
+            }
+            let at = Instant::now() + self.listening.handshake_timeout;
+            self.deadlines.push_back((at, token));
+            self.waiting.insert(token, socket);
+            self.spoke(token);
+        }
+    }
+
+    /// A waiting connection sent something: hands it over once its preface
+    /// and settings are all there, closes it if they are not HTTP/2.
+    fn spoke(&mut self, token: u64) {
+        let Some(socket) = self.waiting.get(&token) else {
+            return;
+        };
+        let state = match socket.peek(&mut self.peeked) {
+            Ok(0) => Preface::Invalid, // closed before it spoke
+            Ok(n) => preface::state(&self.peeked[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Preface::Incomplete,
+            Err(_) => Preface::Invalid,
+        };
+        if state == Preface::Incomplete {
+            return;
+        }
+        let Some(socket) = self.waiting.remove(&token) else {
+            return;
+        };
+        let _ = self.epoll.remove(socket.as_raw_fd());
+        if state == Preface::Invalid {
+            debug!("grpc connection closed: not an HTTP/2 client preface");
+            return;
+        }
+        let watch = match sys::hand_to_grpc(&mut lock(&self.listening.server), socket) {
+            Ok(watch) => watch,
+            Err(e) => {
+                debug!("grpc connection dropped before it was served: {e}");
+                return;
+            }
+        };
+        // Unwatched, a connection still works; it just is not counted.
+        if self.epoll.add_for_hangup(watch.as_raw_fd(), token).is_ok() {
+            self.open.insert(token, watch);
+            self.count();
+        }
+    }
+
+    /// Closes the waiting connections whose time is up.
+    fn time_out(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, token)) = self.deadlines.front() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop_front();
+            if let Some(socket) = self.waiting.remove(&token) {
+                let _ = self.epoll.remove(socket.as_raw_fd());
+                debug!("grpc connection closed: no HTTP/2 preface and settings in time");
             }
         }
     }

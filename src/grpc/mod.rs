@@ -5,7 +5,8 @@
 //! | file | concern |
 //! |---|---|
 //! | `mod` | limits, starting and draining the server, counting calls |
-//! | `accept` | the port's accept loop and its connection limit |
+//! | `accept` | the port's accept loop, its connection limit and its handshake deadline |
+//! | `preface` | what a connection must send before C-core gets it: the HTTP/2 preface and settings |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
 //! | `tls` | gRPC over TLS: C-core's TLS fed papo's certificate, reloads |
@@ -19,6 +20,7 @@ mod codec;
 mod corelog;
 mod deadline;
 mod health;
+mod preface;
 mod stream;
 mod tls;
 
@@ -74,6 +76,9 @@ pub struct GrpcConfig {
     /// A stream member that accepts nothing for this long is dropped
     /// (zero: never).
     pub write_timeout: Duration,
+    /// Time a new connection has to complete its TLS handshake (if any)
+    /// and send its HTTP/2 preface and settings; it is closed after.
+    pub handshake_timeout: Duration,
 }
 
 /// How long a stream ended for stalling has to get its status out.
@@ -197,6 +202,8 @@ fn default_poll_threads() -> usize {
 /// C-core's channel argument for the compression algorithms it takes
 /// (`GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET`).
 const COMPRESSION_ALGORITHMS: &std::ffi::CStr = c"grpc.compression_enabled_algorithms_bitset";
+/// `GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS`.
+const SERVER_HANDSHAKE_TIMEOUT: &std::ffi::CStr = c"grpc.server_handshake_timeout_ms";
 
 /// A server builder that tells C-core the limits, for every connection.
 fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
@@ -214,6 +221,13 @@ fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
         .keepalive_timeout(config.keepalive_timeout)
         // Idle connections are the ones keepalive exists for.
         .keepalive_permit_without_calls(true)
+        // Over TLS C-core accepts: this bounds its handshake and the
+        // client's settings (papo's own accept loop bounds them in
+        // plaintext, before a connection is handed over).
+        .raw_cfg_int(
+            SERVER_HANDSHAKE_TIMEOUT.into(),
+            i32::try_from(config.handshake_timeout.as_millis()).unwrap_or(i32::MAX),
+        )
         // Identity only: C-core would inflate a compressed message whole,
         // past every limit, before papo sees it. A call that names another
         // encoding is refused UNIMPLEMENTED before its message is read, and
@@ -303,6 +317,7 @@ impl GrpcServer {
                     listener,
                     server: Arc::clone(&server),
                     max_connections: config.max_connections,
+                    handshake_timeout: config.handshake_timeout,
                     metrics,
                 })
                 .map_err(StartError::Thread)?;
