@@ -568,4 +568,76 @@ mod tests {
             );
         }
     }
+
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn b64(bytes: &[u8]) -> String {
+            URL_SAFE_NO_PAD.encode(bytes)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_tokens_are_refused(token in any::<String>()) {
+                let dir = scratch("any");
+                let (verifier, _) = verifier(&dir);
+                prop_assert!(verifier.verify(&token).is_err());
+            }
+
+            /// Each part arbitrary bytes, the whole correctly signed, so the
+            /// claims are read too: taken or refused, never a panic.
+            #[test]
+            fn signed_arbitrary_parts_are_taken_or_refused(
+                header in proptest::collection::vec(any::<u8>(), 0..200),
+                claims in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let dir = scratch("parts");
+                let (verifier, _) = verifier(&dir);
+                let body = format!("{}.{}", b64(&header), b64(&claims));
+                let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes()), body.as_bytes());
+                let token = format!("{body}.{}", b64(tag.as_ref()));
+                if let Ok(identity) = verifier.verify(&token) {
+                    prop_assert!(!identity.sub.is_empty());
+                }
+            }
+
+            /// A valid token's claims, mutated and signed again.
+            #[test]
+            fn mutated_claims_are_taken_or_refused(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                nest in 0usize..3000,
+            ) {
+                let dir = scratch("mutated");
+                let (verifier, _) = verifier(&dir);
+                let mut claims = format!(
+                    r#"{{"sub":"ana","exp":1e300,"nbf":0,"rooms":["a*","b"],"pub":true,"x":{}1{}}}"#,
+                    "[".repeat(nest),
+                    "]".repeat(nest)
+                )
+                .into_bytes();
+                for (at, byte) in flips {
+                    let at = at % claims.len();
+                    claims[at] = byte;
+                }
+                let token = signed(r#"{"alg":"HS256"}"#, &String::from_utf8_lossy(&claims), SECRET.as_bytes());
+                let _ = verifier.verify(&token);
+            }
+
+            #[test]
+            fn arbitrary_key_files_load_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let dir = scratch("keys");
+                let path = dir.join("key");
+                std::fs::write(&path, &bytes).unwrap();
+                for files in [
+                    AuthFiles { secret: Some(path.clone()), public_key: None, leeway: Duration::ZERO },
+                    AuthFiles { secret: None, public_key: Some(path.clone()), leeway: Duration::ZERO },
+                ] {
+                    let _ = Verifier::load(&files);
+                }
+            }
+        }
+    }
 }

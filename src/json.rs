@@ -465,4 +465,60 @@ mod tests {
         let wanted = format!(r#"{{"a": {}"#, "[".repeat(100_000));
         assert!(read(&wanted).unwrap_err().contains("nested"));
     }
+
+    mod arbitrary {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// What the kept fields hold, in bytes: never more than the input.
+        fn kept(fields: &Fields, wanted: usize) -> usize {
+            (0..wanted)
+                .filter_map(|i| fields.get(i))
+                .map(|v| match v {
+                    Value::String(s) => s.len(),
+                    Value::Strings(list) => list.iter().map(String::len).sum(),
+                    _ => 0,
+                })
+                .sum()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                if let Ok(fields) = object(&bytes, &["a", "b"], Unknown::Skip) {
+                    prop_assert!(kept(&fields, 2) <= bytes.len());
+                }
+                let _ = object(&bytes, &["text"], Unknown::Refuse);
+            }
+
+            #[test]
+            fn mutated_objects_are_read_or_refused(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                nest in 0usize..40,
+            ) {
+                let mut json = format!(
+                    r#"{{"a": ["x", "\u00e9\n"], "z": {}{{"k": [1, -2.5e3, true, null]}}{}, "b": "oi"}}"#,
+                    "[".repeat(nest),
+                    "]".repeat(nest)
+                )
+                .into_bytes();
+                for (at, byte) in flips {
+                    let at = at % json.len();
+                    json[at] = byte;
+                }
+                if let Ok(fields) = object(&json, &["a", "b"], Unknown::Skip) {
+                    prop_assert!(kept(&fields, 2) <= json.len());
+                }
+            }
+
+            #[test]
+            fn any_nesting_is_bounded(depth in 0usize..20_000, brackets in "[\\[{]{1,4}") {
+                let open: String = brackets.chars().cycle().take(depth).collect();
+                let json = format!(r#"{{"a": {open}"#);
+                prop_assert!(object(json.as_bytes(), &["a"], Unknown::Skip).is_err());
+            }
+        }
+    }
 }

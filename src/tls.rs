@@ -202,3 +202,33 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Tls
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// A certificate or key file of arbitrary bytes, or a PEM block of
+        /// them, is refused with a reason.
+        #[test]
+        fn arbitrary_pem_files_are_refused(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            label in prop::sample::select(vec!["CERTIFICATE", "PRIVATE KEY", "EC PRIVATE KEY"]),
+        ) {
+            use base64::Engine as _;
+            let dir = std::env::temp_dir().join(format!("papo-tls-pem-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (raw, pem) = (dir.join("raw.pem"), dir.join("block.pem"));
+            std::fs::write(&raw, &bytes).unwrap();
+            let body = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            std::fs::write(&pem, format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")).unwrap();
+            for (cert, key) in [(&raw, &raw), (&pem, &pem), (&pem, &raw)] {
+                let files = TlsFiles { cert: cert.clone(), key: key.clone(), grpc_client_ca: Some(pem.clone()) };
+                prop_assert!(files.load().is_err());
+            }
+        }
+    }
+}

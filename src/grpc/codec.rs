@@ -290,4 +290,30 @@ mod tests {
         let incoming = Incoming::decode(&mut is);
         assert!(incoming.refused.is_some());
     }
+
+    mod arbitrary {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let incoming = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes));
+                let kept = incoming.sender.len() + incoming.text.len() + incoming.room.len() + incoming.epoch.len();
+                prop_assert!(kept <= bytes.len());
+            }
+
+            #[test]
+            fn nested_groups_are_bounded(depth in 0usize..50_000) {
+                // Field 15 as a start-group tag, nested: read without
+                // recursing past protobuf's limit (a stack overflow would
+                // end the test), and nothing is kept.
+                let bytes = vec![0x7bu8; depth];
+                let incoming = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes));
+                prop_assert!(incoming.text.is_empty() && incoming.sender.is_empty());
+            }
+        }
+    }
 }

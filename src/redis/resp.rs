@@ -313,4 +313,59 @@ mod tests {
         assert!(read_reply(&mut &deep[..], 4 * VALUE_COST).is_ok());
         assert!(read_reply(&mut &deep[..], 4 * VALUE_COST - 1).is_err());
     }
+
+    mod arbitrary {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// What a reply takes to hold, as the bound weighs it.
+        fn held(value: &Value) -> usize {
+            VALUE_COST
+                + match value {
+                    Value::Nil | Value::Int(_) => 0,
+                    Value::Bytes(b) => b.len(),
+                    Value::Error(e) => e.len(),
+                    Value::Array(items) => items.iter().map(held).sum(),
+                }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_replies_are_read_within_the_bound_or_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..400),
+                max in 0usize..4096,
+            ) {
+                if let Ok(value) = read_reply(&mut &bytes[..], max) {
+                    prop_assert!(held(&value) <= max);
+                }
+            }
+
+            #[test]
+            fn mutated_replies_are_read_within_the_bound_or_refused(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                max in 0usize..4096,
+            ) {
+                let mut wire = b"*3\r\n$5\r\nhello\r\n:-42\r\n*2\r\n+OK\r\n$-1\r\n".to_vec();
+                for (at, byte) in flips {
+                    let at = at % wire.len();
+                    wire[at] = byte;
+                }
+                if let Ok(value) = read_reply(&mut &wire[..], max) {
+                    prop_assert!(held(&value) <= max);
+                }
+            }
+
+            #[test]
+            fn a_claimed_length_reserves_nothing(len in 0u64..u64::MAX, nested in 0usize..20) {
+                let mut wire = "*1\r\n".repeat(nested).into_bytes();
+                wire.extend_from_slice(format!("${len}\r\nab").as_bytes());
+                // Either refused or read, and never more than the bound.
+                if let Ok(value) = read_reply(&mut &wire[..], 1024) {
+                    prop_assert!(held(&value) <= 1024);
+                }
+            }
+        }
+    }
 }

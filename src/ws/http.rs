@@ -489,4 +489,42 @@ mod tests {
         };
         assert!(open.allows(Some(Some("null")), Some("x")));
     }
+
+    mod arbitrary {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_heads_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
+                if let Ok(Some((len, _))) = parse_head(&bytes) {
+                    prop_assert!(len <= bytes.len());
+                }
+            }
+
+            #[test]
+            fn mutated_heads_parse_or_are_refused(
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            ) {
+                let mut head = b"GET /chat?room=sala&name=ana&since=4&epoch=e HTTP/1.1\r\n\
+                    Host: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                    .to_vec();
+                for (at, byte) in flips {
+                    let at = at % head.len();
+                    head[at] = byte;
+                }
+                let _ = parse_head(&head);
+            }
+
+            #[test]
+            fn arbitrary_targets_route_or_are_refused(target in any::<String>(), key in "[a-z]{1,6}") {
+                let _ = route(&target);
+                if let Ok(value) = query_param(&target, &key) {
+                    prop_assert!(value.len() <= target.len());
+                }
+            }
+        }
+    }
 }

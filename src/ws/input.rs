@@ -93,4 +93,37 @@ mod tests {
         let why = text_of(r#"{"room": "outra", "text": "oi"}"#).unwrap_err();
         assert!(why.contains("outra"), "{why}");
     }
+
+    mod arbitrary {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_is_taken_or_refused_and_never_grows(json in any::<String>()) {
+                if let Ok(text) = text_of(&json, "sala") {
+                    prop_assert!(text.len() <= json.len());
+                }
+            }
+
+            #[test]
+            fn mutated_messages_are_taken_or_refused(
+                flips in proptest::collection::vec((any::<usize>(), any::<char>()), 0..6),
+            ) {
+                let mut chars: Vec<char> = r#"{"text": "ol\u00e1 \ud83d\ude00", "room": "sala", "sender": "x"}"#
+                    .chars()
+                    .collect();
+                for (at, c) in flips {
+                    let at = at % chars.len();
+                    chars[at] = c;
+                }
+                let json: String = chars.into_iter().collect();
+                if let Ok(text) = text_of(&json, "sala") {
+                    prop_assert!(text.len() <= json.len());
+                }
+            }
+        }
+    }
 }
