@@ -115,6 +115,11 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Bytes that may still be queued before the byte bound refuses more.
+    pub fn room_in_bytes(&self) -> usize {
+        self.0.max_bytes.saturating_sub(self.0.lock().bytes)
+    }
+
     /// Ends the stream once the items already queued are consumed.
     pub fn close(&self) {
         let waker = {

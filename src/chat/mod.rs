@@ -183,6 +183,11 @@ pub trait Subscriber: Send + Sync {
     fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
         self.deliver(delivery)
     }
+    /// Bytes of a replay it can queue now (a replay larger is cut to its
+    /// newest part, and the member told).
+    fn replay_room(&self) -> usize {
+        usize::MAX
+    }
     /// The hub dropped this subscriber because its queue was full. Called
     /// once, under the room's lock: it must not block either.
     fn evicted(&self);

@@ -132,6 +132,20 @@ pub(super) fn weight(delivery: &Delivery) -> usize {
     raw + (json + JSON_FIELDS) + (raw + PROTOBUF_FIELDS) + BOOKKEEPING
 }
 
+/// What a delivery takes at most on its way out, in its larger encoding
+/// (JSON, with its escapes).
+fn outgoing(delivery: &Delivery) -> usize {
+    let m = &delivery.message;
+    [&m.text, &m.sender, &m.room, &m.epoch]
+        .iter()
+        .map(|s| escaped_len(s))
+        .sum::<usize>()
+        + JSON_FIELDS
+}
+
+/// Kept free of a replay for the note that tells a member where it starts.
+const NOTE_ROOM: usize = 1024;
+
 /// Bytes a delivery takes besides its strings: the JSON frame's field names
 /// and numbers, the protobuf's tags and numbers, and the allocations.
 const JSON_FIELDS: usize = 160;
@@ -231,8 +245,39 @@ impl Room {
     pub(super) fn replay(&self, resume: &Resume, subscriber: &dyn Subscriber) -> bool {
         let same_epoch = resume.epoch == self.epoch || resume.epoch.is_empty() && resume.since == 0;
         let since = if same_epoch { resume.since } else { 0 };
-        let complete = same_epoch && (since >= self.seq || since >= self.lost_through);
-        for delivery in self.history.iter().filter(|d| d.message.seq > since) {
+        let mut complete = same_epoch && (since >= self.seq || since >= self.lost_through);
+        let missed = self.history.iter().filter(|d| d.message.seq > since);
+        // The newest entries that fit what the member can queue at once, with
+        // room for the note that says where the replay starts.
+        let room = subscriber.replay_room().saturating_sub(NOTE_ROOM);
+        let mut fits = 0;
+        let mut size = 0usize;
+        for delivery in missed.clone().rev() {
+            size = size.saturating_add(outgoing(delivery));
+            if size > room {
+                break;
+            }
+            fits += 1;
+        }
+        let skipped = missed.clone().count() - fits;
+        let mut missed = missed.skip(skipped).peekable();
+        if skipped > 0 {
+            complete = false;
+            let from = missed.peek().map_or(self.seq + 1, |d| d.message.seq);
+            let note = Message {
+                kind: Kind::ERROR.into(),
+                room: self.name.clone(),
+                text: format!(
+                    "replay from {from}: the {skipped} entries before it are more than \
+                     this connection takes at once"
+                ),
+                ..Default::default()
+            };
+            if subscriber.replay(&Delivery::new(note)).is_err() {
+                return false;
+            }
+        }
+        for delivery in missed {
             if subscriber.replay(delivery).is_err() {
                 return false;
             }

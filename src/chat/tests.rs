@@ -28,14 +28,21 @@ use std::thread;
 /// An in-memory subscriber with a bounded queue, as the transports have.
 struct Inbox {
     capacity: usize,
+    /// Bytes of a replay it takes at once.
+    replay_room: usize,
     messages: Mutex<Vec<Message>>,
     evicted: AtomicBool,
 }
 
 impl Inbox {
     fn new(capacity: usize) -> Arc<Inbox> {
+        Inbox::holding(capacity, usize::MAX)
+    }
+
+    fn holding(capacity: usize, replay_room: usize) -> Arc<Inbox> {
         Arc::new(Inbox {
             capacity,
+            replay_room,
             messages: Mutex::new(Vec::new()),
             evicted: AtomicBool::new(false),
         })
@@ -62,6 +69,10 @@ impl Subscriber for Inbox {
         }
         messages.push(delivery.message.clone());
         Ok(())
+    }
+
+    fn replay_room(&self) -> usize {
+        self.replay_room
     }
 
     fn evicted(&self) {
@@ -631,4 +642,41 @@ fn presence_churn_never_pushes_a_message_out_of_the_log() {
     // The log kept its last ten events beside the messages.
     let events = lock(&back.messages).len() - 5 - 1;
     assert_eq!(events, 10);
+}
+
+#[test]
+fn a_replay_larger_than_the_member_takes_is_its_newest_part_and_says_so() {
+    let hub = Hub::new(unlimited());
+    let big = "x".repeat(100_000);
+    for n in 0..30 {
+        hub.publish("r", "svc", &format!("{n}:{big}")).unwrap();
+    }
+    let resume = || Resume {
+        since: 0,
+        epoch: String::new(),
+    };
+    // Room for about five of them at once.
+    let back = Inbox::holding(1000, 520_000);
+    let _m = hub
+        .join_from("r", "ana", back.clone(), Some(resume()))
+        .expect("join");
+    let got = lock(&back.messages).clone();
+    let note = &got[0];
+    assert_eq!(note.kind.enum_value_or_default(), Kind::ERROR);
+    assert!(note.text.starts_with("replay from 26:"), "{}", note.text);
+    let texts: Vec<&str> = got[1..got.len() - 1]
+        .iter()
+        .map(|m| m.text.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(texts, ["25", "26", "27", "28", "29"]);
+    let own = got.last().unwrap();
+    assert_eq!(own.kind.enum_value_or_default(), Kind::JOIN);
+    assert!(!own.recovered);
+    // With room for all, all of it, and recovered.
+    let all = Inbox::new(1000);
+    let _b = hub
+        .join_from("r", "bob", all.clone(), Some(resume()))
+        .expect("join");
+    assert_eq!(all.texts().len(), 30);
+    assert!(lock(&all.messages).last().unwrap().recovered);
 }

@@ -111,6 +111,10 @@ impl Subscriber for GrpcMember {
         Ok(())
     }
 
+    fn replay_room(&self) -> usize {
+        self.tx.room_in_bytes()
+    }
+
     fn evicted(&self) {
         self.evicted.store(true, Ordering::Release);
         self.tx.close_now();

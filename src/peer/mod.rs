@@ -368,6 +368,11 @@ impl Peer {
         Ok(())
     }
 
+    /// Bytes that may still be queued before the byte bound refuses more.
+    pub fn room_in_bytes(&self) -> usize {
+        self.limits.bytes.saturating_sub(lock(&self.out).bytes)
+    }
+
     /// Ends the connection: drops what is queued (but a frame already half
     /// written, which must be finished for the stream to stay valid), writes
     /// `last` (a close frame), then shuts the socket, which wakes the

@@ -54,6 +54,10 @@ impl Subscriber for WsMember {
         Ok(())
     }
 
+    fn replay_room(&self) -> usize {
+        self.peer.room_in_bytes()
+    }
+
     fn evicted(&self) {
         self.peer.close_with(close_frame(
             CloseCode::Policy,
