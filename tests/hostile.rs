@@ -569,3 +569,110 @@ fn silent_grpc_connections_are_closed_at_the_handshake_timeout() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 16: while Redis is slow, queued joins weigh what they carry (a
+/// 3 MB epoch is 3 MB) against `--redis-pending`.
+#[test]
+fn queued_joins_weigh_what_they_carry_against_the_pending_bound() {
+    let redis = common::RedisServer::start();
+    let server = serve(&[
+        "--no-ws",
+        "--redis",
+        &redis.url(),
+        "--redis-pending",
+        "8MiB",
+    ]);
+    let (grpc, pid) = (server.grpc.clone().unwrap(), server.child.id());
+    let client = chat_client(&grpc);
+    let before = common::status_kib(pid, "VmHWM:");
+    // Redis holds every client's commands for 1.5 s (below the writer's
+    // I/O timeout): joins queue.
+    let mut pause = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "CLIENT", "PAUSE", "1500"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    assert!(pause.wait().unwrap().success());
+    let mut streams = Vec::new();
+    for n in 0..60 {
+        let request = papo::proto::chat::SubscribeRequest {
+            room: format!("r{n}"),
+            since: Some(1),
+            epoch: "e".repeat(3_000_000),
+            ..Default::default()
+        };
+        streams.push(client.subscribe(&request).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Until the pause is over, and the writer through what it waited on.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let grown = common::status_kib(pid, "VmHWM:").saturating_sub(before) << 10;
+    eprintln!("peak RSS grew {} MiB", grown >> 20);
+    // The bound, and the few requests in hand as they are read.
+    assert!(grown < 40 << 20, "peak RSS grew {} MiB", grown >> 20);
+    drop(streams);
+    assert!(server.child.id() > 0);
+}
+
+/// Item 17: a member whose instance stalled past `--presence-ttl` is
+/// announced leaving by another instance, and joining again when its
+/// instance comes back and renews it: presence and the room agree.
+#[test]
+fn a_member_back_after_its_instance_stalled_is_announced() {
+    let redis = common::RedisServer::start();
+    let url = redis.url();
+    let a = serve(&["--redis", &url, "--presence-ttl", "2s"]);
+    let b = serve(&["--redis", &url, "--presence-ttl", "2s"]);
+    let (mut ana, _) = common::connect(
+        format!("ws://{}/chat?room=stall&name=ana", a.ws.clone().unwrap()).as_str(),
+    )
+    .unwrap();
+    assert_eq!(kind(&ws_next(&mut ana)), Kind::JOIN);
+    let on_b = chat_client(&b.grpc.clone().unwrap());
+    let request = papo::proto::chat::SubscribeRequest {
+        room: "stall".into(),
+        name: "watcher".into(),
+        ..Default::default()
+    };
+    let mut watcher = on_b.subscribe(&request).unwrap();
+    let mut next = || {
+        common::next_within(&mut watcher, "the watcher's stream")
+            .unwrap()
+            .unwrap()
+    };
+    let own = loop {
+        let m = next();
+        if kind(&m) == Kind::JOIN && m.sender == "watcher" {
+            break m;
+        }
+    };
+    assert!(own.members.contains(&"ana".to_owned()), "{:?}", own.members);
+    common::signal(&a.child, libc::SIGSTOP);
+    let left = loop {
+        let m = next();
+        if kind(&m) == Kind::LEAVE {
+            break m;
+        }
+    };
+    assert_eq!(left.sender, "ana");
+    common::signal(&a.child, libc::SIGCONT);
+    let back = loop {
+        let m = next();
+        if kind(&m) != Kind::MESSAGE {
+            break m;
+        }
+    };
+    assert_eq!((kind(&back), back.sender.as_str()), (Kind::JOIN, "ana"));
+    // And it still speaks, heard on B.
+    ana.send(Message::text(r#"{"text":"de volta"}"#)).unwrap();
+    let said = loop {
+        let m = next();
+        if kind(&m) == Kind::MESSAGE {
+            break m;
+        }
+    };
+    assert_eq!(
+        (said.sender.as_str(), said.text.as_str()),
+        ("ana", "de volta")
+    );
+}

@@ -39,6 +39,9 @@ impl Room {
     pub fn member_tags(&self) -> Vec<(u64, String)> {
         self.members
             .iter()
+            // A member still waiting for its JOIN has no presence yet: its
+            // join makes it.
+            .filter(|m| !matches!(m.arrival, Arrival::Waiting { .. }))
             .map(|m| (m.id, m.name.clone()))
             .collect()
     }

@@ -91,13 +91,27 @@ enum Command {
     Wake,
 }
 
-/// A command's weight against the pending bound.
+/// A command's weight against the pending bound: the strings it carries,
+/// and its bookkeeping.
 fn weight(command: &Command) -> usize {
-    match command {
-        Command::Say { message, .. } => message.text.len() + message.sender.len() + 256,
-        _ => 256,
-    }
+    let strings = match command {
+        Command::Say { message, .. } => {
+            message.text.len() + message.sender.len() + message.room.len()
+        }
+        Command::Join {
+            room_name,
+            name,
+            resume,
+            ..
+        } => room_name.len() + name.len() + resume.as_ref().map_or(0, |r| r.epoch.len()),
+        Command::Leave { room, name, .. } => room.len() + name.len(),
+        Command::Wake => 0,
+    };
+    strings + COMMAND_COST
 }
+
+/// What a queued command costs besides its strings.
+const COMMAND_COST: usize = 256;
 
 /// A room this instance reads: its local room, and the last entry delivered.
 struct Follow {

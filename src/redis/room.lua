@@ -144,11 +144,19 @@ elseif op == 'leave' then
   return 0
 elseif op == 'tend' then
   -- ARGV[5] presence TTL (ms), ARGV[6..] this instance's members here
-  -- ("instance:id:name"): renewed (or put back, after Redis lost them);
+  -- ("instance:id:name"): renewed, or put back (after Redis lost them, or
+  -- after they were reaped while their instance stalled: their LEAVE was
+  -- announced, so their coming back is announced too, unless, with
+  -- verified names, another connection of the name stayed);
   -- then the expired are reaped, and the room kept alive while anyone is in it.
+  -- A member late but not yet reaped is renewed quietly: it never left.
   local until_ms = now + tonumber(ARGV[5])
   for i = 6, #ARGV do
-    redis.call('ZADD', members, until_ms, ARGV[i])
+    local name = name_of(ARGV[i])
+    local back = name ~= '' and not (unique and present(name))
+    if redis.call('ZADD', members, until_ms, ARGV[i]) == 1 and back then
+      append(1, name, '')
+    end
   end
   reap(unique)
   keep_alive()
