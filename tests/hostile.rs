@@ -676,3 +676,79 @@ fn a_member_back_after_its_instance_stalled_is_announced() {
         ("ana", "de volta")
     );
 }
+
+/// Item 6: a `since=0` join to a Redis room of large entries reads its
+/// replay an entry at a time up to what the member takes at once: papo's
+/// memory and Redis's time stay bounded, and the member is told where its
+/// replay starts.
+#[test]
+fn a_redis_replay_is_read_within_what_the_member_takes() {
+    let redis = common::RedisServer::start();
+    let server = serve(&["--redis", &redis.url()]);
+    let (ws, grpc, pid) = (
+        server.ws.clone().unwrap(),
+        server.grpc.clone().unwrap(),
+        server.child.id(),
+    );
+    let client = chat_client(&grpc);
+    for n in 0..40 {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: "big".into(),
+            text: format!("{n}:{}", "x".repeat(2_000_000)),
+            ..Default::default()
+        };
+        client.send_message(&m).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = common::status_kib(pid, "VmHWM:");
+    // Another client of Redis, pinging while the join runs.
+    let port = redis.port;
+    let pinger = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let mut redis = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut slowest = std::time::Duration::ZERO;
+        for _ in 0..50 {
+            let start = std::time::Instant::now();
+            redis.write_all(b"PING\r\n").unwrap();
+            let mut pong = [0u8; 7];
+            redis.read_exact(&mut pong).unwrap();
+            slowest = slowest.max(start.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        slowest
+    });
+    let (mut member, _) =
+        common::connect(format!("ws://{ws}/chat?room=big&name=ana&since=0").as_str()).unwrap();
+    let note = ws_next(&mut member);
+    let head: String = note.text.chars().take(80).collect();
+    assert_eq!(kind(&note), Kind::ERROR, "{head}");
+    assert!(
+        note.text
+            .contains("more than this connection takes at once"),
+        "{head}"
+    );
+    let mut replayed = Vec::new();
+    let own = loop {
+        let m = ws_next(&mut member);
+        match kind(&m) {
+            Kind::MESSAGE => replayed.push(m.text.split(':').next().unwrap_or_default().to_owned()),
+            _ => break m,
+        }
+    };
+    assert_eq!((kind(&own), own.recovered), (Kind::JOIN, false));
+    // The newest part, in order, ending with the last said.
+    assert!(!replayed.is_empty() && replayed.len() < 40, "{replayed:?}");
+    assert_eq!(replayed.last().map(String::as_str), Some("39"));
+    let grown = common::status_kib(pid, "VmHWM:").saturating_sub(before) << 10;
+    let slowest = pinger.join().unwrap();
+    eprintln!(
+        "peak RSS grew {} MiB; slowest PING {slowest:?}",
+        grown >> 20
+    );
+    assert!(grown < 48 << 20, "peak RSS grew {} MiB", grown >> 20);
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "{slowest:?}"
+    );
+}

@@ -25,6 +25,13 @@ pub struct MemberEntry {
     pub(super) hold: usize,
 }
 
+impl MemberEntry {
+    /// Bytes of replay the member can be handed at once.
+    pub fn replay_room(&self) -> usize {
+        self.subscriber.replay_room()
+    }
+}
+
 /// How many times its queue's bound a member waiting for its JOIN holds.
 /// A joiner waits one round trip to Redis, but a burst of joins (a room of
 /// a thousand filling at once) can put hundreds of entries after its JOIN

@@ -77,13 +77,15 @@ enum Command {
         message: Message,
         done: Option<Done>,
     },
-    /// Member `id` named `name` joins `room`, resuming from `resume`.
+    /// Member `id` named `name` joins `room`, resuming from `resume`, and
+    /// can be handed `replay_room` bytes of replay at once.
     Join {
         room: Arc<Mutex<Room>>,
         room_name: String,
         id: u64,
         name: String,
         resume: Option<Resume>,
+        replay_room: usize,
     },
     /// Member `id` left `room`.
     Leave { room: String, id: u64, name: String },
@@ -247,6 +249,9 @@ impl Engine for Redis {
         resume: Option<Resume>,
     ) {
         let (id, name) = (member.id, member.name.clone());
+        // What the member takes at once, and no more than half of what one
+        // reply may be: the join script stops its replay there.
+        let replay_room = member.replay_room().min(self.shared.config.max_reply / 2);
         room.add_waiting(member);
         let join = Command::Join {
             room: Arc::clone(room_arc),
@@ -254,6 +259,7 @@ impl Engine for Redis {
             id,
             name,
             resume,
+            replay_room,
         };
         if !self.is_up() || self.shared.send(join).is_err() {
             room.join_failed(id, &Refusal::Unavailable);

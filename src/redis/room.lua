@@ -89,11 +89,14 @@ if op == 'say' then
   return seqs
 elseif op == 'join' then
   -- ARGV[5] member ("instance:id"), ARGV[6] name, ARGV[7] presence TTL (ms),
-  -- ARGV[8] since ('' for live only), ARGV[9] epoch, ARGV[10] most to replay.
+  -- ARGV[8] since ('' for live only), ARGV[9] epoch, ARGV[10] most to replay,
+-- ARGV[11] most bytes to replay (what the joiner takes at once).
   -- Returns {seq of the JOIN (or of the next entry, for a nameless member
   -- or another connection of a member here), epoch, names present (once
   -- per connection), entries after since (newest first), id of the entry
-  -- before the JOIN, 1 if the JOIN was announced}.
+  -- before the JOIN, 1 if the JOIN was announced, entries left out of the
+  -- replay for its bytes}. The replay is read an entry at a time, newest
+  -- first, and stops at its bytes: no run holds more than that.
   reap(unique)
   local name = ARGV[6]
   local announced = name ~= '' and not (unique and present(name))
@@ -113,14 +116,29 @@ elseif op == 'join' then
     if n ~= '' then table.insert(names, n) end
   end
   local entries = {}
+  local skipped = 0
   if ARGV[8] ~= '' then
     local since = tonumber(ARGV[8])
     if ARGV[9] ~= e and not (ARGV[9] == '' and since == 0) then since = 0 end
     local count = math.min(seq - 1 - since, tonumber(ARGV[10]))
-    if count > 0 then
-      local upto = '+'
-      if id then upto = '(' .. id end
-      entries = redis.call('XREVRANGE', log, upto, '-', 'COUNT', count)
+    local budget = tonumber(ARGV[11])
+    local upto = '+'
+    if id then upto = '(' .. id end
+    local bytes = 0
+    while count > 0 do
+      local page = redis.call('XREVRANGE', log, upto, '-', 'COUNT', 1)
+      local entry = page[1]
+      if not entry then break end
+      local size = 0
+      for _, v in ipairs(entry[2]) do size = size + #v end
+      if bytes + size > budget then
+        skipped = count
+        break
+      end
+      bytes = bytes + size
+      table.insert(entries, entry)
+      count = count - 1
+      upto = '(' .. entry[1]
     end
   end
   -- The entry before the JOIN: a reader that starts after it reads the JOIN.
@@ -134,7 +152,7 @@ elseif op == 'join' then
   if before[1] then last = before[1][1] end
   local said = 0
   if announced then said = 1 end
-  return {seq, e, names, entries, last, said}
+  return {seq, e, names, entries, last, said, skipped}
 elseif op == 'leave' then
   -- ARGV[5] member ("instance:id"), ARGV[6] name. Announced only by the
   -- first to remove it (the instance, or another's reaping).

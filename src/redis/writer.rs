@@ -197,6 +197,7 @@ fn exchange(
                 id,
                 name,
                 resume,
+                replay_room,
                 ..
             } => {
                 let (since, epoch) = match resume {
@@ -204,7 +205,16 @@ fn exchange(
                     None => (String::new(), ""),
                 };
                 let tag = shared.tag(*id);
-                let args = [tag.as_str(), name, &presence, &since, epoch, &history];
+                let room = replay_room.to_string();
+                let args = [
+                    tag.as_str(),
+                    name,
+                    &presence,
+                    &since,
+                    epoch,
+                    &history,
+                    &room,
+                ];
                 link.script(room_name, "join", &limits, &args)?;
             }
             Command::Leave { room, id, name } => {
@@ -422,12 +432,26 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
     replay.reverse();
     let last = StreamId::parse(fields.next()?.as_str()?)?;
     let announced = fields.next()?.as_int()? == 1;
+    let skipped = fields.next()?.as_int()?;
     // Complete when, in the same epoch, every entry after `since` came back.
     let recovered = resume.is_some_and(|r| {
         let same_epoch = r.epoch == epoch || r.epoch.is_empty() && r.since == 0;
         let since = if same_epoch { r.since } else { 0 };
         same_epoch && replay.len() as u64 == seq.saturating_sub(1).saturating_sub(since)
     });
+    if skipped > 0 {
+        // More than the member takes at once: its newest part, said so.
+        let from = replay.first().map_or(seq, |m| m.seq);
+        let note = Message {
+            kind: crate::proto::chat::message::Kind::ERROR.into(),
+            text: format!(
+                "replay from {from}: the {skipped} entries before it are more than \
+                 this connection takes at once"
+            ),
+            ..Default::default()
+        };
+        replay.insert(0, note);
+    }
     let own = (!name.is_empty()).then(|| Message {
         sender: name.to_owned(),
         kind: crate::proto::chat::message::Kind::JOIN.into(),
