@@ -304,6 +304,12 @@ impl Identity {
         })
     }
 
+    /// Whether the token's `exp` has come: nothing it says is taken from
+    /// then on, whatever the timers that end its connection have done yet.
+    pub fn has_expired(&self) -> bool {
+        unix_now() >= self.expires
+    }
+
     /// How long until the token expires (zero if it has).
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.expires.saturating_sub(unix_now()))

@@ -752,3 +752,63 @@ fn a_redis_replay_is_read_within_what_the_member_takes() {
         "{slowest:?}"
     );
 }
+
+/// Seen in the code: nothing a member says once its token's `exp` has come
+/// is published, whatever the timers that end its connection have done.
+#[test]
+fn nothing_said_after_a_tokens_expiry_is_published() {
+    use std::io::Write as _;
+    let secret = secret_file("expiry");
+    let server = serve(&[
+        "--auth-secret-file",
+        secret.to_str().unwrap(),
+        "--auth-leeway",
+        "0s",
+    ]);
+    let ws = server.ws.clone().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now + 2;
+    let mut watcher = ws_member(
+        &ws,
+        &signed(r#"{"alg":"HS256"}"#, r#"{"sub":"bob","exp":4000000000}"#),
+    );
+    let short = signed(
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"sub":"ana","exp":{exp}}}"#),
+    );
+    let (mut ana, _) =
+        common::connect(format!("ws://{ws}/chat?room=geral&token={short}").as_str()).unwrap();
+    let frame = common::client_frame(0x81, br#"{"text":"oi"}"#, true);
+    let start = std::time::Instant::now();
+    // Written raw, so the talking goes on past the close, as a client
+    // that does not read would.
+    if let MaybeTlsStream::Plain(socket) = ana.get_mut() {
+        while start.elapsed() < std::time::Duration::from_millis(3500) {
+            if socket.write_all(&frame).is_err() {
+                break;
+            }
+            // Within the rate limit (100 a second).
+            std::thread::sleep(std::time::Duration::from_millis(12));
+        }
+    }
+    if let MaybeTlsStream::Plain(s) = watcher.get_ref() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+    }
+    let mut said = 0;
+    while let Ok(Message::Text(json)) = watcher.read() {
+        let m: ChatMessage = protobuf_json_mapping::parse_from_str(json.as_str()).unwrap();
+        if kind(&m) == Kind::MESSAGE && m.sender == "ana" {
+            said += 1;
+            assert!(
+                m.timestamp_ms < exp as i64 * 1000,
+                "published {} ms after exp",
+                m.timestamp_ms - exp as i64 * 1000
+            );
+        }
+    }
+    assert!(said > 10, "{said} messages before the expiry");
+}

@@ -76,20 +76,23 @@ impl Engine for Memory {
         done: Option<Done>,
     ) -> Result<u64, Refusal> {
         let mut room = super::room::lock_room(room);
-        // A closed room is no longer the hub's; a member dropped for being
-        // slow no longer speaks here.
-        let gone = room.closed || from.is_some_and(|id| !room.has_member(id));
-        let seq = if gone {
-            0
+        // A closed room is no longer the hub's: a service's message to it
+        // is not taken (the hub looks again before it comes here, so only a
+        // sweep in between gets here); a member dropped for being slow no
+        // longer speaks.
+        let said = if room.closed && from.is_none() {
+            Err(Refusal::Unavailable)
+        } else if room.closed || from.is_some_and(|id| !room.has_member(id)) {
+            Ok(0)
         } else {
             room.expire_if_idle(self.history_ttl);
-            room.publish(message)
+            Ok(room.publish(message))
         };
         drop(room);
         if let Some(done) = done {
-            done(Ok(seq));
+            done(said.clone());
         }
-        Ok(seq)
+        said
     }
 
     fn join(

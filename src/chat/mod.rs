@@ -139,7 +139,7 @@ pub struct Resume {
 }
 
 /// Why a text was not said; nothing was published.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Longer than [`ChatConfig::max_text`].
     TooLong { max: usize },
@@ -400,7 +400,14 @@ impl Hub {
         if !self.engine.is_up() {
             return Err(Refusal::Unavailable);
         }
-        let found = lock(&self.rooms).get(room).cloned();
+        let found = loop {
+            let found = lock(&self.rooms).get(room).cloned();
+            // Let go of by a sweep since the look-up: look again.
+            match found {
+                Some(room) if self.engine.local_log() && lock_room(&room).closed => continue,
+                found => break found,
+            }
+        };
         let room = match found {
             Some(room) => room,
             None if self.rooms_outlive_members() => self.room(room)?,

@@ -680,3 +680,32 @@ fn a_replay_larger_than_the_member_takes_is_its_newest_part_and_says_so() {
     assert_eq!(all.texts().len(), 30);
     assert!(lock(&all.messages).last().unwrap().recovered);
 }
+
+#[test]
+fn a_message_racing_its_rooms_sweep_is_numbered_or_refused_never_dropped() {
+    // Rooms idle at once, and swept on every new room (the hub is full):
+    // publishers and sweeps race all the time.
+    let hub = Hub::new(ChatConfig {
+        history_ttl: Duration::ZERO,
+        max_rooms: 3,
+        ..unlimited()
+    });
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let hub = Arc::clone(&hub);
+            thread::spawn(move || {
+                let mut dropped = 0;
+                for n in 0..3000 {
+                    match hub.publish(&format!("r{}", (n + t) % 6), "svc", "oi") {
+                        Ok(0) => dropped += 1,
+                        Ok(_) | Err(Refusal::TooManyRooms { .. } | Refusal::Unavailable) => {}
+                        Err(other) => panic!("{other:?}"),
+                    }
+                }
+                dropped
+            })
+        })
+        .collect();
+    let dropped: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(dropped, 0, "answered as said, yet not numbered");
+}

@@ -438,6 +438,14 @@ impl ChatServer {
                         let _ = speaker.refused.set(read_only());
                         break;
                     }
+                    if identity.as_ref().is_some_and(Identity::has_expired) {
+                        let expired = RpcStatus::with_message(
+                            RpcStatusCode::UNAUTHENTICATED,
+                            "token expired".into(),
+                        );
+                        let _ = speaker.refused.set(expired);
+                        break;
+                    }
                     if !message.text.is_empty() {
                         server.metrics.grpc.received(message.text.len());
                         if let Err(refusal) = member.say(&message.text) {

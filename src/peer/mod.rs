@@ -85,6 +85,8 @@ pub struct Peer {
     /// The close frame went out and the write side is shut: the peer has
     /// until the keepalive's grace to close its side.
     lingering: AtomicBool,
+    /// A close frame is queued or sent: nothing the peer says counts now.
+    closing: AtomicBool,
 }
 
 /// What a flush step left behind.
@@ -189,6 +191,7 @@ impl Peer {
             expired: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
             lingering: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -383,6 +386,7 @@ impl Peer {
             return;
         }
         out.closing = true;
+        self.closing.store(true, Ordering::Release);
         let keep = usize::from(out.written > 0);
         out.frames.truncate(keep);
         out.bytes = out.frames.iter().map(|f| f.len()).sum();
@@ -453,6 +457,12 @@ impl Peer {
         self.lingering.store(true, Ordering::Release);
     }
 
+    /// Whether papo is closing the connection (a close frame is queued or
+    /// out): what the peer sends now is not acted on.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Whether the close frame is out and the peer is awaited.
     pub fn lingering(&self) -> bool {
         self.lingering.load(Ordering::Acquire)
@@ -482,6 +492,7 @@ impl Peer {
             drop(out);
             std::thread::sleep(LINGER_POLL);
         }
+        self.closing.store(true, Ordering::Release);
         if !self.lingering() {
             let mut out = lock(&self.out);
             out.closing = true;

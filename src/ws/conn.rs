@@ -23,6 +23,7 @@ use super::member::{self, WsMember};
 use super::{
     Shared, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
 };
+use crate::auth::Identity;
 use crate::chat::{JoinLimited, SendError, WS_REPLY_PREFIX};
 use crate::lock;
 use crate::metrics::CloseReason;
@@ -219,6 +220,9 @@ fn serve_upgraded<'a>(
                 }
             };
             message_loop(ws, peer, shared, |m| {
+                if identity.as_ref().is_some_and(Identity::has_expired) {
+                    return Action::Close(CloseCode::Policy, "token expired".into());
+                }
                 member::on_message(&member, &room, may_speak, &subscriber, &shared.metrics, m)
             })
         }
@@ -449,6 +453,11 @@ fn message_loop(
         }
         if !matches!(message, Message::Text(_) | Message::Binary(_)) {
             // Pings are answered and close handshakes completed by tungstenite.
+            continue;
+        }
+        if peer.is_closing() {
+            // Its close frame is on the way: what it still sends is read
+            // away, never acted on.
             continue;
         }
         traffic.received(message.len());
