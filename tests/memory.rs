@@ -40,6 +40,10 @@ const FLOOD_MESSAGES: usize = 60;
 const FORGED_GRPC: usize = 8;
 const IDLE_GRPC_CONNECTIONS: usize = 200;
 const STREAMS_PER_CONNECTION: usize = 5;
+const GZIP_BOMBS: usize = 2;
+const SILENT_MEMBERS: usize = 20;
+const NEW_ROOMS: usize = 2000;
+const REJOINS: usize = 300;
 
 /// A masked client frame of any length.
 fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
@@ -148,8 +152,13 @@ fn the_attacks_together_stay_under_the_documented_bound() {
             (client, watches)
         })
         .collect();
+    // A6: chat members that stop reading, for a text of control
+    // characters (six times its size as JSON) said in their room.
+    let silent: Vec<_> = (0..SILENT_MEMBERS)
+        .map(|n| raw_upgrade(ws, &format!("/chat?room=ctl&name=s{n}"), "").0)
+        .collect();
     let start = Arc::new(Barrier::new(
-        UNFINISHED_WS + AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC + 1,
+        UNFINISHED_WS + AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC + GZIP_BOMBS + 4,
     ));
     for _ in 0..UNFINISHED_WS {
         let (done, start) = (Arc::clone(&done), Arc::clone(&start));
@@ -196,6 +205,68 @@ fn the_attacks_together_stay_under_the_documented_bound() {
             let _ = client.send_message(&forged);
         }));
     }
+    // A5: messages that inflate a thousandfold, compressed.
+    for _ in 0..GZIP_BOMBS {
+        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        attackers.push(thread::spawn(move || {
+            let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+            let channel = ChannelBuilder::new(env)
+                .max_send_message_len(-1)
+                .default_compression_algorithm(grpcio::CompressionAlgorithms::GRPC_COMPRESS_GZIP)
+                .connect(&grpc);
+            let bomb = ChatMessage {
+                sender: "bomb".into(),
+                room: "heavy".into(),
+                text: "a".repeat(100 << 20),
+                ..Default::default()
+            };
+            start.wait();
+            assert!(ChatServiceClient::new(channel).send_message(&bomb).is_err());
+        }));
+    }
+    {
+        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        attackers.push(thread::spawn(move || {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let control = ChatMessage {
+                sender: "svc".into(),
+                room: "ctl".into(),
+                text: "\u{1}".repeat(MAX_MESSAGE / 6 - 1024),
+                ..Default::default()
+            };
+            start.wait();
+            client
+                .send_message(&control)
+                .expect("a text whose JSON fits");
+        }));
+    }
+    // A7: many new rooms, each kept for the history TTL.
+    {
+        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        attackers.push(thread::spawn(move || {
+            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            start.wait();
+            for n in 0..NEW_ROOMS {
+                let message = ChatMessage {
+                    sender: "svc".into(),
+                    room: format!("new{n}"),
+                    text: "oi".into(),
+                    ..Default::default()
+                };
+                let _ = client.send_message(&message);
+            }
+        }));
+    }
+    // A8: a member that reconnects in a loop.
+    {
+        let start = Arc::clone(&start);
+        attackers.push(thread::spawn(move || {
+            start.wait();
+            for _ in 0..REJOINS {
+                drop(raw_upgrade(ws, "/chat?room=heavy&name=churn", ""));
+            }
+        }));
+    }
     start.wait();
     let began = Instant::now();
     for attacker in attackers {
@@ -217,18 +288,24 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     // the rooms' logs' budget, the largest messages in hand at once (every attacking sender's, on
     // either protocol, as received and as parsed), each room's shared queue
     // bytes, and a fixed cost per connection.
-    let senders = (AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC) as u64;
+    let senders = (AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC + GZIP_BOMBS + 2) as u64;
     let connections = (UNFINISHED_WS
         + AMPLIFYING_WS
         + STUCK_SUBSCRIBERS
         + FLOOD_SENDERS
         + FORGED_GRPC
-        + IDLE_GRPC_CONNECTIONS) as u64;
+        + IDLE_GRPC_CONNECTIONS
+        + GZIP_BOMBS
+        + SILENT_MEMBERS
+        + 2) as u64;
     let per_connection = 256 << 10;
+    // Two rooms' shared queue bytes (the flood's and the control text's),
+    // and what each new room costs besides its log.
+    let rooms = 2 * 2 * (MAX_MESSAGE as u64 + 1024) + NEW_ROOMS as u64 * 1024;
     let bound = INBOUND_BUDGET
         + HISTORY_BUDGET
         + senders * 2 * MAX_MESSAGE as u64
-        + 2 * (MAX_MESSAGE as u64 + 1024) * 2
+        + rooms
         + connections * per_connection;
     assert!(
         grown <= bound,
@@ -254,7 +331,7 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     for holder in holders {
         holder.join().unwrap();
     }
-    drop((subscribers, idle));
+    drop((subscribers, idle, silent));
 }
 
 #[test]
