@@ -5,13 +5,15 @@
 //!
 //! `PAPO_SERVE_BIN=path/to/an/older/papo cargo test --release --test memory
 //! -- --nocapture` holds another build to the same attacks and prints its peak.
+//! The attacks run against a plaintext server and against a TLS one.
 
 mod common;
 
-use common::{chat_client, connect, raw_upgrade, serve, status_kib};
+use common::{connect, serve, status_kib, upgrade_request, SOON};
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -65,13 +67,97 @@ fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The server under attack: its ports, and the CA that signed its
+/// certificate when it speaks TLS.
+#[derive(Clone)]
+struct Target {
+    ws: SocketAddr,
+    grpc: String,
+    ca: Option<PathBuf>,
+}
+
+/// A WebSocket client's socket, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Target {
+    /// A raw WebSocket on `path`, past its `101` (`None`: refused).
+    fn upgrade(&self, path: &str) -> Option<Stream> {
+        let socket = TcpStream::connect(self.ws).ok()?;
+        socket.set_read_timeout(Some(SOON)).ok()?;
+        let mut stream = match &self.ca {
+            None => Stream::Plain(socket),
+            Some(ca) => {
+                let config = papo::tls::client_config(Some(ca)).ok()?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+                let session = rustls::ClientConnection::new(config, name).ok()?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(session, socket)))
+            }
+        };
+        stream.write_all(upgrade_request(path).as_bytes()).ok()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).ok()? == 1 {
+            head.push(byte[0]);
+        }
+        head.starts_with(b"HTTP/1.1 101").then_some(stream)
+    }
+
+    /// A gRPC client on a connection of its own, whose window stays small.
+    fn channel(&self) -> grpcio::Channel {
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        let builder = ChannelBuilder::new(env)
+            .use_local_subchannel_pool(true)
+            .http2_bdp_probe(false)
+            .stream_initial_window_size(64 << 10)
+            .max_receive_message_len(64 << 20)
+            .max_send_message_len(-1);
+        self.secured(builder).connect(&self.grpc)
+    }
+
+    fn secured(&self, builder: ChannelBuilder) -> ChannelBuilder {
+        let tls = papo::client::ClientTls {
+            grpc: self.ca.is_some(),
+            ca: self.ca.clone(),
+            identity: None,
+        };
+        papo::client::grpc_tls(builder, &tls).expect("the CA")
+    }
+}
+
 /// A3: most of a largest message, fragmented, never finished; kept alive
 /// with unsolicited pongs until `done`.
-fn hold_unfinished_message(ws: SocketAddr, done: &AtomicBool) {
-    let (mut stream, status) = raw_upgrade(ws, "/ws", "");
-    if !status.starts_with("HTTP/1.1 101") {
+fn hold_unfinished_message(target: &Target, done: &AtomicBool) {
+    let Some(mut stream) = target.upgrade("/ws") else {
         return;
-    }
+    };
     let chunk = vec![b'x'; 64 << 10];
     let frames = MAX_MESSAGE / chunk.len() - 1;
     for n in 0..frames {
@@ -89,12 +175,11 @@ fn hold_unfinished_message(ws: SocketAddr, done: &AtomicBool) {
 }
 
 /// A4: one largest message of `{"members": ["", "", …]}` into a room.
-fn send_amplifying_json(ws: SocketAddr, n: usize) {
+fn send_amplifying_json(target: &Target, n: usize) {
     let path = format!("/chat?room=amp&name=a{n}");
-    let (mut stream, status) = raw_upgrade(ws, &path, "");
-    if !status.starts_with("HTTP/1.1 101") {
+    let Some(mut stream) = target.upgrade(&path) else {
         return;
-    }
+    };
     let mut json = String::from(r#"{"members":["""#);
     while json.len() < MAX_MESSAGE - 16 {
         json.push_str(r#","""#);
@@ -120,10 +205,42 @@ fn narrow_channel(addr: &str) -> grpcio::Channel {
 
 #[test]
 fn the_attacks_together_stay_under_the_documented_bound() {
-    let server = serve(&[]);
+    attacks_together(false);
+}
+
+#[test]
+fn the_attacks_together_over_tls_stay_under_the_documented_bound() {
+    attacks_together(true);
+}
+
+/// One attack at a time: each measures its own server's peak, and two at
+/// once would starve each other of the machine's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn attacks_together(tls: bool) {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = std::env::temp_dir().join(format!("papo-memory-tls-{}", std::process::id()));
+    let files = tls.then(|| papo::devcert::write(&dir, &[]).expect("dev-cert"));
+    let args: Vec<String> = match &files {
+        Some(f) => [
+            "--tls-cert",
+            f.cert.to_str().unwrap(),
+            "--tls-key",
+            f.key.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        None => Vec::new(),
+    };
+    let server = serve(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let pid = server.child.id();
-    let ws: SocketAddr = server.ws.as_deref().unwrap().parse().unwrap();
-    let grpc = server.grpc.clone().unwrap();
+    let target = Target {
+        ws: server.ws.as_deref().unwrap().parse().unwrap(),
+        grpc: server.grpc.clone().unwrap(),
+        ca: files.as_ref().map(|f| f.ca.clone()),
+    };
     let baseline = status_kib(pid, "VmRSS:") * 1024;
     let done = Arc::new(AtomicBool::new(false));
     let mut holders = Vec::new();
@@ -131,7 +248,7 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     // A1: gRPC members that stop reading, then a flood into their room.
     let subscribers: Vec<_> = (0..STUCK_SUBSCRIBERS)
         .map(|n| {
-            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let client = ChatServiceClient::new(target.channel());
             let request = SubscribeRequest {
                 room: "heavy".into(),
                 name: format!("stuck{n}"),
@@ -145,7 +262,7 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     // A2: idle connections with open streams.
     let idle: Vec<_> = (0..IDLE_GRPC_CONNECTIONS)
         .map(|_| {
-            let client = HealthClient::new(narrow_channel(&grpc));
+            let client = HealthClient::new(target.channel());
             let watches: Vec<_> = (0..STREAMS_PER_CONNECTION)
                 .filter_map(|_| client.watch(&HealthCheckRequest::default()).ok())
                 .collect();
@@ -155,30 +272,30 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     // A6: chat members that stop reading, for a text of control
     // characters (six times its size as JSON) said in their room.
     let silent: Vec<_> = (0..SILENT_MEMBERS)
-        .map(|n| raw_upgrade(ws, &format!("/chat?room=ctl&name=s{n}"), "").0)
+        .map(|n| target.upgrade(&format!("/chat?room=ctl&name=s{n}")))
         .collect();
     let start = Arc::new(Barrier::new(
         UNFINISHED_WS + AMPLIFYING_WS + FLOOD_SENDERS + FORGED_GRPC + GZIP_BOMBS + 4,
     ));
     for _ in 0..UNFINISHED_WS {
-        let (done, start) = (Arc::clone(&done), Arc::clone(&start));
+        let (done, start, target) = (Arc::clone(&done), Arc::clone(&start), target.clone());
         holders.push(thread::spawn(move || {
             start.wait();
-            hold_unfinished_message(ws, &done);
+            hold_unfinished_message(&target, &done);
         }));
     }
     let mut attackers = Vec::new();
     for n in 0..AMPLIFYING_WS {
-        let start = Arc::clone(&start);
+        let (start, target) = (Arc::clone(&start), target.clone());
         attackers.push(thread::spawn(move || {
             start.wait();
-            send_amplifying_json(ws, n);
+            send_amplifying_json(&target, n);
         }));
     }
     for _ in 0..FLOOD_SENDERS {
-        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        let (target, start) = (target.clone(), Arc::clone(&start));
         attackers.push(thread::spawn(move || {
-            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let client = ChatServiceClient::new(target.channel());
             let text = "x".repeat(MIB as usize);
             start.wait();
             for _ in 0..FLOOD_MESSAGES {
@@ -193,9 +310,9 @@ fn the_attacks_together_stay_under_the_documented_bound() {
         }));
     }
     for _ in 0..FORGED_GRPC {
-        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        let (target, start) = (target.clone(), Arc::clone(&start));
         attackers.push(thread::spawn(move || {
-            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let client = ChatServiceClient::new(target.channel());
             let forged = ChatMessage {
                 sender: "svc".into(),
                 members: vec![String::new(); MAX_MESSAGE / 2 - 64],
@@ -207,13 +324,13 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     }
     // A5: messages that inflate a thousandfold, compressed.
     for _ in 0..GZIP_BOMBS {
-        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        let (target, start) = (target.clone(), Arc::clone(&start));
         attackers.push(thread::spawn(move || {
             let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-            let channel = ChannelBuilder::new(env)
+            let builder = ChannelBuilder::new(env)
                 .max_send_message_len(-1)
-                .default_compression_algorithm(grpcio::CompressionAlgorithms::GRPC_COMPRESS_GZIP)
-                .connect(&grpc);
+                .default_compression_algorithm(grpcio::CompressionAlgorithms::GRPC_COMPRESS_GZIP);
+            let channel = target.secured(builder).connect(&target.grpc);
             let bomb = ChatMessage {
                 sender: "bomb".into(),
                 room: "heavy".into(),
@@ -225,9 +342,9 @@ fn the_attacks_together_stay_under_the_documented_bound() {
         }));
     }
     {
-        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        let (target, start) = (target.clone(), Arc::clone(&start));
         attackers.push(thread::spawn(move || {
-            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let client = ChatServiceClient::new(target.channel());
             let control = ChatMessage {
                 sender: "svc".into(),
                 room: "ctl".into(),
@@ -242,9 +359,9 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     }
     // A7: many new rooms, each kept for the history TTL.
     {
-        let (grpc, start) = (grpc.clone(), Arc::clone(&start));
+        let (target, start) = (target.clone(), Arc::clone(&start));
         attackers.push(thread::spawn(move || {
-            let client = ChatServiceClient::new(narrow_channel(&grpc));
+            let client = ChatServiceClient::new(target.channel());
             start.wait();
             for n in 0..NEW_ROOMS {
                 let message = ChatMessage {
@@ -259,11 +376,11 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     }
     // A8: a member that reconnects in a loop.
     {
-        let start = Arc::clone(&start);
+        let (start, target) = (Arc::clone(&start), target.clone());
         attackers.push(thread::spawn(move || {
             start.wait();
             for _ in 0..REJOINS {
-                drop(raw_upgrade(ws, "/chat?room=heavy&name=churn", ""));
+                drop(target.upgrade("/chat?room=heavy&name=churn"));
             }
         }));
     }
@@ -277,7 +394,8 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     let peak = status_kib(pid, "VmHWM:") * 1024;
     let grown = peak.saturating_sub(baseline);
     println!(
-        "baseline RSS {} MiB, peak RSS {} MiB (+{} MiB) after {:?}",
+        "{}: baseline RSS {} MiB, peak RSS {} MiB (+{} MiB) after {:?}",
+        if tls { "TLS" } else { "plaintext" },
         baseline / MIB,
         peak / MIB,
         grown / MIB,
@@ -315,10 +433,25 @@ fn the_attacks_together_stay_under_the_documented_bound() {
     );
 
     // Still serving: a fresh client on each protocol.
-    let (mut fresh, _) = connect(format!("ws://{ws}/ws")).expect("a fresh WebSocket client");
+    let mut fresh = match &target.ca {
+        None => {
+            connect(format!("ws://{}/ws", target.ws))
+                .expect("a fresh WebSocket client")
+                .0
+        }
+        Some(ca) => {
+            let tls = papo::client::ClientTls {
+                grpc: false,
+                ca: Some(ca.clone()),
+                identity: None,
+            };
+            papo::client::ws_connect(&format!("wss://localhost:{}/ws", target.ws.port()), &tls)
+                .expect("a fresh wss client")
+        }
+    };
     fresh.send(Message::text("ainda aí?")).unwrap();
     assert!(matches!(fresh.read(), Ok(Message::Text(t)) if t.as_str() == "Recebido: ainda aí?"));
-    let reply = chat_client(&grpc)
+    let reply = ChatServiceClient::new(target.channel())
         .send_message(&ChatMessage {
             sender: "Alice".into(),
             text: "Olá".into(),
@@ -332,10 +465,14 @@ fn the_attacks_together_stay_under_the_documented_bound() {
         holder.join().unwrap();
     }
     drop((subscribers, idle, silent));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn grpc_members_share_one_copy_of_each_message() {
+    let _alone = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // No room log: only what the members hold is measured.
     let server = serve(&["--history", "0"]);
     let pid = server.child.id();
