@@ -519,9 +519,9 @@ fn a_logged_message_weighs_at_least_what_it_keeps() {
         // The WebSocket frame adds a header of at most ten bytes.
         let kept = kept + json.len() + 10 + protobuf.len();
         assert!(
-            room::weight(&delivery) >= kept,
+            budget::weight(&delivery) >= kept,
             "weighs {} for {kept} kept",
-            room::weight(&delivery)
+            budget::weight(&delivery)
         );
     }
 }

@@ -1,0 +1,117 @@
+//! The chat core's words, shared by the hub, its rooms and the engines: a
+//! message as delivered, a member's way out, where a joiner stopped, and
+//! why a text was not said.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::proto::chat::Message;
+
+/// A message as delivered: shared by every member of the room, with a slot
+/// per wire encoding, so that fan-out encodes it once per protocol and every
+/// member's queue holds the same bytes.
+pub struct Delivery {
+    pub message: Message,
+    encoded: [OnceLock<Arc<[u8]>>; 2],
+}
+
+/// The wire encodings a message is delivered in.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoding {
+    /// A WebSocket text frame of JSON.
+    WsJson = 0,
+    /// A serialized protobuf `Message`, as a gRPC stream sends it.
+    Protobuf = 1,
+}
+
+impl Delivery {
+    pub(super) fn new(message: Message) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            message,
+            encoded: Default::default(),
+        })
+    }
+
+    /// The message in `encoding`, computed by the first caller.
+    pub fn encoded(
+        &self,
+        encoding: Encoding,
+        encode: impl FnOnce(&Message) -> Vec<u8>,
+    ) -> Arc<[u8]> {
+        let slot = &self.encoded[encoding as usize];
+        Arc::clone(slot.get_or_init(|| encode(&self.message).into()))
+    }
+}
+
+/// Why a message was not queued for a member (or a frame for a peer).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is at its bound: the receiver is too slow.
+    Full,
+    /// The receiver is gone, or its connection is closing.
+    Closed,
+}
+
+/// Bytes kept, below the largest message, for what wraps a text on its way
+/// out (sender, room, numbers, a reply's prefix): a text that was taken in
+/// always fits out, whatever the protocol.
+pub const ENVELOPE: usize = 1024;
+
+/// Where a joining member stopped: the last `seq` it saw, in `epoch` (an
+/// empty epoch with `since` 0 asks for everything the room keeps).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: String,
+}
+
+/// Why a text was not said; nothing was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Longer than [`ChatConfig::max_text`].
+    TooLong { max: usize },
+    /// Over the member's (or connection's) rate limit.
+    RateLimited,
+    /// The engine that keeps rooms' logs cannot be reached.
+    Unavailable,
+    /// A new room, and the hub holds its most rooms already.
+    TooManyRooms { max: usize },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooLong { max } => write!(f, "text longer than {max} bytes"),
+            Refusal::RateLimited => f.write_str("rate limit"),
+            Refusal::Unavailable => f.write_str("chat engine unavailable: try again later"),
+            Refusal::TooManyRooms { max } => {
+                write!(
+                    f,
+                    "room limit reached: this server holds at most {max} rooms"
+                )
+            }
+        }
+    }
+}
+
+/// A member's way out: a bounded queue in front of a connection.
+pub trait Subscriber: Send + Sync {
+    /// Queues `delivery` without blocking.
+    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError>;
+    /// Queues a message of a replay (a resuming member's missed messages):
+    /// like `deliver`, but the queue's count bound does not apply, only its
+    /// byte bound.
+    fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
+        self.deliver(delivery)
+    }
+    /// Bytes of a replay it can queue now (a replay larger is cut to its
+    /// newest part, and the member told).
+    fn replay_room(&self) -> usize {
+        usize::MAX
+    }
+    /// The hub dropped this subscriber because its queue was full. Called
+    /// once, under the room's lock: it must not block either.
+    fn evicted(&self);
+    /// A message this member said was not taken after all (a shared
+    /// engine failed to append it): tell the member why. Must not block.
+    fn not_said(&self, _why: &Refusal) {}
+}
