@@ -6,6 +6,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -359,6 +360,17 @@ pub fn hand_to_grpc(server: &mut grpcio::Server, socket: TcpStream) -> io::Resul
     // closing it does not touch C-core's.
     unsafe { server.add_channel_from_fd(fd) };
     Ok(watch)
+}
+
+/// Hands one end of a socket pair to C-core, to serve as a connection (the
+/// plaintext side of a TLS connection papo terminates).
+pub fn hand_stream_to_grpc(server: &mut grpcio::Server, socket: UnixStream) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+    // SAFETY: `fd` is a connected stream socket whose ownership moves to
+    // C-core here: nothing else reads, writes, shuts down or closes it.
+    unsafe { server.add_channel_from_fd(fd) };
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -36,14 +36,13 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// The material read from the files, in the forms each server takes.
+/// The material read from the files, as each port's rustls takes it.
 pub struct Material {
-    /// For the WebSocket port (rustls).
+    /// For the WebSocket port: HTTP/1.1.
     pub ws: Arc<ServerConfig>,
-    /// For the gRPC port (C-core takes PEM).
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    pub grpc_client_ca_pem: Option<Vec<u8>>,
+    /// For the gRPC port: HTTP/2, and a client certificate signed by the
+    /// client CA when one is given (mutual TLS).
+    pub grpc: Arc<ServerConfig>,
 }
 
 /// The provider every TLS endpoint of papo uses: rustls's `ring`.
@@ -88,18 +87,22 @@ impl TlsFiles {
         let key_pem = read(&self.key, "key file")?;
         let certs = certificates(&cert_pem, &self.cert)?;
         let key = private_key(&key_pem, &self.key)?;
-        let mut ws = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(VERSIONS)
-            .map_err(|e| TlsError(format!("TLS setup: {e}")))?
+        let mismatched = |e: rustls::Error| {
+            TlsError(format!(
+                "{} and {} do not make a certificate and its key: {e}",
+                self.cert.display(),
+                self.key.display()
+            ))
+        };
+        let builder = || {
+            ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(VERSIONS)
+                .map_err(|e| TlsError(format!("TLS setup: {e}")))
+        };
+        let mut ws = builder()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                TlsError(format!(
-                    "{} and {} do not make a certificate and its key: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                ))
-            })?;
+            .with_single_cert(certs.clone(), key.clone_key())
+            .map_err(mismatched)?;
         ws.alpn_protocols = vec![b"http/1.1".to_vec()];
         // No TLS 1.3 session tickets: they arrive after the handshake, while
         // the client is already writing its request, and a client that reads
@@ -107,19 +110,30 @@ impl TlsFiles {
         // sync client does) loses its request to that race now and then.
         // Resumption would save one handshake's CPU per reconnect.
         ws.send_tls13_tickets = 0;
-        let grpc_client_ca_pem = match &self.grpc_client_ca {
+        let grpc = match &self.grpc_client_ca {
             Some(path) => {
                 let pem = read(path, "client CA file")?;
-                certificates(&pem, path)?;
-                Some(pem)
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certificates(&pem, path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
+                builder()?.with_client_cert_verifier(verifier)
             }
-            None => None,
+            None => builder()?.with_no_client_auth(),
         };
+        let mut grpc = grpc.with_single_cert(certs, key).map_err(mismatched)?;
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Material {
             ws: Arc::new(ws),
-            cert_pem,
-            key_pem,
-            grpc_client_ca_pem,
+            grpc: Arc::new(grpc),
         })
     }
 }

@@ -548,6 +548,8 @@ fn silent_grpc_connections_are_closed_at_the_handshake_timeout() {
         "--no-ws",
         "--handshake-timeout",
         "1s",
+        "--grpc-max-connections",
+        "20",
         "--tls-cert",
         files.cert.to_str().unwrap(),
         "--tls-key",
@@ -567,6 +569,28 @@ fn silent_grpc_connections_are_closed_at_the_handshake_timeout() {
         "{:?}",
         start.elapsed()
     );
+    // And the cap holds over TLS: twenty silent sockets fill it, the next
+    // connection is closed at once, and a client is served once they are gone.
+    let silent: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut past = std::net::TcpStream::connect(&addr).unwrap();
+    past.set_read_timeout(Some(SOON)).unwrap();
+    let refused_at = std::time::Instant::now();
+    assert!(matches!(past.read(&mut [0; 16]), Ok(0)), "closed");
+    assert!(refused_at.elapsed() < std::time::Duration::from_millis(500));
+    drop(silent);
+    let secure = papo::client::ClientTls {
+        grpc: true,
+        ca: Some(files.ca.clone()),
+        identity: None,
+    };
+    let channel = papo::client::grpc_channel(&addr, &secure).unwrap();
+    let client = papo::proto::chat_grpc::ChatServiceClient::new(channel);
+    common::eventually(SOON, "a TLS client served", || {
+        client.send_message(&small).is_ok()
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,7 +4,8 @@
 //! those past `--grpc-max-connections`, and hands a connection to C-core
 //! once its HTTP/2 preface and settings have come (peeked, not read), or
 //! closes it when they have not within `--handshake-timeout`: a socket that
-//! never speaks holds a place for that long only. It learns that C-core is
+//! never speaks holds a place for that long only. Over TLS each connection
+//! gets a relay of its own (`relay`), counted against the same limit. It learns that C-core is
 //! done with a connection from a second descriptor of its socket, polled
 //! for hang-up only: C-core shuts a connection down both ways before it
 //! closes it.
@@ -14,7 +15,7 @@ use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use super::preface::{self, Preface};
+use super::relay::{Place, Relay};
 use crate::metrics::Metrics;
 use crate::sys::{self, Epoll};
+use crate::tls::Tls;
 use crate::{lock, ws};
 
 /// Epoll tokens: the listener, the stop signal, then one per connection.
@@ -48,6 +51,9 @@ pub(super) struct Listening {
     pub server: Arc<Mutex<grpcio::Server>>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Over TLS, each connection is a relay of its own (see `relay`).
+    pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -70,6 +76,7 @@ impl Acceptor {
                     waiting: HashMap::new(),
                     deadlines: VecDeque::new(),
                     peeked: vec![0; preface::MOST],
+                    relays: Arc::new(AtomicUsize::new(0)),
                     next_token: FIRST_CONNECTION,
                     refusal_logged: None,
                 }
@@ -107,6 +114,8 @@ struct Loop {
     deadlines: VecDeque<(Instant, u64)>,
     /// Where a waiting connection's first bytes are peeked into.
     peeked: Vec<u8>,
+    /// TLS connections being relayed.
+    relays: Arc<AtomicUsize>,
     next_token: u64,
     refusal_logged: Option<Instant>,
 }
@@ -137,7 +146,7 @@ impl Loop {
 
     /// Connections held by papo or C-core: what the limit counts.
     fn held(&self) -> usize {
-        self.open.len() + self.waiting.len()
+        self.open.len() + self.waiting.len() + self.relays.load(Ordering::Acquire)
     }
 
     /// Takes every connection waiting on the listener.
@@ -157,6 +166,11 @@ impl Loop {
                 self.refuse(max);
                 continue;
             }
+            if let Some(tls) = &self.listening.tls {
+                let config = Arc::clone(&tls.current().grpc);
+                self.relay(socket, config);
+                continue;
+            }
             let token = self.next_token;
             self.next_token += 1;
             // Edge-triggered: woken when more bytes come, not while the
@@ -171,6 +185,34 @@ impl Loop {
             self.waiting.insert(token, socket);
             self.spoke(token);
         }
+    }
+
+    /// Gives a TLS connection a `grpc-tls` thread of its own.
+    fn relay(&mut self, socket: TcpStream, config: Arc<rustls::ServerConfig>) {
+        self.relays.fetch_add(1, Ordering::AcqRel);
+        let place = Place(Arc::clone(&self.relays));
+        let relay = Relay {
+            socket,
+            config,
+            server: Arc::clone(&self.listening.server),
+            handshake_timeout: self.listening.handshake_timeout,
+            write_timeout: self.listening.write_timeout,
+        };
+        let spawned = thread::Builder::new()
+            .name("grpc-tls".into())
+            .stack_size(ws::HELPER_STACK)
+            .spawn(move || relay.run(place));
+        if let Err(e) = spawned {
+            // The closure, and with it the socket and the place, is dropped.
+            if self
+                .refusal_logged
+                .is_none_or(|t| t.elapsed() >= ws::REFUSAL_LOG_INTERVAL)
+            {
+                self.refusal_logged = Some(Instant::now());
+                warn!("grpc TLS connection dropped: cannot start its thread: {e}");
+            }
+        }
+        self.count();
     }
 
     /// A waiting connection sent something: hands it over once its preface
@@ -234,7 +276,7 @@ impl Loop {
     }
 
     fn count(&self) {
-        let open = self.open.len() as u64;
+        let open = (self.open.len() + self.relays.load(Ordering::Acquire)) as u64;
         self.listening
             .metrics
             .grpc_active

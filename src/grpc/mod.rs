@@ -9,7 +9,7 @@
 //! | `preface` | what a connection must send before C-core gets it: the HTTP/2 preface and settings |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
 //! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
-//! | `tls` | gRPC over TLS: C-core's TLS fed papo's certificate, reloads |
+//! | `relay` | gRPC over TLS: papo's TLS (rustls), relayed to C-core in plaintext |
 //! | `corelog` | C-core's own log lines, rate-limited |
 //! | `codec` | its messages on the wire: the size limit, only what a client may send, shared bytes out |
 //! | `health` | `grpc.health.v1.Health`: `Check` and `Watch` |
@@ -21,8 +21,8 @@ mod corelog;
 mod deadline;
 mod health;
 mod preface;
+mod relay;
 mod stream;
-mod tls;
 
 use std::fmt;
 use std::net::TcpListener;
@@ -202,14 +202,11 @@ fn default_poll_threads() -> usize {
 /// C-core's channel argument for the compression algorithms it takes
 /// (`GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET`).
 const COMPRESSION_ALGORITHMS: &std::ffi::CStr = c"grpc.compression_enabled_algorithms_bitset";
-/// `GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS`.
-const SERVER_HANDSHAKE_TIMEOUT: &std::ffi::CStr = c"grpc.server_handshake_timeout_ms";
 
 /// A server builder that tells C-core the limits, for every connection.
 fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
     let args = ChannelBuilder::new(Arc::clone(&env))
-        // Over TLS C-core listens itself, and by default with SO_REUSEPORT,
-        // which would let a second papo silently share a port in use.
+        // papo listens itself; C-core must not open a port of its own.
         .reuse_port(false)
         // No limit in C-core: with none, its message-size filter is left out
         // of every call's path, and `codec` checks what is received (what is
@@ -221,13 +218,6 @@ fn with_limits(env: Arc<Environment>, config: &GrpcConfig) -> ServerBuilder {
         .keepalive_timeout(config.keepalive_timeout)
         // Idle connections are the ones keepalive exists for.
         .keepalive_permit_without_calls(true)
-        // Over TLS C-core accepts: this bounds its handshake and the
-        // client's settings (papo's own accept loop bounds them in
-        // plaintext, before a connection is handed over).
-        .raw_cfg_int(
-            SERVER_HANDSHAKE_TIMEOUT.into(),
-            i32::try_from(config.handshake_timeout.as_millis()).unwrap_or(i32::MAX),
-        )
         // Identity only: C-core would inflate a compressed message whole,
         // past every limit, before papo sees it. A call that names another
         // encoding is refused UNIMPLEMENTED before its message is read, and
@@ -298,32 +288,22 @@ impl GrpcServer {
             .build()
             .map_err(StartError::Create)?;
         let bind_error = || StartError::Bind(addr.to_owned());
-        let (acceptor, port, server) = match tls {
-            // C-core takes over a connection papo accepted only in
-            // plaintext: over TLS its own listener accepts, uncapped.
-            Some(tls) => {
-                let port = server
-                    .add_listening_port(addr, tls::credentials(tls))
-                    .map_err(|_| bind_error())?;
-                server.start();
-                (None, port, Arc::new(Mutex::new(server)))
-            }
-            None => {
-                let (listener, port) =
-                    listen(addr, config.listen_backlog).map_err(|_| bind_error())?;
-                server.start();
-                let server = Arc::new(Mutex::new(server));
-                let acceptor = Acceptor::start(Listening {
-                    listener,
-                    server: Arc::clone(&server),
-                    max_connections: config.max_connections,
-                    handshake_timeout: config.handshake_timeout,
-                    metrics,
-                })
-                .map_err(StartError::Thread)?;
-                (Some(acceptor), port, server)
-            }
-        };
+        // papo listens, in plaintext and over TLS alike (see `accept` and
+        // `relay`): C-core only ever serves connections handed to it.
+        let (listener, port) = listen(addr, config.listen_backlog).map_err(|_| bind_error())?;
+        server.start();
+        let server = Arc::new(Mutex::new(server));
+        let acceptor = Acceptor::start(Listening {
+            listener,
+            server: Arc::clone(&server),
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            write_timeout: config.write_timeout,
+            tls,
+            metrics,
+        })
+        .map_err(StartError::Thread)?;
+        let acceptor = Some(acceptor);
         let addr = format!("{host}:{port}");
         info!("grpc listening on {addr}");
         Ok(GrpcServer {
