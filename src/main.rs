@@ -32,14 +32,15 @@ impl From<CliError> for Failure {
 fn main() -> ExitCode {
     // Quiet by default: start-up lines and warnings; gRPC C-core's own info
     // chatter (poller names, connect back-offs) only when asked for.
-    env_logger::Builder::from_env(
-        env_logger::Env::default()
-            .default_filter_or("info,grpcio=warn,grpc_core=warn,rustls=error"),
-    )
-    .init();
+    // rustls warns of what a peer sends (an IP address as SNI, which gRPC
+    // clients send), once per connection: its errors only, unless RUST_LOG
+    // names rustls itself.
+    env_logger::Builder::new()
+        .filter_module("rustls", log::LevelFilter::Error)
+        .parse_env(env_logger::Env::default().default_filter_or("info,grpcio=warn,grpc_core=warn"))
+        .init();
     // gRPC C-core logs through `log` too (target `grpc_core`), at the level
-    // RUST_LOG allows. rustls warns of what a peer sends (an IP address as
-    // SNI, which gRPC clients send), once per connection: errors only.
+    // RUST_LOG allows.
     papo::grpc::redirect_core_log();
     let args: Result<Vec<String>, _> = std::env::args_os()
         .skip(1)
