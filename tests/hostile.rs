@@ -839,3 +839,87 @@ fn nothing_said_after_a_tokens_expiry_is_published() {
     }
     assert!(said > 10, "{said} messages before the expiry");
 }
+
+/// Item 18: in memory, a `since=0` join to a room whose log is more than
+/// the member's queue takes at once is handed the newest part, after a note
+/// saying where it starts; never a silent cut.
+#[test]
+fn an_in_memory_replay_larger_than_the_queue_says_where_it_starts() {
+    let server = serve(&["--history-budget", "256MiB"]);
+    let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let client = chat_client(&grpc);
+    for n in 0..12 {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: "log".into(),
+            text: format!("{n}:{}", "x".repeat(1_000_000)),
+            ..Default::default()
+        };
+        client.send_message(&m).unwrap();
+    }
+    let (mut member, _) =
+        common::connect(format!("ws://{ws}/chat?room=log&name=ana&since=0").as_str()).unwrap();
+    let note = ws_next(&mut member);
+    let head: String = note.text.chars().take(80).collect();
+    assert_eq!(kind(&note), Kind::ERROR, "{head}");
+    let mut replayed = Vec::new();
+    let own = loop {
+        let m = ws_next(&mut member);
+        match kind(&m) {
+            Kind::MESSAGE => replayed.push(m.text.split(':').next().unwrap_or_default().to_owned()),
+            _ => break m,
+        }
+    };
+    assert_eq!((kind(&own), own.recovered), (Kind::JOIN, false));
+    assert_eq!(replayed.last().map(String::as_str), Some("11"));
+    assert!(
+        note.text
+            .starts_with(&format!("replay from {}:", 13 - replayed.len())),
+        "{head}"
+    );
+}
+
+/// Item 12: a Redis (or a man in the middle) that answers with 96 MiB of
+/// small integers is cut off at `--redis-max-reply`, weighed as held, and
+/// papo's memory stays bounded.
+#[test]
+fn an_endless_redis_reply_is_cut_at_its_bound() {
+    use std::io::{Read as _, Write as _};
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = fake.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in fake.incoming().flatten().take(4) {
+            std::thread::spawn(move || {
+                let mut ask = [0u8; 1024];
+                let _ = conn.read(&mut ask);
+                // A million arrays of 25 integers each: 96 MiB of them, every
+                // array within the length papo takes, the whole not.
+                let _ = conn.write_all(b"*1000000\r\n");
+                let mut chunk = Vec::new();
+                for _ in 0..1000 {
+                    chunk.extend_from_slice(b"*25\r\n");
+                    chunk.extend_from_slice(&b":1\r\n".repeat(25));
+                }
+                for _ in 0..1000 {
+                    if conn.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = serve(&["--no-ws", "--redis", &format!("redis://127.0.0.1:{port}")]);
+    let pid = server.child.id();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let peak = common::status_kib(pid, "VmHWM:") << 10;
+    eprintln!("peak RSS {} MiB", peak >> 20);
+    // Two connections (the writer's and the reader's), each a reply of the
+    // bound as weighed, up to twice that as its arrays grow.
+    assert!(
+        peak < (2 * 2 * 64 + 40) << 20,
+        "peak RSS {} MiB",
+        peak >> 20
+    );
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("--redis-max-reply"), "{log}");
+}
