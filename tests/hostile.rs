@@ -23,6 +23,17 @@ fn secret_file(test: &str) -> PathBuf {
     path
 }
 
+/// `papo serve ARGS` over TLS with a dev certificate of this test's own;
+/// the certificate's files and their directory.
+fn serve_tls(test: &str, args: &[&str]) -> (common::ServeProcess, papo::devcert::DevCert, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("papo-hostile-{test}-tls-{}", std::process::id()));
+    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
+    let (cert, key) = (files.cert.to_str().unwrap(), files.key.to_str().unwrap());
+    let mut all = vec!["--tls-cert", cert, "--tls-key", key];
+    all.extend_from_slice(args);
+    (serve(&all), files, dir)
+}
+
 /// A token of `header` and `claims`, signed HS256 with the tests' secret.
 fn signed(header: &str, claims: &str) -> String {
     let body = format!(
@@ -184,16 +195,7 @@ fn a_member_closed_for_its_rate_reads_the_close_frame() {
 /// plaintext `503` it takes for a broken record.
 #[test]
 fn a_tls_client_past_the_limit_reads_a_tls_refusal() {
-    let dir = std::env::temp_dir().join(format!("papo-hostile-tls-{}", std::process::id()));
-    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
-    let server = serve(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-        "--max-connections",
-        "1",
-    ]);
+    let (server, files, dir) = serve_tls("limit", &["--max-connections", "1"]);
     let addr: std::net::SocketAddr = server.ws.clone().unwrap().parse().unwrap();
     let _held = std::net::TcpStream::connect(addr).unwrap();
     let config = papo::tls::client_config(Some(&files.ca)).unwrap();
@@ -318,16 +320,7 @@ fn small_buffered_wss(
 /// the limit is refused before it is published, on both protocols.
 #[test]
 fn wss_members_share_one_copy_and_json_past_the_limit_is_refused() {
-    let dir = std::env::temp_dir().join(format!("papo-hostile-wss-{}", std::process::id()));
-    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
-    let server = serve(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-        "--write-timeout",
-        "0",
-    ]);
+    let (server, files, dir) = serve_tls("wss", &["--write-timeout", "0"]);
     let (ws, grpc, pid) = (
         server.ws.clone().unwrap(),
         server.grpc.clone().unwrap(),
@@ -542,19 +535,16 @@ fn silent_grpc_connections_are_closed_at_the_handshake_timeout() {
     }
     assert!(chat_client(&grpc).send_message(&small).is_ok());
 
-    let dir = std::env::temp_dir().join(format!("papo-hostile-grpc-tls-{}", std::process::id()));
-    let files = papo::devcert::write(&dir, &[]).expect("dev-cert");
-    let tls = serve(&[
-        "--no-ws",
-        "--handshake-timeout",
-        "1s",
-        "--grpc-max-connections",
-        "20",
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-    ]);
+    let (tls, files, dir) = serve_tls(
+        "grpc",
+        &[
+            "--no-ws",
+            "--handshake-timeout",
+            "1s",
+            "--grpc-max-connections",
+            "20",
+        ],
+    );
     let addr = tls.grpc.clone().unwrap();
     let start = std::time::Instant::now();
     let silent: Vec<_> = (0..20)
