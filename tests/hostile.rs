@@ -913,3 +913,42 @@ fn an_endless_redis_reply_is_cut_at_its_bound() {
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("--redis-max-reply"), "{log}");
 }
+
+/// Warnings a peer can cause are rate-limited: twenty members that stop
+/// reading and are dropped at the write deadline are one line, not twenty.
+#[test]
+fn peers_dropped_at_the_write_deadline_are_one_warning() {
+    let server = serve(&["--write-timeout", "1s", "--rate-limit", "0"]);
+    let ws: std::net::SocketAddr = server.ws.clone().unwrap().parse().unwrap();
+    let stuck: Vec<_> = (0..20)
+        .map(|n| raw_upgrade(ws, &format!("/chat?room=stuck&name=s{n}"), "").0)
+        .collect();
+    let client = chat_client(&server.grpc.clone().unwrap());
+    for _ in 0..6 {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: "stuck".into(),
+            text: "x".repeat(1_000_000),
+            ..Default::default()
+        };
+        let _ = client.send_message(&m);
+    }
+    common::eventually(SOON, "the stuck members dropped", || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("took no data"))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let lines = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("took no data"))
+        .count();
+    assert_eq!(lines, 1);
+    drop(stuck);
+}

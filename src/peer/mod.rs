@@ -39,6 +39,11 @@ pub use flusher::start_flusher;
 use flusher::FLUSHER;
 use tls::{send_tls, TLS_CHUNK};
 
+/// Peers cut off for the write deadline since the last warning, and when
+/// that was; at most one warning per interval.
+static DROPPED: Mutex<(u64, Option<Instant>)> = Mutex::new((0, None));
+const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often a closing connection looks whether its queue has drained.
 const LINGER_POLL: Duration = Duration::from_millis(5);
 
@@ -462,13 +467,21 @@ impl Peer {
         (!timeout.is_zero()).then(|| since + timeout)
     }
 
-    /// The write deadline passed: cut the peer off.
+    /// The write deadline passed: cut the peer off, and say so at most once
+    /// per [`DROP_WARN_INTERVAL`] (any peer can stop reading).
     fn abort(&self) {
+        {
+            let mut dropped = lock(&DROPPED);
+            dropped.0 += 1;
+            if dropped.1.is_none_or(|t| t.elapsed() >= DROP_WARN_INTERVAL) {
+                warn!(
+                    "dropping WebSocket peers that took no data for {:?}: {} since the last warning",
+                    self.limits.write_timeout, dropped.0
+                );
+                *dropped = (0, Some(Instant::now()));
+            }
+        }
         let mut out = lock(&self.out);
-        warn!(
-            "dropping a WebSocket peer that took no data for {:?}",
-            self.limits.write_timeout
-        );
         out.broken = true;
         out.frames.clear();
         out.bytes = 0;
