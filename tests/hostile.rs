@@ -488,7 +488,9 @@ fn a_reconnect_loop_is_held_to_its_join_limit() {
         .find_map(|l| l.strip_prefix("papo_joins_refused_total{by=\"identity\"} "))
         .and_then(|n| n.parse::<usize>().ok());
     assert_eq!(refused, Some(limited + 1), "{metrics}");
-    // The watcher heard one JOIN per join let in, no more.
+    // The watcher heard at most one JOIN per join let in (fewer when a
+    // connection of ana's came while the one before had not left yet: with
+    // tokens, a name's connections are one member).
     if let MaybeTlsStream::Plain(s) = watcher.get_ref() {
         s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
             .unwrap();
@@ -498,7 +500,10 @@ fn a_reconnect_loop_is_held_to_its_join_limit() {
         let m: ChatMessage = protobuf_json_mapping::parse_from_str(json.as_str()).unwrap();
         joins += usize::from(kind(&m) == Kind::JOIN);
     }
-    assert_eq!(joins, upgraded);
+    assert!(
+        (1..=upgraded).contains(&joins),
+        "{joins} JOINs for {upgraded} joins"
+    );
 }
 
 /// Item 9: a connection that never sends its HTTP/2 preface holds a place
