@@ -705,6 +705,33 @@ fn a_member_back_after_its_instance_stalled_is_announced() {
     );
 }
 
+/// Posts `count` texts of `len` bytes to `room`, each starting "N:".
+fn post_numbered(grpc: &str, room: &str, count: usize, len: usize) {
+    let client = chat_client(grpc);
+    for n in 0..count {
+        let m = ChatMessage {
+            sender: "svc".into(),
+            room: room.into(),
+            text: format!("{n}:{}", "x".repeat(len)),
+            ..Default::default()
+        };
+        client.send_message(&m).unwrap();
+    }
+}
+
+/// The numbers of the messages a member is replayed, up to the message
+/// that ends the replay (its own JOIN).
+fn replay_then_join(member: &mut Ws) -> (Vec<String>, ChatMessage) {
+    let mut replayed = Vec::new();
+    loop {
+        let m = ws_next(member);
+        match kind(&m) {
+            Kind::MESSAGE => replayed.push(m.text.split(':').next().unwrap_or_default().to_owned()),
+            _ => return (replayed, m),
+        }
+    }
+}
+
 /// Item 6: a `since=0` join to a Redis room of large entries reads its
 /// replay an entry at a time up to what the member takes at once: papo's
 /// memory and Redis's time stay bounded, and the member is told where its
@@ -718,16 +745,7 @@ fn a_redis_replay_is_read_within_what_the_member_takes() {
         server.grpc.clone().unwrap(),
         server.child.id(),
     );
-    let client = chat_client(&grpc);
-    for n in 0..40 {
-        let m = ChatMessage {
-            sender: "svc".into(),
-            room: "big".into(),
-            text: format!("{n}:{}", "x".repeat(2_000_000)),
-            ..Default::default()
-        };
-        client.send_message(&m).unwrap();
-    }
+    post_numbered(&grpc, "big", 40, 2_000_000);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = common::status_kib(pid, "VmHWM:");
     // Another client of Redis, pinging while the join runs.
@@ -756,14 +774,7 @@ fn a_redis_replay_is_read_within_what_the_member_takes() {
             .contains("more than this connection takes at once"),
         "{head}"
     );
-    let mut replayed = Vec::new();
-    let own = loop {
-        let m = ws_next(&mut member);
-        match kind(&m) {
-            Kind::MESSAGE => replayed.push(m.text.split(':').next().unwrap_or_default().to_owned()),
-            _ => break m,
-        }
-    };
+    let (replayed, own) = replay_then_join(&mut member);
     assert_eq!((kind(&own), own.recovered), (Kind::JOIN, false));
     // The newest part, in order, ending with the last said.
     assert!(!replayed.is_empty() && replayed.len() < 40, "{replayed:?}");
@@ -848,29 +859,13 @@ fn nothing_said_after_a_tokens_expiry_is_published() {
 fn an_in_memory_replay_larger_than_the_queue_says_where_it_starts() {
     let server = serve(&["--history-budget", "256MiB"]);
     let (ws, grpc) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
-    let client = chat_client(&grpc);
-    for n in 0..12 {
-        let m = ChatMessage {
-            sender: "svc".into(),
-            room: "log".into(),
-            text: format!("{n}:{}", "x".repeat(1_000_000)),
-            ..Default::default()
-        };
-        client.send_message(&m).unwrap();
-    }
+    post_numbered(&grpc, "log", 12, 1_000_000);
     let (mut member, _) =
         common::connect(format!("ws://{ws}/chat?room=log&name=ana&since=0").as_str()).unwrap();
     let note = ws_next(&mut member);
     let head: String = note.text.chars().take(80).collect();
     assert_eq!(kind(&note), Kind::ERROR, "{head}");
-    let mut replayed = Vec::new();
-    let own = loop {
-        let m = ws_next(&mut member);
-        match kind(&m) {
-            Kind::MESSAGE => replayed.push(m.text.split(':').next().unwrap_or_default().to_owned()),
-            _ => break m,
-        }
-    };
+    let (replayed, own) = replay_then_join(&mut member);
     assert_eq!((kind(&own), own.recovered), (Kind::JOIN, false));
     assert_eq!(replayed.last().map(String::as_str), Some("11"));
     assert!(
