@@ -134,7 +134,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Some(files) => {
             let verifier = Verifier::load(files).map_err(ServeError::Auth)?;
             info!("chat needs a signed token (see papo token)");
-            Some(verifier)
+            Some(Arc::new(verifier))
         }
         None => {
             info!(
@@ -150,7 +150,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
             history_ttl: config.chat.history_ttl,
         }),
     };
-    let hub = Hub::build(config.chat.clone(), engine, auth);
+    let hub = Hub::with_engine(config.chat.clone(), engine);
     let grpc = match &config.grpc_addr {
         Some(addr) => Some(
             GrpcServer::start(
@@ -159,6 +159,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 Arc::clone(&metrics),
                 Arc::clone(&hub),
                 tls.clone(),
+                auth.clone(),
             )
             .map_err(ServeError::Grpc)?,
         ),
@@ -171,8 +172,15 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let mut ws = None;
     if let Some(addr) = &config.ws_addr {
         let listening = |e: io::Error| ServeError::WsBind(addr.clone(), e);
-        let server = WsServer::bind(addr, ws_config, Arc::clone(&metrics), hub, tls.clone())
-            .map_err(listening)?;
+        let server = WsServer::bind(
+            addr,
+            ws_config,
+            Arc::clone(&metrics),
+            hub,
+            tls.clone(),
+            auth,
+        )
+        .map_err(listening)?;
         let handle = server.handle().map_err(listening)?;
         let events = events.clone();
         let accept = thread::Builder::new()

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{eventually, RedisServer, SOON};
 use papo::chat::{ChatConfig, Delivery, Hub, Rate, Resume, SendError, Subscriber};
+use papo::config::ServeConfig;
 use papo::proto::chat::message::Kind;
 use papo::proto::chat::Message;
 use papo::redis::{Redis, RedisConfig};
@@ -50,7 +51,7 @@ fn unlimited() -> ChatConfig {
             per_second: 0,
             burst: 0,
         },
-        ..ChatConfig::default()
+        ..ServeConfig::default().chat
     }
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use futures_util::SinkExt;
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, RpcStatusCode, WriteFlags};
-use papo::chat::{ChatConfig, Hub};
+use papo::chat::Hub;
+use papo::config::ServeConfig;
 use papo::executor::block_on;
 use papo::grpc::GrpcConfig;
 use papo::grpc::GrpcServer;
@@ -79,7 +80,7 @@ fn code_of<T: std::fmt::Debug>(result: grpcio::Result<T>) -> RpcStatusCode {
 fn every_method_refuses_a_request_past_the_size_limit() {
     let server = common::grpc_server_with(GrpcConfig {
         max_message_size: 64 << 10,
-        ..GrpcConfig::default()
+        ..ServeConfig::default().grpc
     });
     let chat = chat_client(server.addr());
     let huge = "x".repeat(65 << 10);
@@ -187,7 +188,7 @@ fn deadlines_are_honoured() {
 fn concurrent_streams_per_connection_are_capped() {
     let server = common::grpc_server_with(GrpcConfig {
         max_streams: 1,
-        ..GrpcConfig::default()
+        ..ServeConfig::default().grpc
     });
     let client = health_client(server.addr());
     let mut watch = client.watch(&health_request("")).unwrap();
@@ -227,12 +228,19 @@ fn check(client: &HealthClient) -> Result<(), RpcStatusCode> {
 fn client_connections_are_capped() {
     let config = GrpcConfig {
         max_connections: 3,
-        ..GrpcConfig::default()
+        ..ServeConfig::default().grpc
     };
     let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(ChatConfig::default());
-    let server =
-        GrpcServer::start("127.0.0.1:0", &config, Arc::clone(&metrics), hub, None).unwrap();
+    let hub = Hub::new(ServeConfig::default().chat);
+    let server = GrpcServer::start(
+        "127.0.0.1:0",
+        &config,
+        Arc::clone(&metrics),
+        hub,
+        None,
+        None,
+    )
+    .unwrap();
     let mut clients: Vec<_> = (0..3).map(|_| own_connection(server.addr())).collect();
     for client in &clients {
         assert_eq!(check(client), Ok(()));
@@ -256,7 +264,7 @@ fn idle_connections_get_keepalive_pings_and_are_closed_when_silent() {
     let server = common::grpc_server_with(GrpcConfig {
         keepalive_time: Duration::from_millis(300),
         keepalive_timeout: Duration::from_millis(300),
-        ..GrpcConfig::default()
+        ..ServeConfig::default().grpc
     });
     // A raw HTTP/2 client that never acknowledges pings.
     let mut stream = TcpStream::connect(server.addr()).unwrap();

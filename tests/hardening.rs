@@ -15,6 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use papo::config::ServeConfig;
 use papo::ws::WsConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -41,7 +42,7 @@ fn silent_peers_are_pinged_and_dropped_live_ones_kept() {
     let server = ws_server_with(WsConfig {
         ping_interval: Duration::from_millis(200),
         pong_timeout: Duration::from_millis(300),
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     // A raw peer that never answers: it sees a ping (opcode 9), then EOF.
     let (mut silent, status) = raw_upgrade(server.addr, "/ws", "");
@@ -91,7 +92,7 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
     let server = ws_server_with(WsConfig {
         write_timeout: Duration::from_millis(300),
         ping_interval: Duration::ZERO,
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let (mut stuck, status) = raw_upgrade(server.addr, "/echo", "");
     assert!(status.starts_with("HTTP/1.1 101"), "{status}");
@@ -119,7 +120,7 @@ fn without_a_write_timeout_a_briefly_full_peer_is_kept() {
     let server = ws_server_with(WsConfig {
         write_timeout: Duration::ZERO,
         ping_interval: Duration::ZERO,
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let (mut slow, status) = raw_upgrade(server.addr, "/echo", "");
     assert!(status.starts_with("HTTP/1.1 101"), "{status}");
@@ -181,7 +182,7 @@ fn cross_site_browsers_get_403_same_site_and_allowed_ones_upgrade() {
     let server = ws_server_with(WsConfig {
         allowed_origins: vec!["https://app.example".into()],
         public_hosts: vec!["chat.example".into()],
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let own = server.addr.to_string();
     let port = server.addr.port();
@@ -243,7 +244,7 @@ fn a_refused_browser_is_logged_with_how_to_allow_it() {
 
 #[test]
 fn a_failed_connection_is_closed_within_a_second_however_the_peer_trickles() {
-    let server = ws_server_with(WsConfig::default());
+    let server = ws_server_with(ServeConfig::default().ws);
     let mut stream = raw_websocket(server.addr);
     let (_, bad, code) = protocol_violations().into_iter().next().unwrap();
     stream.write_all(&bad).unwrap();
@@ -279,7 +280,7 @@ fn send_unfinished_message(stream: &mut TcpStream) -> std::io::Result<()> {
 fn unfinished_messages_share_one_inbound_budget() {
     let server = ws_server_with(WsConfig {
         inbound_budget: 1 << 20,
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     // A holds 600 KiB of a message, and a ping's answer says the server
     // has read it all. Unsolicited pongs do not make it forget.
@@ -315,7 +316,7 @@ fn unfinished_messages_share_one_inbound_budget() {
 
 #[test]
 fn metrics_count_what_happened() {
-    let server = ws_server_with(WsConfig::default());
+    let server = ws_server_with(ServeConfig::default().ws);
     let (mut ws, _) = connect(format!("ws://{}/ws", server.addr)).unwrap();
     for text in ["a", "bb", "ccc"] {
         ws.send(Message::text(text)).unwrap();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use papo::config::ServeConfig;
 use papo::ws::WsConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
@@ -40,7 +41,7 @@ fn close_code(message: Message) -> Option<CloseCode> {
 
 #[test]
 fn ws_replies_like_the_seed_for_text_binary_empty_and_utf8() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let mut ws = client(addr, "/ws");
     let cases = [
         (
@@ -68,7 +69,7 @@ fn ws_replies_like_the_seed_for_text_binary_empty_and_utf8() {
 
 #[test]
 fn ws_handles_one_mib_messages() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let mut ws = client(addr, "/ws");
     let text = "á".repeat(512 * 1024); // 1 MiB of two-byte characters
     assert_eq!(
@@ -86,7 +87,7 @@ fn ws_handles_one_mib_messages() {
 
 #[test]
 fn echo_endpoint_echoes_exactly() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let mut ws = client(addr, "/echo");
     for message in [
         Message::text("Olá"),
@@ -99,7 +100,7 @@ fn echo_endpoint_echoes_exactly() {
 
 #[test]
 fn fifty_concurrent_connections_each_get_their_own_replies() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let all_open = Arc::new(Barrier::new(50));
     let threads: Vec<_> = (0..50)
         .map(|id| {
@@ -124,7 +125,7 @@ fn fifty_concurrent_connections_each_get_their_own_replies() {
 
 #[test]
 fn other_paths_get_404_and_no_upgrade() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let answer = raw_exchange(addr, upgrade_request("/nope").as_bytes());
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
     let answer = raw_exchange(
@@ -136,7 +137,7 @@ fn other_paths_get_404_and_no_upgrade() {
 
 #[test]
 fn plain_http_on_a_websocket_path_gets_426() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let answer = raw_exchange(addr, b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert!(
         answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
@@ -147,7 +148,7 @@ fn plain_http_on_a_websocket_path_gets_426() {
 
 #[test]
 fn malformed_requests_get_4xx() {
-    let addr = ws_server(WsConfig::default());
+    let addr = ws_server(ServeConfig::default().ws);
     let answer = raw_exchange(
         addr,
         b"POST /ws HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
@@ -186,7 +187,7 @@ fn malformed_requests_get_4xx() {
 fn oversized_message_is_closed_with_1009_and_others_carry_on() {
     let addr = ws_server(WsConfig {
         max_message_size: 1024,
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let mut other = client(addr, "/ws");
     let mut ws = client(addr, "/ws");
@@ -202,7 +203,7 @@ fn oversized_message_is_closed_with_1009_and_others_carry_on() {
 fn connections_past_the_limit_get_503_until_one_leaves() {
     let addr = ws_server(WsConfig {
         max_connections: 2,
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let first = client(addr, "/ws");
     let _second = client(addr, "/ws");
@@ -227,7 +228,7 @@ fn connections_past_the_limit_get_503_until_one_leaves() {
 fn silent_and_dribbling_peers_are_dropped_at_the_handshake_deadline() {
     let addr = ws_server(WsConfig {
         handshake_timeout: Duration::from_millis(300),
-        ..WsConfig::default()
+        ..ServeConfig::default().ws
     });
     let mut silent = TcpStream::connect(addr).expect("connect");
     let mut dribbling = TcpStream::connect(addr).expect("connect");

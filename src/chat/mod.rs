@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use crate::auth::Verifier;
 use crate::lock;
 use crate::proto::chat::Message;
 use budget::HistoryBudget;
@@ -81,12 +80,9 @@ pub struct ChatConfig {
     pub join_rate: Rate,
     /// Joins per second, and at once, from one address.
     pub address_join_rate: Rate,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        crate::config::ServeConfig::default().chat
-    }
+    /// Whether a name is held by one member of a room at a time: so it is
+    /// when tokens make names identities.
+    pub one_member_per_name: bool,
 }
 
 /// Every room and its members.
@@ -101,8 +97,6 @@ pub struct Hub {
     heaviest: Mutex<Option<(std::sync::Weak<Mutex<Room>>, Instant)>>,
     engine: Arc<dyn Engine>,
     joins: JoinLimiter,
-    /// Checks chat tokens (`None`: anyone may join as any name).
-    auth: Option<Verifier>,
 }
 
 /// How often, at most, the hub looks for rooms whose log has expired.
@@ -125,14 +119,7 @@ impl Hub {
 
     /// A hub whose rooms' logs `engine` keeps.
     pub fn with_engine(config: ChatConfig, engine: Arc<dyn Engine>) -> Arc<Hub> {
-        Hub::build(config, engine, None)
-    }
-
-    /// A hub whose rooms' logs `engine` keeps, its members identified by
-    /// the tokens `auth` checks, if any.
-    pub fn build(config: ChatConfig, engine: Arc<dyn Engine>, auth: Option<Verifier>) -> Arc<Hub> {
         Arc::new(Hub {
-            auth,
             engine,
             rooms: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -157,11 +144,6 @@ impl Hub {
         identity: Option<&str>,
     ) -> Result<(), JoinLimited> {
         self.joins.admit(address, identity)
-    }
-
-    /// What checks chat tokens, when they are required.
-    pub fn auth(&self) -> Option<&Verifier> {
-        self.auth.as_ref()
     }
 
     /// Whether the engine takes messages now (health and metrics say so).
@@ -267,7 +249,7 @@ impl Hub {
             };
             let budget = Arc::clone(&self.history_budget);
             let mut room = Room::new(name, keep, budget);
-            room.one_member_per_name = self.auth.is_some();
+            room.one_member_per_name = self.config.one_member_per_name;
             Arc::new(Mutex::new(room))
         });
         Ok(Arc::clone(room))

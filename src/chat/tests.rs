@@ -4,14 +4,29 @@
 use super::*;
 use crate::proto::chat::message::Kind;
 
-/// The serve defaults without a rate limit: these tests say a lot at once.
+/// `papo serve`'s defaults without a rate limit: these tests say a lot at
+/// once.
 fn unlimited() -> ChatConfig {
     ChatConfig {
+        send_queue: 256,
+        max_text: 4 * 1024 * 1024 - ENVELOPE,
         rate: Rate {
             per_second: 0,
             burst: 0,
         },
-        ..ChatConfig::default()
+        history: 1000,
+        history_ttl: Duration::from_secs(3600),
+        history_budget: 64 << 20,
+        max_rooms: 100_000,
+        join_rate: Rate {
+            per_second: 10,
+            burst: 20,
+        },
+        address_join_rate: Rate {
+            per_second: 100,
+            burst: 2000,
+        },
+        one_member_per_name: false,
     }
 }
 

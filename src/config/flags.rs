@@ -517,6 +517,7 @@ impl ServeConfig {
                 per_second: v.parsed(&ADDRESS_JOIN_RATE_LIMIT)?,
                 burst: v.parsed(&ADDRESS_JOIN_BURST)?,
             },
+            one_member_per_name: auth_files(v)?.is_some(),
         };
         let redis = match v.optional(&REDIS)? {
             None => None,
@@ -529,7 +530,7 @@ impl ServeConfig {
                 presence_ttl: v.duration(&PRESENCE_TTL)?,
                 pending: v.size(&REDIS_PENDING)?,
                 max_reply: v.size(&REDIS_MAX_REPLY)?,
-                one_member_per_name: auth_files(v)?.is_some(),
+                one_member_per_name: chat.one_member_per_name,
             }),
         };
         let unless = |off: &Flag, addr: &Flag| -> Result<Option<String>, CliError> {

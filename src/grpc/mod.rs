@@ -37,6 +37,7 @@ use grpcio::{
 };
 use log::{debug, info, warn};
 
+use crate::auth::Verifier;
 use crate::chat::{Hub, Rate};
 use crate::executor::block_on_until;
 use crate::metrics::Metrics;
@@ -83,12 +84,6 @@ pub struct GrpcConfig {
 
 /// How long a stream ended for stalling has to get its status out.
 const STATUS_GRACE: Duration = Duration::from_secs(1);
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        crate::config::ServeConfig::default().grpc
-    }
-}
 
 /// Why the gRPC server did not start.
 #[derive(Debug)]
@@ -250,6 +245,7 @@ impl GrpcServer {
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
         tls: Option<Arc<Tls>>,
+        auth: Option<Arc<Verifier>>,
     ) -> Result<GrpcServer, StartError> {
         let (host, _) = addr
             .rsplit_once(':')
@@ -272,6 +268,7 @@ impl GrpcServer {
         let deadlines = Deadlines::start(checked_every).map_err(StartError::Thread)?;
         let chat = ChatServer {
             hub,
+            auth,
             metrics: Arc::clone(&metrics),
             senders: Arc::default(),
             send_rate: config.send_rate,

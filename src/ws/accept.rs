@@ -17,6 +17,7 @@ use super::budget::InboundBudget;
 use super::conn::{close_frame, handle_client};
 use super::{http, keepalive, Shared, WsConfig};
 use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
+use crate::auth::Verifier;
 use crate::chat::Hub;
 use crate::metrics::{CloseReason, Metrics};
 use crate::peer::{self, Peer};
@@ -44,6 +45,7 @@ impl WsServer {
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
         tls: Option<Arc<Tls>>,
+        auth: Option<Arc<Verifier>>,
     ) -> io::Result<WsServer> {
         let listener = TcpListener::bind(addr)?;
         sys::set_listen_backlog(&listener, config.listen_backlog)?;
@@ -53,6 +55,7 @@ impl WsServer {
             shared: Arc::new(Shared {
                 inbound: InboundBudget::new(config.inbound_budget),
                 tls,
+                auth,
                 config,
                 metrics,
                 hub,
@@ -77,7 +80,7 @@ impl WsServer {
 
     /// Accepts connections until stopped, one thread each.
     pub fn run(self) -> io::Result<()> {
-        if !self.shared.config.ping_interval.is_zero() || self.shared.hub.auth().is_some() {
+        if !self.shared.config.ping_interval.is_zero() || self.shared.auth.is_some() {
             let shared = Arc::clone(&self.shared);
             thread::Builder::new()
                 .name("ws-keepalive".into())

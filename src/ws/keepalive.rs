@@ -63,7 +63,7 @@ pub(super) fn run(shared: &Shared) {
         true => (interval.min(timeout) / 4).max(MIN_TICK),
         false => EXPIRY_TICK,
     };
-    if shared.hub.auth().is_some() {
+    if shared.auth.is_some() {
         tick = tick.min(EXPIRY_TICK);
     }
     let ping = encode(Frame::ping(Vec::new()));

@@ -143,7 +143,7 @@ pub(super) fn identify(
             ..
         },
         Some(verifier),
-    ) = (endpoint, shared.hub.auth())
+    ) = (endpoint, shared.auth.as_deref())
     else {
         return Ok(());
     };

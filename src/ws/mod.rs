@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 pub use accept::{WsHandle, WsServer};
 
+use crate::auth::Verifier;
 use crate::chat::Hub;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
@@ -96,12 +97,6 @@ pub struct WsConfig {
     pub inbound_budget: usize,
 }
 
-impl Default for WsConfig {
-    fn default() -> Self {
-        crate::config::ServeConfig::default().ws
-    }
-}
-
 /// State shared by the accept loop, every connection thread and the handle.
 struct Shared {
     config: WsConfig,
@@ -116,4 +111,6 @@ struct Shared {
     inbound: InboundBudget,
     /// The certificate for `wss`, when the port speaks TLS.
     tls: Option<Arc<Tls>>,
+    /// Checks `/chat` tokens (`None`: anyone may join as any name).
+    auth: Option<Arc<Verifier>>,
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use grpcio::{Channel, ChannelBuilder, EnvBuilder};
-use papo::chat::{ChatConfig, Hub};
+use papo::chat::Hub;
+use papo::config::ServeConfig;
 use papo::executor::block_on_until;
 use papo::grpc::{GrpcConfig, GrpcServer};
 use papo::metrics::Metrics;
@@ -96,9 +97,9 @@ pub fn ws_server(config: WsConfig) -> SocketAddr {
 /// Starts an in-process WebSocket server on a free port, with its handle and counters.
 pub fn ws_server_with(config: WsConfig) -> TestWs {
     let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(ChatConfig::default());
-    let server =
-        WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), hub, None).expect("bind ws");
+    let hub = Hub::new(ServeConfig::default().chat);
+    let server = WsServer::bind("127.0.0.1:0", config, Arc::clone(&metrics), hub, None, None)
+        .expect("bind ws");
     let addr = server.local_addr().expect("local addr");
     let handle = server.handle().expect("handle");
     thread::spawn(move || server.run());
@@ -111,13 +112,20 @@ pub fn ws_server_with(config: WsConfig) -> TestWs {
 
 /// Starts an in-process gRPC server on a free port.
 pub fn grpc_server() -> GrpcServer {
-    grpc_server_with(GrpcConfig::default())
+    grpc_server_with(ServeConfig::default().grpc)
 }
 
 pub fn grpc_server_with(config: GrpcConfig) -> GrpcServer {
-    let hub = Hub::new(ChatConfig::default());
-    GrpcServer::start("127.0.0.1:0", &config, Arc::new(Metrics::new()), hub, None)
-        .expect("start grpc")
+    let hub = Hub::new(ServeConfig::default().chat);
+    GrpcServer::start(
+        "127.0.0.1:0",
+        &config,
+        Arc::new(Metrics::new()),
+        hub,
+        None,
+        None,
+    )
+    .expect("start grpc")
 }
 
 /// Polls `check` until it holds, failing the test after `limit`.
