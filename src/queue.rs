@@ -1,5 +1,6 @@
-//! A bounded queue between a plain thread (the producer never blocks or
-//! awaits) and a future-driven consumer such as a grpcio streaming sink.
+//! A bounded queue from producers that never block or await to one
+//! consumer: a grpcio streaming sink polls it as a `Stream`, a plain thread
+//! (the Redis writer) takes from it with `try_recv`.
 //!
 //! A full queue is an answer, not a wait: the producer learns the consumer is
 //! too slow and can drop it, so one stuck subscriber never stalls the others.
@@ -13,7 +14,14 @@ use std::task::{Context, Poll, Waker};
 
 use futures_util::Stream;
 
-use crate::chat::SendError;
+/// Why an item was not queued: for a chat member, a message; for a peer, a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is at its bound: the receiver is too slow.
+    Full,
+    /// The receiver is gone, or its connection is closing.
+    Closed,
+}
 
 struct State<T> {
     items: VecDeque<T>,

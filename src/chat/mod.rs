@@ -32,13 +32,14 @@ use log::debug;
 
 use crate::lock;
 use crate::proto::chat::Message;
+pub use crate::queue::SendError;
 use budget::HistoryBudget;
 pub use engine::{Done, Engine, Memory};
 pub use joins::{JoinLimited, JoinLimiter};
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
 pub use room::{lock_room, new_epoch, roster, Arrival, MemberEntry, Room};
-pub use types::{Delivery, Encoding, Refusal, Resume, SendError, Subscriber, ENVELOPE};
+pub use types::{Delivery, Encoding, Refusal, Resume, Subscriber, ENVELOPE};
 
 /// Prefix of every reply on the seed's WebSocket endpoint.
 pub const WS_REPLY_PREFIX: &str = "Recebido: ";

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use log::warn;
 
 use super::budget::{outgoing, weight, HistoryBudget, NOTE_ROOM};
-use super::types::{Delivery, Resume, SendError, Subscriber};
+use super::types::{Delivery, Resume, Subscriber};
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
+use crate::queue::SendError;
 
 pub struct MemberEntry {
     pub(crate) id: u64,

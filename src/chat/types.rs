@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::proto::chat::Message;
+use crate::queue::SendError;
 
 /// A message as delivered: shared by every member of the room, with a slot
 /// per wire encoding, so that fan-out encodes it once per protocol and every
@@ -40,15 +41,6 @@ impl Delivery {
         let slot = &self.encoded[encoding as usize];
         Arc::clone(slot.get_or_init(|| encode(&self.message).into()))
     }
-}
-
-/// Why a message was not queued for a member (or a frame for a peer).
-#[derive(Debug, PartialEq, Eq)]
-pub enum SendError {
-    /// The queue is at its bound: the receiver is too slow.
-    Full,
-    /// The receiver is gone, or its connection is closing.
-    Closed,
 }
 
 /// Bytes kept, below the largest message, for what wraps a text on its way

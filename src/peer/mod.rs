@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use rustls::ServerConnection;
 
-use crate::chat::SendError;
+use crate::queue::SendError;
 
 mod flusher;
 mod tls;
