@@ -1,9 +1,12 @@
 //! `ChatService`: the seed's unary `SendMessage`, and the `Chat` and
-//! `Subscribe` streams through which services are members of chat rooms.
+//! `Subscribe` streams through which services are members of chat rooms,
+//! in the proto's order; then what the three share (who a caller is, the
+//! limits a call must pass).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -12,19 +15,21 @@ use grpcio::{
     ServiceBuilder, UnarySink,
 };
 use log::debug;
-use protobuf::Message as _;
 
 use super::codec::{self, Checked, Incoming, Outgoing};
-use super::deadline::{Deadline, Deadlines};
-use super::stream::stream_out;
-use super::{finish, refuse_stream};
+use super::deadline::Deadlines;
+use super::reply::{finish, finish_async, read_only, refusal_status, refuse_stream};
+use super::stream::{stream_out, Bounds, GrpcSubscriber};
 use crate::auth::{self, Denied, Identity, Verifier};
-use crate::chat::{
-    self, Bucket, Delivery, Encoding, Hub, Member, Rate, Refusal, SendError, Subscriber,
-};
+use crate::chat::{self, Bucket, Hub, JoinLimited, Member, Rate, Refusal, Resume, Subscriber};
 use crate::metrics::Metrics;
 use crate::proto::chat::{Response, SubscribeRequest};
 use crate::queue;
+
+/// The seed's reply to `SendMessage`: `Mensagem recebida: <text>`.
+pub fn seed_reply(text: &str) -> String {
+    format!("Mensagem recebida: {text}")
+}
 
 /// `ChatService`: the seed's `SendMessage`, and the chat's streams.
 #[derive(Clone)]
@@ -55,7 +60,294 @@ pub struct Senders {
 /// The fewest buckets kept before a sweep.
 const SENDERS_KEPT: usize = 1024;
 
+/// Who speaks where: a checked room and a name (the token's `sub` when
+/// tokens are required).
+struct Speaker {
+    room: String,
+    name: String,
+    identity: Option<Identity>,
+}
+
 impl ChatServer {
+    /// The service, registered by hand with the server-side codec.
+    pub fn service(self) -> Service {
+        let (mut send, mut chat, mut subscribe) = (self.clone(), self.clone(), self);
+        ServiceBuilder::new()
+            .add_unary_handler(&codec::SEND_MESSAGE, move |ctx, req, sink| {
+                send.send_message(ctx, req, sink)
+            })
+            .add_duplex_streaming_handler(&codec::CHAT, move |ctx, stream, sink| {
+                chat.chat(ctx, stream, sink)
+            })
+            .add_server_streaming_handler(&codec::SUBSCRIBE, move |ctx, req, sink| {
+                subscribe.subscribe(ctx, req, sink)
+            })
+            .build()
+    }
+
+    /// The seed's call: the text said in its room, answered once it is.
+    fn send_message(&mut self, ctx: RpcContext, msg: Incoming, sink: UnarySink<Response>) {
+        debug!(
+            "grpc SendMessage from {:?}, {} bytes",
+            msg.sender,
+            msg.text.len()
+        );
+        self.metrics.grpc.received(msg.text.len());
+        let speaker = match self.sender_of(&ctx, &msg) {
+            Ok(speaker) => speaker,
+            Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
+        };
+        // Checked before anything is published: a refused call posts nothing.
+        if !self.hub.log_is_shared() {
+            let published = self.hub.publish(&speaker.room, &speaker.name, &msg.text);
+            let reply = answer(published, &msg.text, &self.metrics);
+            return finish(&ctx, sink, reply, &self.metrics);
+        }
+        // A shared log's append takes a round trip: answered once the log
+        // has the message, awaited off this thread.
+        let (done, mut appended) = queue::bounded(1);
+        let tell: chat::Done = Box::new(move |outcome| {
+            let _ = done.try_send(outcome);
+        });
+        let publishing = self
+            .hub
+            .publish_then(&speaker.room, &speaker.name, &msg.text, Some(tell));
+        if let Err(why) = publishing {
+            return finish(&ctx, sink, Err(refusal_status(&why)), &self.metrics);
+        }
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let outcome = appended.next().await.unwrap_or(Err(Refusal::Unavailable));
+            let reply = answer(outcome, &msg.text, &metrics);
+            finish_async(sink, reply, &metrics).await;
+        });
+    }
+
+    /// A member that talks and listens: its first message says who and
+    /// where (and may say something), the rest are said in the room.
+    fn chat(
+        &mut self,
+        ctx: RpcContext,
+        mut stream: RequestStream<Incoming>,
+        sink: DuplexSink<Outgoing>,
+    ) {
+        let server = self.clone();
+        let token = token_of(&ctx);
+        let address = peer_ip(&ctx.peer());
+        ctx.spawn(async move {
+            let metrics = Arc::clone(&server.metrics);
+            let Some(Ok(first)) = stream.next().await else {
+                return metrics.grpc_call(RpcStatusCode::CANCELLED.into());
+            };
+            let joining = first.refused.clone().map_or(Ok(()), Err).and_then(|()| {
+                let speaker =
+                    server.speaker(token.as_deref(), address, &first.room, &first.sender)?;
+                let resume = first.since.map(|since| Resume {
+                    since,
+                    epoch: first.epoch.clone(),
+                });
+                let (member, subscriber, rx) = server.join(&speaker, resume)?;
+                Ok((speaker.identity, member, subscriber, rx))
+            });
+            let (identity, member, subscriber, rx) = match joining {
+                Ok(joined) => joined,
+                Err(status) => {
+                    let code = status.code();
+                    let _ = sink.fail(status).await;
+                    return metrics.grpc_call(code.into());
+                }
+            };
+            let speaking = Arc::clone(&subscriber);
+            // Borrowed, not moved: the request stream must outlive the call's
+            // status, or dropping it would cancel the call first.
+            let requests = &mut stream;
+            let listening = async move {
+                let mut incoming = Some(first);
+                while let Some(message) = incoming.take() {
+                    if let Err(status) = server.say(&member, identity.as_ref(), &message) {
+                        speaking.end_with(status);
+                        break;
+                    }
+                    incoming = requests.next().await.and_then(Result::ok);
+                }
+                // The client is done talking (or was refused): it leaves, and
+                // its stream ends.
+                drop(member);
+                speaking.end();
+            };
+            let code = stream_out(sink, rx, &subscriber, listening).await;
+            metrics.grpc_call(code.into());
+        });
+    }
+
+    /// A member that only listens.
+    fn subscribe(
+        &mut self,
+        ctx: RpcContext,
+        req: Checked<SubscribeRequest>,
+        sink: ServerStreamingSink<Outgoing>,
+    ) {
+        let token = token_of(&ctx);
+        let joining = req.0.and_then(|req| {
+            let address = peer_ip(&ctx.peer());
+            let speaker = self.speaker(token.as_deref(), address, &req.room, &req.name)?;
+            let resume = req.since.map(|since| Resume {
+                since,
+                epoch: req.epoch.clone(),
+            });
+            self.join(&speaker, resume)
+        });
+        let (member, subscriber, rx) = match joining {
+            Ok(joined) => joined,
+            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
+        };
+        let metrics = Arc::clone(&self.metrics);
+        ctx.spawn(async move {
+            let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;
+            drop(member);
+            metrics.grpc_call(code.into());
+        });
+    }
+
+    /// Who a `SendMessage` speaks as, and where: its names checked, its
+    /// connection within its rate, its token (if required) one that may
+    /// speak.
+    fn sender_of(&self, ctx: &RpcContext, msg: &Incoming) -> Result<Speaker, RpcStatus> {
+        if let Some(status) = msg.refused.clone() {
+            return Err(status);
+        }
+        let (room, name) = membership(&msg.room, &msg.sender)?;
+        if !self.may_send(ctx) {
+            self.metrics
+                .grpc_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(refusal_status(&Refusal::RateLimited));
+        }
+        let token = token_of(ctx);
+        match self.identify(token.as_deref(), &room, &name)? {
+            None => Ok(Speaker {
+                room,
+                name,
+                identity: None,
+            }),
+            Some(who) if !who.publish => Err(read_only()),
+            Some(who) => Ok(Speaker {
+                room,
+                name: who.sub.clone(),
+                identity: Some(who),
+            }),
+        }
+    }
+
+    /// Who a stream's member is, and where: its names checked, its token (if
+    /// required) good, its join within its address's and identity's limits.
+    fn speaker(
+        &self,
+        token: Option<&str>,
+        address: Option<IpAddr>,
+        room: &str,
+        name: &str,
+    ) -> Result<Speaker, RpcStatus> {
+        let (room, name) = membership(room, name)?;
+        let identity = self.identify(token, &room, &name)?;
+        let sub = identity.as_ref().map(|who| who.sub.as_str());
+        self.hub.admit_join(address, sub).map_err(|limited| {
+            self.metrics
+                .join_refused(limited == JoinLimited::Identity);
+            RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, limited.to_string())
+        })?;
+        let name = identity.as_ref().map_or(name, |who| who.sub.clone());
+        Ok(Speaker {
+            room,
+            name,
+            identity,
+        })
+    }
+
+    /// When tokens are required, who `token` says the member is, let into
+    /// `room` under `name` (empty: the token's `sub`).
+    fn identify(
+        &self,
+        token: Option<&str>,
+        room: &str,
+        name: &str,
+    ) -> Result<Option<Identity>, RpcStatus> {
+        let Some(verifier) = &self.auth else {
+            return Ok(None);
+        };
+        verifier.admit(token, room, name).map(Some).map_err(|denied| {
+            self.metrics.auth_failed(denied.reason());
+            let code = match denied {
+                Denied::Unauthenticated(_) => RpcStatusCode::UNAUTHENTICATED,
+                Denied::Forbidden(_) => RpcStatusCode::PERMISSION_DENIED,
+            };
+            RpcStatus::with_message(code, denied.to_string())
+        })
+    }
+
+    /// Adds a stream's member to its room: the member, its subscriber and
+    /// the queue its stream drains.
+    fn join(
+        &self,
+        speaker: &Speaker,
+        resume: Option<Resume>,
+    ) -> Result<(Member, Arc<GrpcSubscriber>, queue::Receiver<Outgoing>), RpcStatus> {
+        let config = self.hub.config();
+        let bounds = Bounds {
+            messages: config.send_queue,
+            // As a WebSocket peer's: two of the largest messages.
+            bytes: (config.max_text + chat::ENVELOPE).saturating_mul(2),
+            write_timeout: self.write_timeout,
+        };
+        let lifetime = speaker.identity.as_ref().map(Identity::lifetime);
+        let metrics = Arc::clone(&self.metrics);
+        let (subscriber, rx) = GrpcSubscriber::new(bounds, &self.deadlines, lifetime, metrics);
+        let member = self
+            .hub
+            .join_from(
+                &speaker.room,
+                &speaker.name,
+                Arc::clone(&subscriber) as Arc<dyn Subscriber>,
+                resume,
+            )
+            .map_err(|refusal| refusal_status(&refusal))?;
+        Ok((member, subscriber, rx))
+    }
+
+    /// Says what a `Chat` member sent, if anything; an error ends its stream.
+    fn say(
+        &self,
+        member: &Member,
+        identity: Option<&Identity>,
+        message: &Incoming,
+    ) -> Result<(), RpcStatus> {
+        if let Some(status) = message.refused.clone() {
+            return Err(status);
+        }
+        let says_something = !message.text.is_empty();
+        if says_something && identity.is_some_and(|who| !who.publish) {
+            return Err(read_only());
+        }
+        if identity.is_some_and(Identity::has_expired) {
+            return Err(RpcStatus::with_message(
+                RpcStatusCode::UNAUTHENTICATED,
+                "token expired".into(),
+            ));
+        }
+        if !says_something {
+            return Ok(());
+        }
+        self.metrics.grpc.received(message.text.len());
+        member.say(&message.text).map(drop).map_err(|refusal| {
+            if refusal == Refusal::RateLimited {
+                self.metrics
+                    .grpc_rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            refusal_status(&refusal)
+        })
+    }
+
     /// Takes a token from the bucket of the call's connection.
     fn may_send(&self, ctx: &RpcContext) -> bool {
         let rate = self.send_rate;
@@ -77,58 +369,6 @@ impl ChatServer {
     }
 }
 
-/// A gRPC stream's way out of the hub: a bounded queue the call's task drains.
-pub(super) struct GrpcMember {
-    pub(super) tx: queue::Sender<Outgoing>,
-    evicted: AtomicBool,
-    /// Why the member's own message was refused, ending its stream.
-    pub(super) refused: OnceLock<RpcStatus>,
-    metrics: Arc<Metrics>,
-    /// Fires when a write has been with C-core for `write_timeout`.
-    pub(super) deadline: Arc<Deadline>,
-    pub(super) write_timeout: Option<Duration>,
-    /// Fires when the member's token expires.
-    pub(super) expiry: Option<Arc<Deadline>>,
-}
-
-impl Subscriber for GrpcMember {
-    fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
-        // Encoded once per message, by whichever member comes first, and
-        // shared by all of them down to C-core's writes.
-        let bytes = delivery.encoded(Encoding::Protobuf, |m| {
-            m.write_to_bytes().unwrap_or_default()
-        });
-        let len = delivery.message.text.len();
-        self.tx.try_send(Outgoing(bytes))?;
-        self.metrics.grpc.sent(len);
-        Ok(())
-    }
-
-    fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
-        let bytes = delivery.encoded(Encoding::Protobuf, |m| {
-            m.write_to_bytes().unwrap_or_default()
-        });
-        self.tx.try_send_replayed(Outgoing(bytes))?;
-        self.metrics.grpc.sent(delivery.message.text.len());
-        Ok(())
-    }
-
-    fn replay_room(&self) -> usize {
-        self.tx.room_in_bytes()
-    }
-
-    fn evicted(&self) {
-        self.evicted.store(true, Ordering::Release);
-        self.tx.close_now();
-    }
-
-    /// What it said was lost: its stream ends `UNAVAILABLE`.
-    fn not_said(&self, why: &Refusal) {
-        let _ = self.refused.set(refusal_status(why));
-        self.tx.close();
-    }
-}
-
 /// `SendMessage`'s answer once the message was published (or not).
 fn answer(
     outcome: Result<u64, Refusal>,
@@ -136,7 +376,7 @@ fn answer(
     metrics: &Metrics,
 ) -> Result<Response, RpcStatus> {
     outcome.map_err(|why| refusal_status(&why)).map(|_| {
-        let reply = chat::grpc_reply(text);
+        let reply = seed_reply(text);
         metrics.grpc.sent(reply.len());
         Response {
             reply,
@@ -145,94 +385,17 @@ fn answer(
     })
 }
 
-/// The status that says why a text was not said.
-fn refusal_status(why: &Refusal) -> RpcStatus {
-    let code = match why {
-        Refusal::Unavailable => RpcStatusCode::UNAVAILABLE,
-        Refusal::TooLong { .. } | Refusal::RateLimited | Refusal::TooManyRooms { .. } => {
-            RpcStatusCode::RESOURCE_EXHAUSTED
-        }
-    };
-    RpcStatus::with_message(code, why.to_string())
-}
-
-impl GrpcMember {
-    /// How the stream ends once its queue is closed and drained.
-    pub(super) fn end_status(&self) -> RpcStatus {
-        if self.deadline.has_fired() {
-            RpcStatus::with_message(
-                RpcStatusCode::RESOURCE_EXHAUSTED,
-                "too slow: write timeout".into(),
-            )
-        } else if self.evicted.load(Ordering::Acquire) {
-            RpcStatus::with_message(
-                RpcStatusCode::RESOURCE_EXHAUSTED,
-                "too slow: outbound queue full".into(),
-            )
-        } else if let Some(status) = self.refused.get() {
-            status.clone()
-        } else {
-            RpcStatus::ok()
-        }
-    }
-}
-
-/// What a queued message holds: its bytes (shared with the other members,
-/// but counted whole, as each member would hold them alone).
-fn weight(m: &Outgoing) -> usize {
-    m.0.len()
-}
-
-/// The room and member name a stream asks for, checked.
+/// The room and member name a call asks for, checked.
 fn membership(room: &str, name: &str) -> Result<(String, String), RpcStatus> {
-    let room = chat::room_name(room)
-        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
-    let name = chat::member_name(name)
-        .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e))?;
+    let invalid = |e: String| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e);
+    let room = chat::room_name(room).map_err(invalid)?;
+    let name = chat::member_name(name).map_err(invalid)?;
     Ok((room.to_owned(), name.to_owned()))
-}
-
-impl ChatServer {
-    fn member(
-        &self,
-        room: &str,
-        name: &str,
-        resume: Option<chat::Resume>,
-        identity: Option<&Identity>,
-    ) -> Result<(Member, Arc<GrpcMember>, queue::Receiver<Outgoing>), RpcStatus> {
-        let config = self.hub.config();
-        // As a WebSocket peer's: two of the largest messages.
-        let max_bytes = (config.max_text + chat::ENVELOPE).saturating_mul(2);
-        let (tx, rx) = queue::bounded_in_bytes(config.send_queue, max_bytes, weight);
-        let subscriber = Arc::new(GrpcMember {
-            tx,
-            evicted: AtomicBool::new(false),
-            refused: OnceLock::new(),
-            metrics: Arc::clone(&self.metrics),
-            deadline: self.deadlines.new_deadline(),
-            write_timeout: self.write_timeout,
-            expiry: identity.map(|who| {
-                let expiry = self.deadlines.new_deadline();
-                expiry.rearm(who.lifetime());
-                expiry
-            }),
-        });
-        let member = self
-            .hub
-            .join_from(
-                room,
-                name,
-                Arc::clone(&subscriber) as Arc<dyn Subscriber>,
-                resume,
-            )
-            .map_err(|refusal| refusal_status(&refusal))?;
-        Ok((member, subscriber, rx))
-    }
 }
 
 /// The address of a call's peer, from C-core's `ipv4:ADDR:PORT` or
 /// `ipv6:[ADDR]:PORT` (its brackets maybe %-escaped).
-fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
+fn peer_ip(peer: &str) -> Option<IpAddr> {
     let rest = peer
         .strip_prefix("ipv4:")
         .or_else(|| peer.strip_prefix("ipv6:"))?;
@@ -244,21 +407,6 @@ fn peer_ip(peer: &str) -> Option<std::net::IpAddr> {
         .ok()
 }
 
-/// Refuses a join over its address's or its identity's limit.
-fn admit_join(
-    server: &ChatServer,
-    address: Option<std::net::IpAddr>,
-    identity: Option<&Identity>,
-) -> Result<(), RpcStatus> {
-    let sub = identity.map(|who| who.sub.as_str());
-    server.hub.admit_join(address, sub).map_err(|limited| {
-        server
-            .metrics
-            .join_refused(limited == chat::JoinLimited::Identity);
-        RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, limited.to_string())
-    })
-}
-
 /// The token in a call's `authorization: Bearer` metadata.
 fn token_of(ctx: &RpcContext) -> Option<String> {
     let (_, value) = ctx
@@ -266,247 +414,4 @@ fn token_of(ctx: &RpcContext) -> Option<String> {
         .iter()
         .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))?;
     auth::bearer(std::str::from_utf8(value).ok()?).map(str::to_owned)
-}
-
-impl ChatServer {
-    /// When tokens are required, who `token` says the member is, let into
-    /// `room` under `name` (empty: the token's `sub`).
-    fn identify(
-        &self,
-        token: Option<&str>,
-        room: &str,
-        name: &str,
-    ) -> Result<Option<Identity>, RpcStatus> {
-        let Some(verifier) = &self.auth else {
-            return Ok(None);
-        };
-        match verifier.admit(token, room, name) {
-            Ok(who) => Ok(Some(who)),
-            Err(denied) => {
-                self.metrics.auth_failed(denied.reason());
-                let code = match denied {
-                    Denied::Unauthenticated(_) => RpcStatusCode::UNAUTHENTICATED,
-                    Denied::Forbidden(_) => RpcStatusCode::PERMISSION_DENIED,
-                };
-                Err(RpcStatus::with_message(code, denied.to_string()))
-            }
-        }
-    }
-}
-
-/// Why a read-only member's text is refused.
-fn read_only() -> RpcStatus {
-    RpcStatus::with_message(
-        RpcStatusCode::PERMISSION_DENIED,
-        "read-only: this token may not speak (pub: false)".into(),
-    )
-}
-
-impl ChatServer {
-    /// The service, registered by hand with the server-side codec.
-    pub fn service(self) -> Service {
-        let (mut send, mut chat, mut subscribe) = (self.clone(), self.clone(), self);
-        ServiceBuilder::new()
-            .add_unary_handler(&codec::SEND_MESSAGE, move |ctx, req, sink| {
-                send.send_message(ctx, req, sink)
-            })
-            .add_duplex_streaming_handler(&codec::CHAT, move |ctx, stream, sink| {
-                chat.chat(ctx, stream, sink)
-            })
-            .add_server_streaming_handler(&codec::SUBSCRIBE, move |ctx, req, sink| {
-                subscribe.subscribe(ctx, req, sink)
-            })
-            .build()
-    }
-
-    fn send_message(&mut self, ctx: RpcContext, msg: Incoming, sink: UnarySink<Response>) {
-        debug!(
-            "grpc SendMessage from {:?}, {} bytes",
-            msg.sender,
-            msg.text.len()
-        );
-        self.metrics.grpc.received(msg.text.len());
-        if let Some(status) = msg.refused.clone() {
-            return finish(&ctx, sink, Err(status), &self.metrics);
-        }
-        let reply = membership(&msg.room, &msg.sender).and_then(|(room, sender)| {
-            if !self.may_send(&ctx) {
-                self.metrics
-                    .grpc_rate_limited
-                    .fetch_add(1, Ordering::Relaxed);
-                let why = Refusal::RateLimited.to_string();
-                return Err(RpcStatus::with_message(
-                    RpcStatusCode::RESOURCE_EXHAUSTED,
-                    why,
-                ));
-            }
-            Ok((room, sender))
-        });
-        let token = token_of(&ctx);
-        let identified = reply.and_then(|(room, sender)| {
-            match self.identify(token.as_deref(), &room, &sender)? {
-                None => Ok((room, sender)),
-                Some(who) if !who.publish => Err(read_only()),
-                Some(who) => Ok((room, who.sub)),
-            }
-        });
-        let (room, sender) = match identified {
-            Ok(who) => who,
-            Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
-        };
-        // Checked before anything is published: a refused call posts nothing.
-        if !self.hub.log_is_shared() {
-            let published = self.hub.publish(&room, &sender, &msg.text);
-            let reply = answer(published, &msg.text, &self.metrics);
-            return finish(&ctx, sink, reply, &self.metrics);
-        }
-        // A shared log's append takes a round trip: answered once the log
-        // has the message, awaited off this thread.
-        let (done, mut appended) = queue::bounded(1);
-        let tell: chat::Done = Box::new(move |outcome| {
-            let _ = done.try_send(outcome);
-        });
-        if let Err(why) = self.hub.publish_then(&room, &sender, &msg.text, Some(tell)) {
-            return finish(&ctx, sink, Err(refusal_status(&why)), &self.metrics);
-        }
-        let metrics = Arc::clone(&self.metrics);
-        ctx.spawn(async move {
-            let outcome = appended.next().await.unwrap_or(Err(Refusal::Unavailable));
-            let reply = answer(outcome, &msg.text, &metrics);
-            super::finish_async(sink, reply, &metrics).await;
-        });
-    }
-
-    fn chat(
-        &mut self,
-        ctx: RpcContext,
-        mut stream: RequestStream<Incoming>,
-        sink: DuplexSink<Outgoing>,
-    ) {
-        let server = self.clone();
-        let token = token_of(&ctx);
-        let address = peer_ip(&ctx.peer());
-        ctx.spawn(async move {
-            let metrics = Arc::clone(&server.metrics);
-            // The first message says who and where.
-            let first = match stream.next().await {
-                Some(Ok(first)) => first,
-                _ => return metrics.grpc_call(RpcStatusCode::CANCELLED.into()),
-            };
-            let checked = match first.refused.clone() {
-                Some(status) => Err(status),
-                None => membership(&first.room, &first.sender),
-            };
-            let checked = checked.and_then(|(room, name)| {
-                let who = server.identify(token.as_deref(), &room, &name)?;
-                admit_join(&server, address, who.as_ref())?;
-                Ok((room, name, who))
-            });
-            let (room, name, identity) = match checked {
-                Ok(who) => who,
-                Err(status) => {
-                    let code = status.code();
-                    let _ = sink.fail(status).await;
-                    return metrics.grpc_call(code.into());
-                }
-            };
-            let resume = first.since.map(|since| chat::Resume {
-                since,
-                epoch: first.epoch.clone(),
-            });
-            let name = identity.as_ref().map_or(name, |who| who.sub.clone());
-            let may_speak = identity.as_ref().is_none_or(|who| who.publish);
-            let (member, subscriber, rx) =
-                match server.member(&room, &name, resume, identity.as_ref()) {
-                    Ok(joined) => joined,
-                    Err(status) => {
-                        let code = status.code();
-                        let _ = sink.fail(status).await;
-                        return metrics.grpc_call(code.into());
-                    }
-                };
-            let speaker = Arc::clone(&subscriber);
-            // Borrowed, not moved: the request stream must outlive the call's
-            // status, or dropping it would cancel the call first.
-            let requests = &mut stream;
-            let listening = async move {
-                let mut incoming = Some(first);
-                while let Some(message) = incoming.take() {
-                    if let Some(status) = message.refused.clone() {
-                        let _ = speaker.refused.set(status);
-                        break;
-                    }
-                    if !message.text.is_empty() && !may_speak {
-                        let _ = speaker.refused.set(read_only());
-                        break;
-                    }
-                    if identity.as_ref().is_some_and(Identity::has_expired) {
-                        let expired = RpcStatus::with_message(
-                            RpcStatusCode::UNAUTHENTICATED,
-                            "token expired".into(),
-                        );
-                        let _ = speaker.refused.set(expired);
-                        break;
-                    }
-                    if !message.text.is_empty() {
-                        server.metrics.grpc.received(message.text.len());
-                        if let Err(refusal) = member.say(&message.text) {
-                            if refusal == Refusal::RateLimited {
-                                server
-                                    .metrics
-                                    .grpc_rate_limited
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                            let _ = speaker.refused.set(refusal_status(&refusal));
-                            break;
-                        }
-                    }
-                    incoming = requests.next().await.and_then(Result::ok);
-                }
-                // The client is done talking (or was refused): it leaves, and
-                // its stream ends.
-                drop(member);
-                speaker.tx.close();
-            };
-            let code = stream_out(sink, rx, &subscriber, listening).await;
-            metrics.grpc_call(code.into());
-        });
-    }
-
-    fn subscribe(
-        &mut self,
-        ctx: RpcContext,
-        req: Checked<SubscribeRequest>,
-        sink: ServerStreamingSink<Outgoing>,
-    ) {
-        let token = token_of(&ctx);
-        let checked = req.0.and_then(|req| {
-            let (room, name) = membership(&req.room, &req.name)?;
-            Ok((req, room, name))
-        });
-        let checked = checked.and_then(|(req, room, name)| {
-            let who = self.identify(token.as_deref(), &room, &name)?;
-            admit_join(self, peer_ip(&ctx.peer()), who.as_ref())?;
-            Ok((req, room, name, who))
-        });
-        let (req, room, name, identity) = match checked {
-            Ok(who) => who,
-            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
-        };
-        let resume = req.since.map(|since| chat::Resume {
-            since,
-            epoch: req.epoch.clone(),
-        });
-        let name = identity.as_ref().map_or(name, |who| who.sub.clone());
-        let (member, subscriber, rx) = match self.member(&room, &name, resume, identity.as_ref()) {
-            Ok(joined) => joined,
-            Err(status) => return refuse_stream(&ctx, sink, status, &self.metrics),
-        };
-        let metrics = Arc::clone(&self.metrics);
-        ctx.spawn(async move {
-            let code = stream_out(sink, rx, &subscriber, std::future::pending::<()>()).await;
-            drop(member);
-            metrics.grpc_call(code.into());
-        });
-    }
 }

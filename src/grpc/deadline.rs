@@ -1,9 +1,11 @@
-//! Write deadlines for gRPC streams. grpcio has no timer a task can await,
-//! so one thread, `grpc-deadlines`, looks at every armed deadline a few
-//! times per timeout and wakes the tasks whose time is up. A stream arms its
-//! deadline while C-core holds a write of its that has not gone out (the
-//! sink is not ready) and disarms it when the write completes: the deadline
-//! fires when a member has accepted nothing for the whole timeout.
+//! Deadlines for gRPC streams: their write deadlines and their tokens'
+//! expiry. grpcio has no timer a task can await, so one thread,
+//! `grpc-deadlines`, looks at every armed deadline a few times per timeout
+//! and wakes the tasks whose time is up. A stream arms its write deadline
+//! while C-core holds a write of its that has not gone out (the sink is not
+//! ready) and disarms it when the write completes: the deadline fires when
+//! a member has accepted nothing for the whole timeout. A token's expiry is
+//! a deadline set once, when the member joins.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +44,7 @@ impl Deadline {
     }
 
     /// Arms the deadline `after` from now, unless it is armed already.
-    fn arm(&self, after: Duration) {
+    fn arm_unless_armed(&self, after: Duration) {
         let at = self.at_after(after);
         let _ = self
             .at_ms
@@ -53,8 +55,9 @@ impl Deadline {
         self.at_ms.store(0, Ordering::Release);
     }
 
-    /// Arms a fired deadline anew, `after` from now.
-    pub fn rearm(&self, after: Duration) {
+    /// Sets the deadline to fire `after` from now, whether it was unarmed,
+    /// armed or fired.
+    pub fn fire_after(&self, after: Duration) {
         self.fired.store(false, Ordering::Release);
         self.at_ms.store(self.at_after(after), Ordering::Release);
     }
@@ -152,7 +155,7 @@ pub struct Timed<'a, S> {
 impl<S> Timed<'_, S> {
     fn watch<T>(&self, poll: Poll<T>) -> Poll<T> {
         match poll {
-            Poll::Pending => self.deadline.arm(self.timeout),
+            Poll::Pending => self.deadline.arm_unless_armed(self.timeout),
             Poll::Ready(_) => self.deadline.disarm(),
         }
         poll
@@ -191,14 +194,14 @@ mod tests {
         let deadlines = Deadlines::start(Duration::from_millis(40)).unwrap();
         let armed = deadlines.new_deadline();
         let idle = deadlines.new_deadline();
-        armed.arm(Duration::from_millis(40));
+        armed.arm_unless_armed(Duration::from_millis(40));
         let soon = Instant::now() + Duration::from_secs(5);
         assert!(block_on_until(std::pin::pin!(armed.fired()), Some(soon)).is_some());
         let shortly = Instant::now() + Duration::from_millis(200);
         assert!(block_on_until(std::pin::pin!(idle.fired()), Some(shortly)).is_none());
         // Disarmed in time, it does not fire.
         let disarmed = deadlines.new_deadline();
-        disarmed.arm(Duration::from_millis(100));
+        disarmed.arm_unless_armed(Duration::from_millis(100));
         disarmed.disarm();
         assert!(block_on_until(std::pin::pin!(disarmed.fired()), Some(shortly)).is_none());
     }

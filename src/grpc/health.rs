@@ -10,7 +10,7 @@ use grpcio::{
 };
 
 use super::codec::{self, Checked};
-use super::{finish, refuse_stream};
+use super::reply::{finish, refuse_stream};
 use crate::metrics::Metrics;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};

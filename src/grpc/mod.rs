@@ -8,7 +8,9 @@
 //! | `accept` | the port's accept loop, its connection limit and its handshake deadline |
 //! | `preface` | what a connection must send before C-core gets it: the HTTP/2 preface and settings |
 //! | `chat` | `ChatService`: the seed's `SendMessage` and the chat streams |
-//! | `deadline` | write deadlines for streams, fired by the `grpc-deadlines` thread |
+//! | `stream` | a stream's member: its subscriber, its queue written out, its status |
+//! | `reply` | how a call ends: unary replies, refused streams, statuses, counted |
+//! | `deadline` | streams' write deadlines and token expiry, fired by the `grpc-deadlines` thread |
 //! | `relay` | gRPC over TLS: papo's TLS (rustls), relayed to C-core in plaintext |
 //! | `corelog` | C-core's own log lines, rate-limited |
 //! | `codec` | its messages on the wire: the size limit, only what a client may send, shared bytes out |
@@ -22,6 +24,7 @@ mod deadline;
 mod health;
 mod preface;
 mod relay;
+mod reply;
 mod stream;
 
 use std::fmt;
@@ -32,10 +35,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, CompressionAlgorithms, EnvBuilder, Environment, ResourceQuota, RpcContext,
-    RpcStatus, RpcStatusCode, ServerBuilder, UnarySink,
+    ChannelBuilder, CompressionAlgorithms, EnvBuilder, Environment, ResourceQuota, ServerBuilder,
 };
-use log::{debug, info, warn};
+use log::{info, warn};
 
 use crate::auth::Verifier;
 use crate::chat::{Hub, Rate};
@@ -47,6 +49,7 @@ use accept::{Acceptor, Listening};
 use chat::ChatServer;
 use deadline::Deadlines;
 use health::{Health, HealthServer};
+use stream::STATUS_GRACE;
 
 pub use corelog::redirect as redirect_core_log;
 
@@ -82,9 +85,6 @@ pub struct GrpcConfig {
     pub handshake_timeout: Duration,
 }
 
-/// How long a stream ended for stalling has to get its status out.
-const STATUS_GRACE: Duration = Duration::from_secs(1);
-
 /// Why the gRPC server did not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -115,66 +115,6 @@ impl fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
-
-/// Hands a unary reply to grpcio and counts how the call ended.
-fn finish<T>(
-    ctx: &RpcContext,
-    sink: UnarySink<T>,
-    reply: Result<T, RpcStatus>,
-    metrics: &Arc<Metrics>,
-) {
-    let metrics = Arc::clone(metrics);
-    let (sent, code) = hand_over(sink, reply);
-    ctx.spawn(async move { sent_as(sent.await, code, &metrics) });
-}
-
-/// Ends a server-streaming call with `status` before it streamed anything,
-/// and counts it.
-fn refuse_stream<T: Send + 'static>(
-    ctx: &RpcContext,
-    sink: grpcio::ServerStreamingSink<T>,
-    status: RpcStatus,
-    metrics: &Arc<Metrics>,
-) {
-    let metrics = Arc::clone(metrics);
-    let code = status.code();
-    ctx.spawn(async move {
-        let _ = sink.fail(status).await;
-        metrics.grpc_call(code.into());
-    });
-}
-
-/// [`finish`], from a task already spawned.
-async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
-    let (sent, code) = hand_over(sink, reply);
-    sent_as(sent.await, code, metrics);
-}
-
-/// Starts sending a unary reply; returns its progress and the call's code.
-fn hand_over<T>(
-    sink: UnarySink<T>,
-    reply: Result<T, RpcStatus>,
-) -> (grpcio::UnarySinkResult, RpcStatusCode) {
-    let code = reply
-        .as_ref()
-        .map_or_else(|s| s.code(), |_| RpcStatusCode::OK);
-    let sent = match reply {
-        Ok(reply) => sink.success(reply),
-        Err(status) => sink.fail(status),
-    };
-    (sent, code)
-}
-
-/// Counts a call whose reply went out (or did not).
-fn sent_as(sent: grpcio::Result<()>, code: RpcStatusCode, metrics: &Metrics) {
-    match sent {
-        Ok(()) => metrics.grpc_call(code.into()),
-        Err(e) => {
-            debug!("grpc reply not delivered: {e}");
-            metrics.grpc_call(RpcStatusCode::CANCELLED.into());
-        }
-    }
-}
 
 /// A started gRPC server; dropping it shuts the server down at once.
 pub struct GrpcServer {
