@@ -47,7 +47,7 @@ impl WsLoad {
             ca,
         } = self;
         let payload = "x".repeat(size);
-        let expected = papo::chat::ws_reply_text(&payload);
+        let expected = papo::ws::seed_reply(&payload);
         let target = url.clone();
         let inflight = inflight.max(1);
         run_workers("ws", target, conns, move |i, start_line| {
@@ -100,7 +100,7 @@ impl ConnectLoad {
             ca,
             pid,
         } = self;
-        let expected = papo::chat::ws_reply_text("x");
+        let expected = papo::ws::seed_reply("x");
         let per_thread = count.div_ceil(conns.max(1));
         let server_cpu = || (pid != 0).then(|| super::cpu_of(&pid.to_string()));
         let before = server_cpu();
@@ -157,7 +157,7 @@ impl GrpcLoad {
             .collect::<Result<Vec<_>, String>>()?;
         let clients = Arc::new(clients);
         let text = "x".repeat(size);
-        let expected = papo::chat::grpc_reply(&text);
+        let expected = papo::grpc::seed_reply(&text);
         let per_caller = reqs.div_ceil(conc.max(1));
         run_workers("grpc", addr.clone(), conc, move |i, start_line| {
             let client = &clients[i % clients.len()];

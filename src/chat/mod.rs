@@ -41,22 +41,6 @@ pub use rate::{Bucket, Rate};
 pub use room::{lock_room, new_epoch, roster, Arrival, MemberEntry, Room};
 pub use types::{Delivery, Encoding, Refusal, Resume, Subscriber, ENVELOPE};
 
-/// Prefix of every reply on the seed's WebSocket endpoint.
-pub const WS_REPLY_PREFIX: &str = "Recebido: ";
-
-/// The seed's WebSocket reply to a text message: `Recebido: <msg>`.
-pub fn ws_reply_text(text: &str) -> String {
-    let mut reply = String::with_capacity(WS_REPLY_PREFIX.len() + text.len());
-    reply.push_str(WS_REPLY_PREFIX);
-    reply.push_str(text);
-    reply
-}
-
-/// The seed's gRPC reply to `SendMessage`: `Mensagem recebida: <text>`.
-pub fn grpc_reply(text: &str) -> String {
-    format!("Mensagem recebida: {text}")
-}
-
 /// Chat-level settings, shared by both transports.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {

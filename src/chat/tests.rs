@@ -96,16 +96,6 @@ impl Subscriber for Inbox {
 }
 
 #[test]
-fn seed_replies() {
-    assert_eq!(
-        ws_reply_text("Olá, WebSocket!"),
-        "Recebido: Olá, WebSocket!"
-    );
-    assert_eq!(ws_reply_text(""), "Recebido: ");
-    assert_eq!(grpc_reply("Olá, gRPC!"), "Mensagem recebida: Olá, gRPC!");
-}
-
-#[test]
 fn members_see_joins_messages_and_leaves_with_stamps() {
     let hub = Hub::new(without_history());
     let ana = Inbox::new(100);

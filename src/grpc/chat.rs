@@ -252,8 +252,7 @@ impl ChatServer {
         let identity = self.identify(token, &room, &name)?;
         let sub = identity.as_ref().map(|who| who.sub.as_str());
         self.hub.admit_join(address, sub).map_err(|limited| {
-            self.metrics
-                .join_refused(limited == JoinLimited::Identity);
+            self.metrics.join_refused(limited == JoinLimited::Identity);
             RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, limited.to_string())
         })?;
         let name = identity.as_ref().map_or(name, |who| who.sub.clone());
@@ -275,14 +274,17 @@ impl ChatServer {
         let Some(verifier) = &self.auth else {
             return Ok(None);
         };
-        verifier.admit(token, room, name).map(Some).map_err(|denied| {
-            self.metrics.auth_failed(denied.reason());
-            let code = match denied {
-                Denied::Unauthenticated(_) => RpcStatusCode::UNAUTHENTICATED,
-                Denied::Forbidden(_) => RpcStatusCode::PERMISSION_DENIED,
-            };
-            RpcStatus::with_message(code, denied.to_string())
-        })
+        verifier
+            .admit(token, room, name)
+            .map(Some)
+            .map_err(|denied| {
+                self.metrics.auth_failed(denied.reason());
+                let code = match denied {
+                    Denied::Unauthenticated(_) => RpcStatusCode::UNAUTHENTICATED,
+                    Denied::Forbidden(_) => RpcStatusCode::PERMISSION_DENIED,
+                };
+                RpcStatus::with_message(code, denied.to_string())
+            })
     }
 
     /// Adds a stream's member to its room: the member, its subscriber and
@@ -414,4 +416,14 @@ fn token_of(ctx: &RpcContext) -> Option<String> {
         .iter()
         .find(|(key, _)| key.eq_ignore_ascii_case("authorization"))?;
     auth::bearer(std::str::from_utf8(value).ok()?).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_reply_is_mensagem_recebida_and_the_text() {
+        assert_eq!(seed_reply("Olá, gRPC!"), "Mensagem recebida: Olá, gRPC!");
+    }
 }

@@ -51,6 +51,7 @@ use deadline::Deadlines;
 use health::{Health, HealthServer};
 use stream::STATUS_GRACE;
 
+pub use chat::seed_reply;
 pub use corelog::redirect as redirect_core_log;
 
 /// Limits of the gRPC server.

@@ -38,7 +38,11 @@ pub(super) fn refuse_stream<T: Send + 'static>(
 }
 
 /// [`finish`], from a task already spawned.
-pub(super) async fn finish_async<T>(sink: UnarySink<T>, reply: Result<T, RpcStatus>, metrics: &Metrics) {
+pub(super) async fn finish_async<T>(
+    sink: UnarySink<T>,
+    reply: Result<T, RpcStatus>,
+    metrics: &Metrics,
+) {
     let (sent, code) = hand_over(sink, reply);
     sent_as(sent.await, code, metrics);
 }

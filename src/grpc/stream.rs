@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use futures_util::{Sink, SinkExt, StreamExt};
-use protobuf::Message as _;
 use grpcio::{DuplexSink, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags};
+use protobuf::Message as _;
 
 use super::codec::Outgoing;
 use super::deadline::{Deadline, Deadlines, Timed};

@@ -14,7 +14,8 @@ use log::{debug, info, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::InboundBudget;
-use super::conn::{close_frame, handle_client};
+use super::conn::handle_client;
+use super::frames::close_frame;
 use super::{http, keepalive, Shared, WsConfig};
 use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
 use crate::auth::Verifier;

@@ -1,7 +1,6 @@
 //! One connection's life on its own thread: the upgrade, the message loop,
 //! and how it ends (close codes, and the reason counted in the metrics).
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -10,126 +9,26 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use tungstenite::handshake::server::{create_response, write_response};
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{Frame, FrameHeader};
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::protocol::frame::coding::{CloseCode, Data};
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 use super::budget::{is_inbound_full, Account};
+use super::error::ConnError;
+use super::frames::{close_frame, close_payload, reply_frame, Action, SEED_REPLY_PREFIX};
 use super::front::{handshake_failure, Front};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
-use super::member::{self, WsMember};
+use super::member::{self, WsSubscriber};
 use super::{
     Shared, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
 };
 use crate::auth::Identity;
-use crate::chat::{JoinLimited, SendError, WS_REPLY_PREFIX};
+use crate::chat::JoinLimited;
 use crate::lock;
-use crate::metrics::CloseReason;
 use crate::peer::{OutboundLimits, Peer};
+use crate::queue::SendError;
 use crate::sys;
-
-/// Why a connection ended other than by a normal close.
-#[derive(Debug)]
-pub(super) enum ConnError {
-    /// The request was answered with an HTTP status and no upgrade.
-    Rejected(u16),
-    /// The peer sent nothing usable before the handshake deadline.
-    HandshakeTimeout,
-    /// The TLS handshake failed, for this reason.
-    Tls(&'static str),
-    /// The peer did not answer a ping in time.
-    PongTimeout,
-    /// The server is shutting down.
-    Shutdown,
-    /// Closed by the server with this code: the peer sent what the endpoint
-    /// does not take (bad JSON on `/chat`, …).
-    BadInput(u16),
-    Io(io::Error),
-    WebSocket(WsError),
-}
-
-impl ConnError {
-    pub fn reason(&self) -> CloseReason {
-        match self {
-            ConnError::Rejected(_) => CloseReason::Rejected,
-            ConnError::HandshakeTimeout | ConnError::Tls("timeout") => {
-                CloseReason::HandshakeTimeout
-            }
-            ConnError::Tls(_) => CloseReason::Rejected,
-            ConnError::PongTimeout => CloseReason::PongTimeout,
-            ConnError::Shutdown => CloseReason::Shutdown,
-            ConnError::BadInput(_) => CloseReason::ProtocolError,
-            ConnError::WebSocket(
-                WsError::Protocol(_) | WsError::Utf8(_) | WsError::Capacity(_),
-            ) => CloseReason::ProtocolError,
-            ConnError::WebSocket(WsError::Io(e)) if is_inbound_full(e) => CloseReason::Overloaded,
-            ConnError::Io(_) | ConnError::WebSocket(_) => CloseReason::IoError,
-        }
-    }
-}
-
-impl fmt::Display for ConnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnError::Rejected(status) => write!(f, "answered HTTP {status}"),
-            ConnError::HandshakeTimeout => f.write_str("handshake timed out"),
-            ConnError::Tls(reason) => write!(f, "TLS handshake failed ({reason})"),
-            ConnError::PongTimeout => f.write_str("no pong in time"),
-            ConnError::Shutdown => f.write_str("server shutting down"),
-            ConnError::BadInput(code) => write!(f, "closed with {code}"),
-            ConnError::Io(e) => write!(f, "{e}"),
-            ConnError::WebSocket(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl From<io::Error> for ConnError {
-    fn from(e: io::Error) -> Self {
-        ConnError::Io(e)
-    }
-}
-
-impl From<WsError> for ConnError {
-    fn from(e: WsError) -> Self {
-        ConnError::WebSocket(e)
-    }
-}
-
-/// Longest close reason: a control frame's payload is at most 125 bytes,
-/// two of which are the code (RFC 6455, 5.5).
-const MAX_CLOSE_REASON: usize = 123;
-
-/// `reason`, cut to fit a close frame, at a character boundary.
-fn close_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
-}
-
-/// A close frame's payload: `code` and `reason`, cut to fit.
-fn close_payload(code: CloseCode, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: close_reason(reason).into(),
-    }
-}
-
-/// Frames a close frame for sending from any thread.
-pub(super) fn close_frame(code: CloseCode, reason: &str) -> Arc<[u8]> {
-    encode(Frame::close(Some(close_payload(code, reason))))
-}
-
-/// A frame's bytes, to be sent whole through a peer's queue.
-pub(super) fn encode(frame: Frame) -> Arc<[u8]> {
-    let mut bytes = Vec::with_capacity(frame.len());
-    // Formatting into a Vec cannot fail.
-    let _ = frame.format(&mut bytes);
-    bytes.into()
-}
 
 /// The socket as tungstenite sees it: reads go straight to the socket (only
 /// the connection's thread reads) and are counted against the inbound
@@ -193,7 +92,7 @@ fn serve_upgraded<'a>(
         return Err(ConnError::Shutdown);
     }
     let served = match endpoint {
-        Endpoint::Reply => message_loop(ws, peer, shared, |m| Action::Reply(WS_REPLY_PREFIX, m)),
+        Endpoint::Reply => message_loop(ws, peer, shared, |m| Action::Reply(SEED_REPLY_PREFIX, m)),
         Endpoint::Echo => message_loop(ws, peer, shared, |m| Action::Reply("", m)),
         Endpoint::Chat {
             room,
@@ -205,7 +104,7 @@ fn serve_upgraded<'a>(
                 registration.expires_in(who.lifetime());
             }
             let may_speak = identity.as_ref().is_none_or(|who| who.publish);
-            let subscriber = Arc::new(WsMember {
+            let subscriber = Arc::new(WsSubscriber {
                 peer: Arc::clone(peer),
                 metrics: Arc::clone(&shared.metrics),
             });
@@ -390,32 +289,6 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// What a connection does with one incoming data message.
-pub(super) enum Action {
-    /// Answer with the message, of the same type, after a prefix.
-    Reply(&'static str, Message),
-    Nothing,
-    /// End the connection with this close code and reason.
-    Close(CloseCode, String),
-}
-
-/// Frames a reply (server frames are not masked): `prefix` and `payload` as
-/// one message of `opcode`, into `out`. Built here rather than by
-/// tungstenite so a reply costs no allocation: the frame goes whole through
-/// the peer's queue, as fan-out frames do.
-fn reply_frame(out: &mut Vec<u8>, opcode: Data, prefix: &str, payload: &[u8]) {
-    out.clear();
-    let len = prefix.len() + payload.len();
-    let header = FrameHeader {
-        opcode: OpCode::Data(opcode),
-        ..FrameHeader::default()
-    };
-    // Formatting into a Vec cannot fail.
-    let _ = header.format(len as u64, out);
-    out.extend_from_slice(prefix.as_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// The message loop of one upgraded connection. It blocks in `read` with no
 /// timeout: the keepalive thread watches for silence, and shutdown or a
 /// pong timeout shuts the socket, which ends the `read`. An idle peer costs
@@ -500,24 +373,4 @@ fn close_after_error(mut ws: Box<WebSocket<Duplex>>, error: WsError) -> ConnErro
     // A failure here means the peer is gone; the linger then ends at once.
     let _ = ws.close(Some(close_payload(code, reason)));
     error.into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit_a_control_frame_at_a_character_boundary() {
-        assert_eq!(close_reason("short"), "short");
-        let long = "ã".repeat(100); // 200 bytes
-        let cut = close_reason(&long);
-        assert_eq!(cut.len(), 122);
-        assert!(cut.chars().all(|c| c == 'ã'));
-        let frame = close_frame(CloseCode::Invalid, &"x".repeat(500));
-        assert_eq!(
-            frame.len(),
-            2 + 125,
-            "header and the largest control payload"
-        );
-    }
 }

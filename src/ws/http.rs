@@ -12,7 +12,7 @@ use std::time::Instant;
 use tungstenite::handshake::server::Request;
 use tungstenite::http::Version;
 
-use super::conn::ConnError;
+use super::error::ConnError;
 use super::front::Front;
 use super::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::auth::Identity;

@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::Frame;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use super::conn::{close_frame, encode};
+use super::frames::{close_frame, encode};
 use super::{Shared, CLOSE_GRACE};
 use crate::lock;
 use crate::peer::Peer;

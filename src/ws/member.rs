@@ -10,19 +10,20 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
-use super::conn::{close_frame, Action};
+use super::frames::{close_frame, Action};
 use super::http::{self, Endpoint};
 use super::input;
 use super::Shared;
 use crate::auth::{self, Denied};
-use crate::chat::{Delivery, Encoding, Member, Refusal, SendError, Subscriber};
+use crate::chat::{Delivery, Encoding, Member, Refusal, Subscriber};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
+use crate::queue::SendError;
 
 /// A `/chat` member's way out: messages of its room, as JSON text frames.
-pub(super) struct WsMember {
+pub(super) struct WsSubscriber {
     pub peer: Arc<Peer>,
     pub metrics: Arc<Metrics>,
 }
@@ -36,7 +37,7 @@ fn json_frame(message: &ChatMessage) -> Vec<u8> {
     bytes
 }
 
-impl Subscriber for WsMember {
+impl Subscriber for WsSubscriber {
     fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
         // Encoded once per message, by whichever member comes first.
         let frame = delivery.encoded(Encoding::WsJson, json_frame);
@@ -89,7 +90,7 @@ pub(super) fn on_message(
     member: &Member,
     room: &str,
     may_speak: bool,
-    subscriber: &WsMember,
+    subscriber: &WsSubscriber,
     metrics: &Metrics,
     message: Message,
 ) -> Action {

@@ -13,7 +13,9 @@
 //! | `accept` | the listener, connection slots and `503`, spawning, shutdown |
 //! | `budget` | the bytes all connections may hold in unfinished messages |
 //! | `http` | request heads, routes, plain responses, the origin policy |
-//! | `conn` | the upgrade, the message loop, close codes |
+//! | `conn` | the upgrade, the message loop |
+//! | `error` | why a connection ended, as the metrics count it |
+//! | `frames` | what goes out, framed once: close frames, replies, the seed's reply |
 //! | `front` | a connection before its upgrade: plain TCP or TLS |
 //! | `keepalive` | pinging silent peers and dropping unanswered ones |
 //! | `member` | a `/chat` connection as a member of a chat room |
@@ -22,6 +24,8 @@
 mod accept;
 mod budget;
 mod conn;
+mod error;
+mod frames;
 mod front;
 mod http;
 mod input;
@@ -34,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use accept::{WsHandle, WsServer};
+pub use frames::seed_reply;
 
 use crate::auth::Verifier;
 use crate::chat::Hub;
