@@ -34,7 +34,7 @@ struct State<T> {
     waker: Option<Waker>,
 }
 
-struct Shared<T> {
+struct Channel<T> {
     state: Mutex<State<T>>,
     capacity: usize,
     /// Bytes queued at most (one item larger than this still fits alone).
@@ -42,14 +42,14 @@ struct Shared<T> {
     weight: fn(&T) -> usize,
 }
 
-impl<T> Shared<T> {
+impl<T> Channel<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         crate::lock(&self.state)
     }
 }
 
 /// The producing half. Cheap to clone; every clone feeds the same queue.
-pub struct Sender<T>(Arc<Shared<T>>);
+pub struct Sender<T>(Arc<Channel<T>>);
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
@@ -58,7 +58,7 @@ impl<T> Clone for Sender<T> {
 }
 
 /// The consuming half: a `Stream` that ends once the queue is closed and empty.
-pub struct Receiver<T>(Arc<Shared<T>>);
+pub struct Receiver<T>(Arc<Channel<T>>);
 
 /// A queue holding at most `capacity` items.
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
@@ -72,7 +72,7 @@ pub fn bounded_in_bytes<T>(
     max_bytes: usize,
     weight: fn(&T) -> usize,
 ) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Channel {
         state: Mutex::new(State {
             items: VecDeque::new(),
             bytes: 0,

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::room::{Arrival, MemberEntry, Room};
+use super::room::{Arrival, MemberEntry, OwnCopy, Room};
 use super::{Refusal, Resume};
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
@@ -116,7 +116,13 @@ impl Engine for Memory {
                 // Another connection of a member here: only it is told.
                 true => room.tell_only(id, own),
                 false => {
-                    room.publish_with(Room::event(Kind::JOIN, &name), Some((id, own)));
+                    room.announce_join(
+                        Room::event(Kind::JOIN, &name),
+                        OwnCopy {
+                            member: id,
+                            message: own,
+                        },
+                    );
                 }
             }
         }

@@ -38,8 +38,8 @@ pub use engine::{Done, Engine, Memory};
 pub use joins::{JoinLimited, JoinLimiter};
 pub use names::{is_bidi_control, member_name, room_name, DEFAULT_ROOM, MAX_NAME};
 pub use rate::{Bucket, Rate};
-pub use room::{lock_room, new_epoch, roster, Arrival, MemberEntry, Room};
-pub use types::{Delivery, Encoding, Refusal, Resume, Subscriber, ENVELOPE};
+pub use room::{lock_room, roster, Arrival, MemberEntry, Room};
+pub use types::{unique_id, Delivery, Encoding, Refusal, Resume, Subscriber, ENVELOPE};
 
 /// Chat-level settings, shared by both transports.
 #[derive(Debug, Clone)]

@@ -3,14 +3,14 @@
 //! lets a resuming member be handed the log without a gap or a repeat.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::warn;
 
 use super::budget::{outgoing, weight, HistoryBudget, NOTE_ROOM};
-use super::types::{Delivery, Resume, Subscriber};
+use super::types::{unique_id, Delivery, Resume, Subscriber};
 use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
@@ -103,13 +103,11 @@ fn is_event(delivery: &Delivery) -> bool {
     delivery.message.kind.enum_value_or_default() != Kind::MESSAGE
 }
 
-/// A new epoch: unique in this process and, by the clock, across restarts.
-pub fn new_epoch() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+/// What one member gets in place of what the others get: a joiner's own
+/// JOIN, with the roster in it.
+pub struct OwnCopy {
+    pub member: u64,
+    pub message: Message,
 }
 
 /// A locked room that, when unlocked, logs the members it dropped.
@@ -155,7 +153,7 @@ impl Room {
         Room {
             name: name.to_owned(),
             seq: 0,
-            epoch: new_epoch(),
+            epoch: unique_id(),
             history: VecDeque::new(),
             keep,
             events: 0,
@@ -179,7 +177,7 @@ impl Room {
     pub(super) fn expire_if_idle(&mut self, ttl: Duration) {
         if self.idle_past(ttl, Instant::now()) && (self.seq > 0 || !self.history.is_empty()) {
             self.seq = 0;
-            self.epoch = new_epoch();
+            self.epoch = unique_id();
             while self.forget_oldest() {}
             self.lost_through = 0;
         }
@@ -362,16 +360,18 @@ impl Room {
     /// is announced in turn (a loop, not recursion: a thousand drops must not
     /// grow a connection thread's small stack). Returns the message's number.
     pub(super) fn publish(&mut self, message: Message) -> u64 {
-        self.publish_with(message, None)
+        self.publish_and_tell(message, None)
     }
 
-    /// [`Room::publish`], where member `special.0` gets `special.1` instead:
-    /// the same event, numbered alike, with more in it.
-    pub(super) fn publish_with(
-        &mut self,
-        message: Message,
-        mut special: Option<(u64, Message)>,
-    ) -> u64 {
+    /// Publishes a member's JOIN, where the member itself gets `own`
+    /// instead: the same event, numbered alike, with the roster in it.
+    pub(super) fn announce_join(&mut self, join: Message, own: OwnCopy) -> u64 {
+        self.publish_and_tell(join, Some(own))
+    }
+
+    /// [`Room::publish`], with `own` for one member in place of the first
+    /// message.
+    fn publish_and_tell(&mut self, message: Message, mut own: Option<OwnCopy>) -> u64 {
         let mut pending = VecDeque::from([message]);
         let mut first_seq = 0;
         while let Some(mut message) = pending.pop_front() {
@@ -381,12 +381,13 @@ impl Room {
             message.seq = self.seq;
             message.timestamp_ms = now_ms();
             message.epoch = self.epoch.clone();
-            let own_copy = special.take().map(|(id, mut own)| {
+            let own_copy = own.take().map(|copy| {
+                let mut own = copy.message;
                 own.room = message.room.clone();
                 own.seq = message.seq;
                 own.timestamp_ms = message.timestamp_ms;
                 own.epoch = message.epoch.clone();
-                (id, Delivery::new(own))
+                (copy.member, Delivery::new(own))
             });
             let delivery = Delivery::new(message);
             self.last_active = Instant::now();

@@ -509,7 +509,7 @@ fn a_logged_message_weighs_at_least_what_it_keeps() {
             text,
             seq: 123_456,
             timestamp_ms: room::now_ms(),
-            epoch: new_epoch(),
+            epoch: unique_id(),
             ..Default::default()
         });
         // Both encodings, as the two transports cache them.

@@ -2,7 +2,9 @@
 //! message as delivered, a member's way out, where a joiner stopped, and
 //! why a text was not said.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proto::chat::Message;
 use crate::queue::SendError;
@@ -47,6 +49,16 @@ impl Delivery {
 /// out (sender, room, numbers, a reply's prefix): a text that was taken in
 /// always fits out, whatever the protocol.
 pub const ENVELOPE: usize = 1024;
+
+/// A name unique in this process and, by the clock, across restarts: a
+/// room's epoch, an instance's name in shared presence.
+pub fn unique_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// Where a joining member stopped: the last `seq` it saw, in `epoch` (an
 /// empty epoch with `since` 0 asks for everything the room keeps).

@@ -86,7 +86,7 @@ pub struct Peer {
     /// Set on every read from the socket, cleared by the keepalive.
     heard: AtomicBool,
     /// The keepalive gave up on the peer.
-    expired: AtomicBool,
+    silent: AtomicBool,
     /// The keepalive pinged the peer and no pong has come back yet.
     pinged: AtomicBool,
     /// The close frame went out and the write side is shut: the peer has
@@ -130,7 +130,7 @@ impl Peer {
             }),
             limits,
             heard: AtomicBool::new(true),
-            expired: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
             lingering: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -226,13 +226,14 @@ impl Peer {
     }
 
     /// Cuts off a peer that did not answer a ping; its blocked `read` ends.
-    pub fn expire(&self) {
-        self.expired.store(true, Ordering::Release);
+    pub fn cut_off_silent(&self) {
+        self.silent.store(true, Ordering::Release);
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 
-    pub fn expired(&self) -> bool {
-        self.expired.load(Ordering::Acquire)
+    /// Whether the peer was cut off for not answering a ping.
+    pub fn was_silent(&self) -> bool {
+        self.silent.load(Ordering::Acquire)
     }
 
     /// Writes `frame` as far as the socket takes it now and queues the rest.

@@ -125,7 +125,7 @@ struct Follow {
 }
 
 /// What both threads share.
-struct Shared {
+struct RedisState {
     config: RedisConfig,
     /// Names this instance's members in presence: unique per process.
     instance: String,
@@ -143,7 +143,7 @@ type Watcher = Box<dyn Fn(bool) + Send + Sync>;
 
 /// The engine, as the hub holds it.
 pub struct Redis {
-    shared: Arc<Shared>,
+    shared: Arc<RedisState>,
 }
 
 impl Redis {
@@ -151,8 +151,8 @@ impl Redis {
     /// keep trying, and the engine reports itself down meanwhile.
     pub fn start(config: RedisConfig) -> io::Result<Arc<Redis>> {
         let (commands, pending) = queue::bounded_in_bytes(usize::MAX, config.pending, weight);
-        let instance = crate::chat::new_epoch().replace('-', "");
-        let shared = Arc::new(Shared {
+        let instance = crate::chat::unique_id().replace('-', "");
+        let shared = Arc::new(RedisState {
             wake_key: format!("papo:wake:{instance}"),
             instance,
             config,
@@ -186,7 +186,7 @@ impl Redis {
     }
 }
 
-impl Shared {
+impl RedisState {
     fn send(&self, command: Command) -> Result<(), Refusal> {
         self.commands
             .try_send(command)

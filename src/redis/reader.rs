@@ -9,7 +9,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use super::resp::{Connection, Value};
-use super::{back_off, entry_message, Command, Shared, StreamId, IO_TIMEOUT, RETRY_FIRST};
+use super::{back_off, entry_message, Command, RedisState, StreamId, IO_TIMEOUT, RETRY_FIRST};
 use crate::chat::lock_room;
 
 /// How long one `XREAD` waits for entries (below the connection's read
@@ -20,7 +20,7 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// count grows back by one a round that fits.
 const COUNT: usize = 512;
 
-pub(super) fn run(shared: &Shared) {
+pub(super) fn run(shared: &RedisState) {
     let mut retry = RETRY_FIRST;
     let mut wake = StreamId::default();
     let mut was_down = false;
@@ -55,7 +55,7 @@ pub(super) fn run(shared: &Shared) {
 
 /// Reads and delivers until the connection fails.
 fn read_rounds(
-    shared: &Shared,
+    shared: &RedisState,
     connection: &mut Connection,
     wake: &mut StreamId,
     count: &mut usize,
@@ -111,7 +111,7 @@ fn entry_id(entry: &Value) -> Option<StreamId> {
 
 /// Hands `entries` of room `name`'s log to the room here, in order, from
 /// after the last one it was handed.
-fn deliver(shared: &Shared, name: &str, entries: Vec<Value>) {
+fn deliver(shared: &RedisState, name: &str, entries: Vec<Value>) {
     let Some((room, cursor)) = crate::lock(&shared.follows)
         .get(name)
         .map(|f| (Arc::clone(&f.room), f.cursor))

@@ -12,7 +12,7 @@ use log::{info, warn};
 
 use super::resp::{Connection, Value};
 use super::{
-    back_off, entry_message, room_keys, Command, Follow, Shared, StreamId, IO_TIMEOUT, RETRY_FIRST,
+    back_off, entry_message, room_keys, Command, Follow, RedisState, StreamId, IO_TIMEOUT, RETRY_FIRST,
     STREAM_FLOOR,
 };
 use crate::chat::{lock_room, Refusal};
@@ -53,7 +53,7 @@ impl Link {
     }
 }
 
-fn connect(shared: &Shared) -> io::Result<Link> {
+fn connect(shared: &RedisState) -> io::Result<Link> {
     let mut connection =
         Connection::open(&shared.config.address, IO_TIMEOUT, shared.config.max_reply)?;
     let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
@@ -64,7 +64,7 @@ fn connect(shared: &Shared) -> io::Result<Link> {
     Ok(Link { connection, sha })
 }
 
-pub(super) fn run(shared: &Shared, pending: queue::Receiver<Command>) {
+pub(super) fn run(shared: &RedisState, pending: queue::Receiver<Command>) {
     let mut link = None;
     let mut retry = RETRY_FIRST;
     let tend_every = shared.config.presence_ttl / 3;
@@ -151,7 +151,7 @@ fn fail(command: Command) {
 /// then reads and acts on every reply. Commands the replies ask for (the
 /// reader's wake-up, LEAVEs of members dropped meanwhile) go in the next.
 fn exchange(
-    shared: &Shared,
+    shared: &RedisState,
     link: &mut Link,
     batch: &mut Vec<Command>,
     tend: bool,
@@ -276,7 +276,7 @@ fn exchange(
 /// the expired on the way); lets go of rooms no longer held here. Returns
 /// how many replies to read.
 fn send_presence(
-    shared: &Shared,
+    shared: &RedisState,
     link: &mut Link,
     limits: &Limits,
     presence: &str,
@@ -306,7 +306,7 @@ fn send_presence(
 }
 
 /// Acts on a command's reply.
-fn settle(shared: &Shared, command: Command, reply: Value, next: &mut Vec<Command>) {
+fn settle(shared: &RedisState, command: Command, reply: Value, next: &mut Vec<Command>) {
     match command {
         Command::Say {
             room, from, done, ..
@@ -376,7 +376,7 @@ fn leave_all(room: &str, dropped: Vec<(u64, String)>, next: &mut Vec<Command>) {
 /// Starts reading `room` after entry `last`, unless it is read already;
 /// true when the reader must be told.
 fn follow(
-    shared: &Shared,
+    shared: &RedisState,
     name: &str,
     room: &Arc<std::sync::Mutex<crate::chat::Room>>,
     last: StreamId,

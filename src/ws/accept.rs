@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::budget::InboundBudget;
 use super::conn::handle_client;
 use super::frames::close_frame;
-use super::{http, keepalive, Shared, WsConfig};
+use super::{http, keepalive, WsState, WsConfig};
 use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
 use crate::auth::Verifier;
 use crate::chat::Hub;
@@ -28,13 +28,13 @@ use crate::{lock, sys};
 /// A bound WebSocket server, ready to [`run`](WsServer::run).
 pub struct WsServer {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<WsState>,
 }
 
 /// Stops a running [`WsServer`] from another thread.
 #[derive(Clone)]
 pub struct WsHandle {
-    shared: Arc<Shared>,
+    shared: Arc<WsState>,
     /// The server's listening socket, shut down to wake its accept loop.
     listener: Arc<TcpListener>,
 }
@@ -53,7 +53,7 @@ impl WsServer {
         peer::start_flusher()?;
         Ok(WsServer {
             listener,
-            shared: Arc::new(Shared {
+            shared: Arc::new(WsState {
                 inbound: InboundBudget::new(config.inbound_budget),
                 tls,
                 auth,

@@ -21,7 +21,7 @@ use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsSubscriber};
 use super::{
-    Shared, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
+    WsState, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
 };
 use crate::auth::Identity;
 use crate::chat::JoinLimited;
@@ -68,7 +68,7 @@ fn queue_error(e: SendError) -> io::Error {
 
 /// Serves one connection: reads the request head, answers plain HTTP, or
 /// upgrades and runs the endpoint's message loop.
-pub(super) fn handle_client(stream: TcpStream, shared: &Shared) -> Result<(), ConnError> {
+pub(super) fn handle_client(stream: TcpStream, shared: &WsState) -> Result<(), ConnError> {
     let Some(Upgraded { ws, peer, endpoint }) = upgrade(stream, shared)? else {
         return Ok(());
     };
@@ -85,7 +85,7 @@ fn serve_upgraded<'a>(
     peer: &Arc<Peer>,
     endpoint: Endpoint,
     registration: &Registration<'_>,
-    shared: &'a Shared,
+    shared: &'a WsState,
 ) -> Result<(), ConnError> {
     if shared.stopping.load(Ordering::Acquire) {
         peer.close_with(close_frame(CloseCode::Away, "server shutting down"));
@@ -145,7 +145,7 @@ struct Upgraded<'a> {
 /// are the deepest a connection ever uses, and they are gone, and their
 /// pages released, before the message loop starts.
 #[inline(never)]
-fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, ConnError> {
+fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, ConnError> {
     let config = &shared.config;
     let address = stream.peer_addr().ok().map(|a| a.ip());
     stream.set_nodelay(true)?;
@@ -244,7 +244,7 @@ fn upgrade(stream: TcpStream, shared: &Shared) -> Result<Option<Upgraded<'_>>, C
 /// Tells the operator, at most once per [`REFUSAL_LOG_INTERVAL`], that a
 /// browser was refused and how to allow it: the browser itself only sees
 /// its connection fail.
-fn warn_refused_origin(shared: &Shared, origin: Option<&str>) {
+fn warn_refused_origin(shared: &WsState, origin: Option<&str>) {
     let mut last = lock(&shared.origin_warned);
     if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
         *last = Some(Instant::now());
@@ -261,12 +261,12 @@ fn nonzero(d: Duration) -> Option<Duration> {
 
 /// Keeps a peer where the keepalive and shutdown find it, while it is served.
 struct Registration<'a> {
-    shared: &'a Shared,
+    shared: &'a WsState,
     id: u64,
 }
 
 impl<'a> Registration<'a> {
-    fn new(shared: &'a Shared, peer: &Arc<Peer>) -> Registration<'a> {
+    fn new(shared: &'a WsState, peer: &Arc<Peer>) -> Registration<'a> {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&shared.peers).insert(id, Watched::new(Arc::clone(peer)));
         Registration { shared, id }
@@ -297,7 +297,7 @@ impl Drop for Registration<'_> {
 fn message_loop(
     mut ws: Box<WebSocket<Duplex<'_>>>,
     peer: &Arc<Peer>,
-    shared: &Shared,
+    shared: &WsState,
     mut on_message: impl FnMut(Message) -> Action,
 ) -> Result<(), ConnError> {
     let traffic = &shared.metrics.ws;
@@ -309,7 +309,7 @@ fn message_loop(
     loop {
         let message = match ws.read() {
             Ok(message) => message,
-            Err(_) if peer.expired() => return Err(ConnError::PongTimeout),
+            Err(_) if peer.was_silent() => return Err(ConnError::PongTimeout),
             Err(WsError::ConnectionClosed) => return Ok(()),
             Err(e) => return Err(close_after_error(ws, e)),
         };

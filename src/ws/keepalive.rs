@@ -19,7 +19,7 @@ use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::frames::{close_frame, encode};
-use super::{Shared, CLOSE_GRACE};
+use super::{WsState, CLOSE_GRACE};
 use crate::lock;
 use crate::peer::Peer;
 
@@ -55,7 +55,7 @@ impl Watched {
 }
 
 /// The keepalive thread's loop, until the server stops.
-pub(super) fn run(shared: &Shared) {
+pub(super) fn run(shared: &WsState) {
     let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
     let pinging = !interval.is_zero();
     // Pings go out, and silent peers are dropped, at most a quarter late.
@@ -111,7 +111,7 @@ pub(super) fn run(shared: &Shared) {
             peer.ping(Arc::clone(&ping));
         }
         for peer in to_drop.drain(..) {
-            peer.expire();
+            peer.cut_off_silent();
         }
         for peer in to_cut.drain(..) {
             peer.cut();

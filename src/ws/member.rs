@@ -13,7 +13,7 @@ use tungstenite::Message;
 use super::frames::{close_frame, Action};
 use super::http::{self, Endpoint};
 use super::input;
-use super::Shared;
+use super::WsState;
 use crate::auth::{self, Denied};
 use crate::chat::{Delivery, Encoding, Member, Refusal, Subscriber};
 use crate::metrics::Metrics;
@@ -134,7 +134,7 @@ pub(super) fn identify(
     endpoint: &mut Endpoint,
     request: &Request,
     target: &str,
-    shared: &Shared,
+    shared: &WsState,
 ) -> Result<(), (u16, String)> {
     let (
         Endpoint::Chat {

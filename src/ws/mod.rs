@@ -103,7 +103,7 @@ pub struct WsConfig {
 }
 
 /// State shared by the accept loop, every connection thread and the handle.
-struct Shared {
+struct WsState {
     config: WsConfig,
     metrics: Arc<Metrics>,
     hub: Arc<Hub>,
