@@ -40,7 +40,7 @@ fn set_read_timeout(
 #[test]
 fn silent_peers_are_pinged_and_dropped_live_ones_kept() {
     let server = ws_server_with(WsConfig {
-        ping_interval: Duration::from_millis(200),
+        ping_interval: Some(Duration::from_millis(200)),
         pong_timeout: Duration::from_millis(300),
         ..ServeConfig::default().ws
     });
@@ -90,8 +90,8 @@ fn silent_peers_are_pinged_and_dropped_live_ones_kept() {
 #[test]
 fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
     let server = ws_server_with(WsConfig {
-        write_timeout: Duration::from_millis(300),
-        ping_interval: Duration::ZERO,
+        write_timeout: Some(Duration::from_millis(300)),
+        ping_interval: None,
         ..ServeConfig::default().ws
     });
     let (mut stuck, status) = raw_upgrade(server.addr, "/echo", "");
@@ -118,8 +118,8 @@ fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
 #[test]
 fn without_a_write_timeout_a_briefly_full_peer_is_kept() {
     let server = ws_server_with(WsConfig {
-        write_timeout: Duration::ZERO,
-        ping_interval: Duration::ZERO,
+        write_timeout: None,
+        ping_interval: None,
         ..ServeConfig::default().ws
     });
     let (mut slow, status) = raw_upgrade(server.addr, "/echo", "");

@@ -473,9 +473,9 @@ impl ServeConfig {
             max_connections: v.parsed(&MAX_CONNECTIONS)?,
             max_message_size,
             handshake_timeout: v.duration(&HANDSHAKE_TIMEOUT)?,
-            ping_interval: v.duration(&PING_INTERVAL)?,
+            ping_interval: v.duration_or_off(&PING_INTERVAL)?,
             pong_timeout: v.duration(&PONG_TIMEOUT)?,
-            write_timeout: v.duration(&WRITE_TIMEOUT)?,
+            write_timeout: v.duration_or_off(&WRITE_TIMEOUT)?,
             stack_size: v.size(&STACK_SIZE)?,
             allowed_origins: v.list(&ALLOWED_ORIGIN)?,
             public_hosts: v.list(&PUBLIC_HOST)?,
@@ -495,7 +495,7 @@ impl ServeConfig {
             listen_backlog: v.parsed(&LISTEN_BACKLOG)?,
             keepalive_time: v.duration(&GRPC_KEEPALIVE_TIME)?,
             keepalive_timeout: v.duration(&GRPC_KEEPALIVE_TIMEOUT)?,
-            write_timeout: v.duration(&WRITE_TIMEOUT)?,
+            write_timeout: v.duration_or_off(&WRITE_TIMEOUT)?,
             handshake_timeout: v.duration(&HANDSHAKE_TIMEOUT)?,
         };
         let chat = ChatConfig {

@@ -233,6 +233,11 @@ impl Values {
         let raw = self.given(flag, &[Kind::Duration])?;
         parse_duration(raw).map_err(|e| self.invalid(flag, raw, e))
     }
+
+    /// A duration where zero means off: `None`.
+    pub fn duration_or_off(&self, flag: &Flag) -> Result<Option<Duration>, CliError> {
+        Ok(Some(self.duration(flag)?).filter(|d| !d.is_zero()))
+    }
 }
 
 impl CliError {

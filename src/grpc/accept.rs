@@ -51,7 +51,7 @@ pub(super) struct Listening {
     pub server: Arc<Mutex<grpcio::Server>>,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
-    pub write_timeout: Duration,
+    pub write_timeout: Option<Duration>,
     /// Over TLS, each connection is a relay of its own (see `relay`).
     pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,

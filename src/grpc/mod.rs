@@ -79,8 +79,8 @@ pub struct GrpcConfig {
     /// Time a keepalive ping has to be answered.
     pub keepalive_timeout: Duration,
     /// A stream member that accepts nothing for this long is dropped
-    /// (zero: never).
-    pub write_timeout: Duration,
+    /// (`None`: never).
+    pub write_timeout: Option<Duration>,
     /// Time a new connection has to complete its TLS handshake (if any)
     /// and send its HTTP/2 preface and settings; it is closed after.
     pub handshake_timeout: Duration,
@@ -204,7 +204,7 @@ impl GrpcServer {
                 .build(),
         );
         let health = Arc::new(Health::new());
-        let write_timeout = Some(config.write_timeout).filter(|t| !t.is_zero());
+        let write_timeout = config.write_timeout;
         let checked_every = write_timeout.unwrap_or(STATUS_GRACE).min(STATUS_GRACE);
         let deadlines = Deadlines::start(checked_every).map_err(StartError::Thread)?;
         let chat = ChatServer {

@@ -41,8 +41,8 @@ pub(super) struct Relay {
     pub config: Arc<ServerConfig>,
     pub server: Arc<Mutex<grpcio::Server>>,
     pub handshake_timeout: Duration,
-    /// A peer that takes nothing for this long is cut off (zero: never).
-    pub write_timeout: Duration,
+    /// A peer that takes nothing for this long is cut off (`None`: never).
+    pub write_timeout: Option<Duration>,
 }
 
 impl Relay {
@@ -94,8 +94,7 @@ impl Relay {
             send_all(&mut session, &mut socket)?;
         }
         socket.set_read_timeout(None)?;
-        let write_timeout = Some(self.write_timeout).filter(|t| !t.is_zero());
-        socket.set_write_timeout(write_timeout)?;
+        socket.set_write_timeout(self.write_timeout)?;
         let (mut ours, theirs) = UnixStream::pair()?;
         sys::hand_stream_to_grpc(&mut lock(&self.server), theirs)?;
         ours.write_all(&first)?;

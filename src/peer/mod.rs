@@ -55,8 +55,8 @@ pub struct OutboundLimits {
     /// Bytes queued at most (a single frame larger than this still fits alone).
     pub bytes: usize,
     /// Longest time the socket may take no bytes while some are queued
-    /// (zero: no limit).
-    pub write_timeout: Duration,
+    /// (`None`: no limit).
+    pub write_timeout: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -464,8 +464,7 @@ impl Peer {
 
     /// When a peer that has taken no bytes since `since` is cut off.
     fn write_deadline(&self, since: Instant) -> Option<Instant> {
-        let timeout = self.limits.write_timeout;
-        (!timeout.is_zero()).then(|| since + timeout)
+        since.checked_add(self.limits.write_timeout?)
     }
 
     /// The write deadline passed: cut the peer off, and say so at most once
@@ -477,7 +476,8 @@ impl Peer {
             if dropped.1.is_none_or(|t| t.elapsed() >= DROP_WARN_INTERVAL) {
                 warn!(
                     "dropping WebSocket peers that took no data for {:?}: {} since the last warning",
-                    self.limits.write_timeout, dropped.0
+                    self.limits.write_timeout.unwrap_or_default(),
+                    dropped.0
                 );
                 *dropped = (0, Some(Instant::now()));
             }
@@ -505,7 +505,7 @@ mod tests {
         let limits = OutboundLimits {
             frames: 8,
             bytes: 1 << 20,
-            write_timeout: Duration::from_secs(1),
+            write_timeout: Some(Duration::from_secs(1)),
         };
         let peer = Peer::new(socket, limits, None);
         assert!(!peer.take_pinged(), "an unsolicited pong");

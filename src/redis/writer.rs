@@ -12,8 +12,8 @@ use log::{info, warn};
 
 use super::resp::{Connection, Value};
 use super::{
-    back_off, entry_message, room_keys, Command, Follow, RedisState, StreamId, IO_TIMEOUT, RETRY_FIRST,
-    STREAM_FLOOR,
+    back_off, entry_message, room_keys, Command, Follow, RedisState, StreamId, IO_TIMEOUT,
+    RETRY_FIRST, STREAM_FLOOR,
 };
 use crate::chat::{lock_room, Refusal};
 use crate::executor::block_on_until;

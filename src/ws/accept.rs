@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::budget::InboundBudget;
 use super::conn::handle_client;
 use super::frames::close_frame;
-use super::{http, keepalive, WsState, WsConfig};
+use super::{http, keepalive, WsConfig, WsState};
 use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
 use crate::auth::Verifier;
 use crate::chat::Hub;
@@ -81,7 +81,7 @@ impl WsServer {
 
     /// Accepts connections until stopped, one thread each.
     pub fn run(self) -> io::Result<()> {
-        if !self.shared.config.ping_interval.is_zero() || self.shared.auth.is_some() {
+        if self.shared.config.ping_interval.is_some() || self.shared.auth.is_some() {
             let shared = Arc::clone(&self.shared);
             thread::Builder::new()
                 .name("ws-keepalive".into())

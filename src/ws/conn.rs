@@ -149,7 +149,7 @@ fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, 
     let config = &shared.config;
     let address = stream.peer_addr().ok().map(|a| a.ip());
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(nonzero(config.write_timeout))?;
+    stream.set_write_timeout(config.write_timeout)?;
     let deadline = Instant::now() + config.handshake_timeout;
     let tls = shared.tls.as_ref().map(|tls| Arc::clone(&tls.current().ws));
     let mut stream = Front::new(stream, tls)?;
@@ -253,10 +253,6 @@ fn warn_refused_origin(shared: &WsState, origin: Option<&str>) {
              --allowed-origin ORIGIN, or name this server's host with --public-host NAME"
         );
     }
-}
-
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 /// Keeps a peer where the keepalive and shutdown find it, while it is served.

@@ -56,12 +56,13 @@ impl Watched {
 
 /// The keepalive thread's loop, until the server stops.
 pub(super) fn run(shared: &WsState) {
-    let (interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
-    let pinging = !interval.is_zero();
+    let (ping_interval, timeout) = (shared.config.ping_interval, shared.config.pong_timeout);
+    let pinging = ping_interval.is_some();
+    let interval = ping_interval.unwrap_or(Duration::MAX);
     // Pings go out, and silent peers are dropped, at most a quarter late.
-    let mut tick = match pinging {
-        true => (interval.min(timeout) / 4).max(MIN_TICK),
-        false => EXPIRY_TICK,
+    let mut tick = match ping_interval {
+        Some(interval) => (interval.min(timeout) / 4).max(MIN_TICK),
+        None => EXPIRY_TICK,
     };
     if shared.auth.is_some() {
         tick = tick.min(EXPIRY_TICK);

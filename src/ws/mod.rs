@@ -81,12 +81,13 @@ pub struct WsConfig {
     pub max_message_size: usize,
     /// Time a new connection has to send its whole request head.
     pub handshake_timeout: Duration,
-    /// Silence after which the peer is pinged (zero: never).
-    pub ping_interval: Duration,
+    /// Silence after which the peer is pinged (`None`: never).
+    pub ping_interval: Option<Duration>,
     /// Silence after a ping after which the peer is dropped.
     pub pong_timeout: Duration,
-    /// Longest a peer may take no data while some is queued (zero: no limit).
-    pub write_timeout: Duration,
+    /// Longest a peer may take no data while some is queued (`None`: no
+    /// limit).
+    pub write_timeout: Option<Duration>,
     /// Stack size of each connection thread.
     pub stack_size: usize,
     /// Browser origins allowed besides the server's own host; `*` allows all.
