@@ -10,8 +10,7 @@
 //! public key (the classic algorithm confusion).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -21,6 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
 
 use crate::json::{self, Unknown, Value};
+use crate::throttle::{Throttle, INTERVAL};
 
 /// Where the verification keys are, as `papo serve` was told.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,13 +38,10 @@ pub struct Verifier {
     secret: Option<hmac::Key>,
     public_key: Option<Vec<u8>>,
     leeway: Duration,
-    /// Refusals since the last warning, and when that was: a client with a
-    /// bad token in a retry loop must not flood the log.
-    refusals: Mutex<(u64, Option<Instant>)>,
+    /// Refused tokens: a client with a bad token in a retry loop must not
+    /// flood the log.
+    refusals: Throttle,
 }
-
-/// At most one warning about refused tokens per this long.
-const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a member was not let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +163,7 @@ impl Verifier {
             secret,
             public_key,
             leeway: files.leeway,
-            refusals: Mutex::new((0, None)),
+            refusals: Throttle::new(),
         })
     }
 
@@ -177,18 +174,11 @@ impl Verifier {
         let admitted = self.check(token.unwrap_or_default(), room, name);
         if let Err(denied) = &admitted {
             debug!("chat token refused for room {room:?}: {denied}");
-            let mut refusals = crate::lock(&self.refusals);
-            refusals.0 += 1;
-            if refusals
-                .1
-                .is_none_or(|t| t.elapsed() >= REFUSAL_WARN_INTERVAL)
-            {
+            if let Some(times) = self.refusals.occurred() {
                 warn!(
-                    "chat tokens refused: {} in the last {}s (the last: {denied})",
-                    refusals.0,
-                    REFUSAL_WARN_INTERVAL.as_secs()
+                    "chat tokens refused: {times} in the last {}s (the last: {denied})",
+                    INTERVAL.as_secs()
                 );
-                *refusals = (0, Some(Instant::now()));
             }
         }
         admitted

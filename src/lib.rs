@@ -18,6 +18,8 @@ pub mod proto;
 pub mod redis;
 pub mod server;
 pub mod sys;
+mod threads;
+mod throttle;
 pub mod tls;
 pub mod ws;
 

@@ -15,6 +15,7 @@ use crate::lock;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message;
 use crate::queue::SendError;
+use crate::throttle::Throttle;
 
 pub struct MemberEntry {
     pub(crate) id: u64,
@@ -110,6 +111,9 @@ pub struct OwnCopy {
     pub message: Message,
 }
 
+/// Members dropped for a full queue.
+static DROPPED: Throttle = Throttle::new();
+
 /// A locked room that, when unlocked, logs the members it dropped.
 pub struct RoomGuard<'a>(Option<MutexGuard<'a, Room>>);
 
@@ -143,7 +147,13 @@ impl Drop for RoomGuard<'_> {
         let name = room.name.clone();
         drop(room);
         for member in dropped {
-            warn!("room {name:?}: dropped {member:?}: its queue is full");
+            // Any member can stop reading: said throttled.
+            if let Some(times) = DROPPED.occurred() {
+                warn!(
+                    "room {name:?}: dropped {member:?}: its queue is full \
+                     ({times} members dropped since the last warning)"
+                );
+            }
         }
     }
 }

@@ -24,19 +24,17 @@ use log::{debug, warn};
 
 use super::preface::{self, Preface};
 use super::relay::{Place, Relay};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::sys::{self, Epoll};
+use crate::threads::{spawn_helper, ACCEPT_BACKOFF};
+use crate::throttle::Throttle;
 use crate::tls::Tls;
-use crate::{lock, ws};
 
 /// Epoll tokens: the listener, the stop signal, then one per connection.
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
 const FIRST_CONNECTION: u64 = 2;
-
-/// How long the loop backs off when `accept` fails (out of descriptors or
-/// memory) instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The running accept loop; dropping it stops the loop and closes the
 /// listener (connections already handed over are C-core's).
@@ -64,24 +62,21 @@ impl Acceptor {
         let epoll = Epoll::new()?;
         epoll.add(listening.listener.as_raw_fd(), LISTENER)?;
         epoll.add(stopped.as_raw_fd(), STOP)?;
-        let thread = thread::Builder::new()
-            .name("grpc-accept".into())
-            .stack_size(ws::HELPER_STACK)
-            .spawn(move || {
-                let _stopped = stopped;
-                Loop {
-                    listening,
-                    epoll,
-                    open: HashMap::new(),
-                    waiting: HashMap::new(),
-                    deadlines: VecDeque::new(),
-                    peeked: vec![0; preface::MOST],
-                    relays: Arc::new(AtomicUsize::new(0)),
-                    next_token: FIRST_CONNECTION,
-                    refusal_logged: None,
-                }
-                .run();
-            })?;
+        let thread = spawn_helper("grpc-accept", move || {
+            let _stopped = stopped;
+            Loop {
+                listening,
+                epoll,
+                open: HashMap::new(),
+                waiting: HashMap::new(),
+                deadlines: VecDeque::new(),
+                peeked: vec![0; preface::MOST],
+                relays: Arc::new(AtomicUsize::new(0)),
+                next_token: FIRST_CONNECTION,
+                refusals: Throttle::new(),
+            }
+            .run();
+        })?;
         Ok(Acceptor {
             stop,
             thread: Some(thread),
@@ -117,7 +112,7 @@ struct Loop {
     /// TLS connections being relayed.
     relays: Arc<AtomicUsize>,
     next_token: u64,
-    refusal_logged: Option<Instant>,
+    refusals: Throttle,
 }
 
 impl Loop {
@@ -198,18 +193,11 @@ impl Loop {
             handshake_timeout: self.listening.handshake_timeout,
             write_timeout: self.listening.write_timeout,
         };
-        let spawned = thread::Builder::new()
-            .name("grpc-tls".into())
-            .stack_size(ws::HELPER_STACK)
-            .spawn(move || relay.run(place));
+        let spawned = spawn_helper("grpc-tls", move || relay.run(place));
         if let Err(e) = spawned {
             // The closure, and with it the socket and the place, is dropped.
-            if self
-                .refusal_logged
-                .is_none_or(|t| t.elapsed() >= ws::REFUSAL_LOG_INTERVAL)
-            {
-                self.refusal_logged = Some(Instant::now());
-                warn!("grpc TLS connection dropped: cannot start its thread: {e}");
+            if let Some(times) = self.refusals.occurred() {
+                warn!("grpc TLS connections dropped: cannot start their threads: {e} ({times} since the last warning)");
             }
         }
         self.count();
@@ -288,11 +276,7 @@ impl Loop {
     fn refuse(&mut self, max: usize) {
         let metrics = &self.listening.metrics;
         let refused = metrics.grpc_refused.fetch_add(1, Ordering::Relaxed) + 1;
-        if self
-            .refusal_logged
-            .is_none_or(|t| t.elapsed() >= ws::REFUSAL_LOG_INTERVAL)
-        {
-            self.refusal_logged = Some(Instant::now());
+        if self.refusals.occurred().is_some() {
             warn!(
                 "grpc connection refused: {max} connections open ({refused} refused so far); \
                  raise --grpc-max-connections to allow more"

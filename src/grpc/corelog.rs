@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use log::{log, log_enabled, warn, Level};
 
-use crate::ws::REFUSAL_LOG_INTERVAL;
+use crate::throttle::INTERVAL;
 use crate::{lock, sys};
 
 /// Lines shown per interval; the rest are counted and the count is said.
@@ -29,12 +29,12 @@ fn line(level: Level, file: &str, line: u32, message: &str) {
     {
         let mut window = lock(&WINDOW);
         let (began, shown, held) = &mut *window;
-        if began.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+        if began.is_none_or(|t| t.elapsed() >= INTERVAL) {
             if *held > 0 {
                 warn!(
                     target: "grpc_core",
                     "{held} more gRPC C-core lines in the last {}s not shown",
-                    REFUSAL_LOG_INTERVAL.as_secs()
+                    INTERVAL.as_secs()
                 );
             }
             *window = (Some(Instant::now()), 0, 0);

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_util::Sink;
@@ -109,21 +108,18 @@ impl Deadlines {
         let (stop, stopped) = mpsc::channel::<()>();
         let tick = (timeout / CHECKS_PER_TIMEOUT).max(Duration::from_millis(10));
         let checked = Arc::clone(&live);
-        thread::Builder::new()
-            .name("grpc-deadlines".into())
-            .stack_size(64 << 10)
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    let now_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    lock(&checked).retain(|weak| match weak.upgrade() {
-                        Some(deadline) => {
-                            deadline.check(now_ms);
-                            true
-                        }
-                        None => false,
-                    });
-                }
-            })?;
+        crate::threads::spawn_helper("grpc-deadlines", move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                let now_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+                lock(&checked).retain(|weak| match weak.upgrade() {
+                    Some(deadline) => {
+                        deadline.check(now_ms);
+                        true
+                    }
+                    None => false,
+                });
+            }
+        })?;
         Ok(Deadlines {
             live,
             clock,

@@ -6,7 +6,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
 use std::time::Instant;
 
 use super::{Flushed, Peer};
@@ -19,8 +18,6 @@ pub(super) struct Flusher {
 }
 
 pub(super) static FLUSHER: OnceLock<Flusher> = OnceLock::new();
-/// The flusher's stack: it runs shallow.
-const FLUSHER_STACK: usize = 64 << 10;
 static FLUSHER_START: Mutex<()> = Mutex::new(());
 
 /// Starts the process's flusher thread unless it runs already. Servers call
@@ -39,10 +36,7 @@ pub fn start_flusher() -> io::Result<()> {
         incoming: Mutex::new(Vec::new()),
         wake,
     });
-    thread::Builder::new()
-        .name("ws-flush".into())
-        .stack_size(FLUSHER_STACK)
-        .spawn(move || run(wakened))?;
+    crate::threads::spawn_helper("ws-flush", move || run(wakened))?;
     Ok(())
 }
 

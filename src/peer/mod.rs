@@ -34,15 +34,14 @@ use crate::queue::SendError;
 
 mod flusher;
 mod tls;
+use crate::throttle::Throttle;
 use crate::{lock, sys};
 pub use flusher::start_flusher;
 use flusher::FLUSHER;
 use tls::{send_tls, TLS_CHUNK};
 
-/// Peers cut off for the write deadline since the last warning, and when
-/// that was; at most one warning per interval.
-static DROPPED: Mutex<(u64, Option<Instant>)> = Mutex::new((0, None));
-const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Peers cut off for the write deadline.
+static DROPPED: Throttle = Throttle::new();
 
 /// How often a closing connection looks whether its queue has drained.
 const LINGER_POLL: Duration = Duration::from_millis(5);
@@ -467,20 +466,14 @@ impl Peer {
         since.checked_add(self.limits.write_timeout?)
     }
 
-    /// The write deadline passed: cut the peer off, and say so at most once
-    /// per [`DROP_WARN_INTERVAL`] (any peer can stop reading).
+    /// The write deadline passed: cut the peer off, and say so, throttled
+    /// (any peer can stop reading).
     fn abort(&self) {
-        {
-            let mut dropped = lock(&DROPPED);
-            dropped.0 += 1;
-            if dropped.1.is_none_or(|t| t.elapsed() >= DROP_WARN_INTERVAL) {
-                warn!(
-                    "dropping WebSocket peers that took no data for {:?}: {} since the last warning",
-                    self.limits.write_timeout.unwrap_or_default(),
-                    dropped.0
-                );
-                *dropped = (0, Some(Instant::now()));
-            }
+        if let Some(times) = DROPPED.occurred() {
+            warn!(
+                "dropping WebSocket peers that took no data for {:?}: {times} since the last warning",
+                self.limits.write_timeout.unwrap_or_default(),
+            );
         }
         let mut out = lock(&self.out);
         out.broken = true;

@@ -16,12 +16,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use super::budget::InboundBudget;
 use super::conn::handle_client;
 use super::frames::close_frame;
+use super::DRAIN_POLL;
 use super::{http, keepalive, WsConfig, WsState};
-use super::{ACCEPT_BACKOFF, DRAIN_POLL, HELPER_STACK, REFUSAL_LOG_INTERVAL};
 use crate::auth::Verifier;
 use crate::chat::Hub;
 use crate::metrics::{CloseReason, Metrics};
 use crate::peer::{self, Peer};
+use crate::threads::{spawn_helper, ACCEPT_BACKOFF};
+use crate::throttle::Throttle;
 use crate::tls::Tls;
 use crate::{lock, sys};
 
@@ -63,7 +65,7 @@ impl WsServer {
                 stopping: AtomicBool::new(false),
                 peers: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
-                origin_warned: Mutex::new(None),
+                origin_warned: Throttle::new(),
             }),
         })
     }
@@ -83,10 +85,7 @@ impl WsServer {
     pub fn run(self) -> io::Result<()> {
         if self.shared.config.ping_interval.is_some() || self.shared.auth.is_some() {
             let shared = Arc::clone(&self.shared);
-            thread::Builder::new()
-                .name("ws-keepalive".into())
-                .stack_size(HELPER_STACK)
-                .spawn(move || keepalive::run(&shared))?;
+            spawn_helper("ws-keepalive", move || keepalive::run(&shared))?;
         }
         let scheme = if self.shared.tls.is_some() {
             "wss"
@@ -94,13 +93,13 @@ impl WsServer {
             "ws"
         };
         info!("ws listening on {scheme}://{}/ws", self.local_addr()?);
-        let mut last_refusal_log: Option<Instant> = None;
+        let refusals = Throttle::new();
         for conn in self.listener.incoming() {
             if self.shared.stopping.load(Ordering::Acquire) {
                 break;
             }
             match conn {
-                Ok(stream) => self.dispatch(stream, &mut last_refusal_log),
+                Ok(stream) => self.dispatch(stream, &refusals),
                 Err(e) => {
                     warn!("ws accept failed: {e}");
                     thread::sleep(ACCEPT_BACKOFF);
@@ -111,13 +110,12 @@ impl WsServer {
         Ok(())
     }
 
-    fn dispatch(&self, mut stream: TcpStream, last_refusal_log: &mut Option<Instant>) {
+    fn dispatch(&self, mut stream: TcpStream, refusals: &Throttle) {
         let metrics = &self.shared.metrics;
         metrics.ws_accepted.fetch_add(1, Ordering::Relaxed);
         let Some(slot) = Slot::take(metrics, self.shared.config.max_connections) else {
             let refused = metrics.ws_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
-                *last_refusal_log = Some(Instant::now());
+            if refusals.occurred().is_some() {
                 warn!(
                     "ws connection refused: {} connections open ({refused} refused so far)",
                     self.shared.config.max_connections
@@ -153,8 +151,7 @@ impl WsServer {
         if let Err(e) = spawned {
             // The closure, and with it the stream and the slot, is dropped.
             let dropped = metrics.ws_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
-                *last_refusal_log = Some(Instant::now());
+            if refusals.occurred().is_some() {
                 warn!("ws connection dropped: cannot start its thread: {e} ({dropped} refused so far)");
             }
             metrics.ws_closed(CloseReason::IoError);

@@ -20,9 +20,7 @@ use super::front::{handshake_failure, Front};
 use super::http::{self, Endpoint, Head, Route};
 use super::keepalive::Watched;
 use super::member::{self, WsSubscriber};
-use super::{
-    WsState, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REFUSAL_LOG_INTERVAL, REPLY_BUFFER_KEPT,
-};
+use super::{WsState, CLOSE_DRAIN_BYTES, CLOSE_GRACE, READ_BUFFER, REPLY_BUFFER_KEPT};
 use crate::auth::Identity;
 use crate::chat::JoinLimited;
 use crate::lock;
@@ -241,13 +239,11 @@ fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, 
     Ok(Some(Upgraded { ws, peer, endpoint }))
 }
 
-/// Tells the operator, at most once per [`REFUSAL_LOG_INTERVAL`], that a
+/// Tells the operator, throttled, that a
 /// browser was refused and how to allow it: the browser itself only sees
 /// its connection fail.
 fn warn_refused_origin(shared: &WsState, origin: Option<&str>) {
-    let mut last = lock(&shared.origin_warned);
-    if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
-        *last = Some(Instant::now());
+    if shared.origin_warned.occurred().is_some() {
         warn!(
             "ws refused a browser page from origin {origin:?}: allow it with \
              --allowed-origin ORIGIN, or name this server's host with --public-host NAME"

@@ -35,7 +35,7 @@ mod member;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use accept::{WsHandle, WsServer};
 pub use frames::seed_reply;
@@ -43,6 +43,7 @@ pub use frames::seed_reply;
 use crate::auth::Verifier;
 use crate::chat::Hub;
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 use crate::tls::Tls;
 use budget::InboundBudget;
 use keepalive::Watched;
@@ -61,16 +62,8 @@ const REPLY_BUFFER_KEPT: usize = 16 * 1024;
 /// meanwhile.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const CLOSE_DRAIN_BYTES: usize = 1 << 20;
-/// At most one "connection refused" (or "origin refused") warning per
-/// this interval.
-pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How long the accept loop backs off when `accept` fails (out of
-/// descriptors or memory) instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often shutdown looks whether every connection has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
-/// Stack of the server's own helper threads (keepalive), which run shallow.
-pub(crate) const HELPER_STACK: usize = 64 << 10;
 
 /// Limits and policy of the WebSocket server. Defaults are `papo serve`'s.
 #[derive(Debug, Clone)]
@@ -113,7 +106,7 @@ struct WsState {
     peers: Mutex<HashMap<u64, Watched>>,
     next_id: AtomicU64,
     /// When a refused browser origin was last logged.
-    origin_warned: Mutex<Option<Instant>>,
+    origin_warned: Throttle,
     inbound: InboundBudget,
     /// The certificate for `wss`, when the port speaks TLS.
     tls: Option<Arc<Tls>>,
