@@ -263,7 +263,7 @@ impl Metrics {
         metric(
             "papo_message_bytes_total",
             "counter",
-            "Payload bytes by protocol and direction.",
+            "Bytes of chat messages as their protocol carries them (a WebSocket frame's payload, a gRPC message), by protocol and direction.",
             &bytes,
         );
         metric(

@@ -109,7 +109,7 @@ impl<T> Sender<T> {
             }
             let over_bytes =
                 !state.items.is_empty() && state.bytes.saturating_add(weight) > self.0.max_bytes;
-            if count_bound && state.items.len() >= self.0.capacity || over_bytes {
+            if (count_bound && state.items.len() >= self.0.capacity) || over_bytes {
                 return Err(SendError::Full);
             }
             state.bytes += weight;

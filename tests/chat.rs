@@ -754,3 +754,60 @@ fn papo_chat_via_grpc_reconnects_and_resumes_where_it_stopped() {
     drop(ana.child.stdin.take());
     assert!(common::wait_exit(&mut ana.child, SOON).success());
 }
+
+/// A `papo_message_bytes_total` line of `/metrics`.
+fn bytes_total(metrics: &str, protocol: &str, direction: &str) -> u64 {
+    let key =
+        format!("papo_message_bytes_total{{protocol=\"{protocol}\",direction=\"{direction}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&key))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from\n{metrics}"))
+}
+
+#[test]
+fn bytes_out_are_each_protocols_message_without_its_framing() {
+    use protobuf::Message as _;
+    let server = serve(&[]);
+    let (ws_addr, grpc_addr) = (server.ws.clone().unwrap(), server.grpc.clone().unwrap());
+    let (mut ana, _) = connect(format!("ws://{ws_addr}/chat?room=bytes&name=ana")).unwrap();
+    let mut ana_read = 0;
+    let mut ana_next = || match ana.read().unwrap() {
+        Message::Text(json) => {
+            ana_read += json.len() as u64;
+            let message: ChatMessage =
+                protobuf_json_mapping::parse_from_str(json.as_str()).unwrap();
+            message
+        }
+        other => panic!("not a text message: {other:?}"),
+    };
+    assert_eq!(kind(&ana_next()), Kind::JOIN);
+
+    let client = chat_client(&grpc_addr);
+    let request = SubscribeRequest {
+        room: "bytes".into(),
+        name: "bob".into(),
+        ..Default::default()
+    };
+    let mut bob = client.subscribe(&request).unwrap();
+    let mut bob_read = 0;
+    let mut bob_next = || {
+        let message = next_within(&mut bob, "bob's message").unwrap().unwrap();
+        bob_read += message.compute_size();
+        message
+    };
+    assert_eq!(kind(&bob_next()), Kind::JOIN);
+    assert_eq!(kind(&ana_next()), Kind::JOIN);
+    let response = post(&client, "bytes", "olá, bytes").unwrap();
+    assert_eq!(bob_next().text, "olá, bytes");
+    assert_eq!(ana_next().text, "olá, bytes");
+
+    let addr = ws_addr.parse().unwrap();
+    let metrics = common::raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(bytes_total(&metrics, "ws", "out"), ana_read);
+    assert_eq!(
+        bytes_total(&metrics, "grpc", "out"),
+        bob_read + response.compute_size()
+    );
+}

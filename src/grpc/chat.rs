@@ -15,6 +15,7 @@ use grpcio::{
     ServiceBuilder, UnarySink,
 };
 use log::debug;
+use protobuf::Message as _;
 
 use super::codec::{self, Checked, Incoming, Outgoing};
 use super::deadline::Deadlines;
@@ -86,13 +87,17 @@ impl ChatServer {
     }
 
     /// The seed's call: the text said in its room, answered once it is.
-    fn send_message(&mut self, ctx: RpcContext, msg: Incoming, sink: UnarySink<Response>) {
+    fn send_message(&mut self, ctx: RpcContext, msg: Checked<Incoming>, sink: UnarySink<Response>) {
+        let msg = match msg.0 {
+            Ok(msg) => msg,
+            Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
+        };
         debug!(
             "grpc SendMessage from {:?}, {} bytes",
             msg.sender,
             msg.text.len()
         );
-        self.metrics.grpc.received(msg.text.len());
+        self.metrics.grpc.received(msg.size);
         let speaker = match self.sender_of(&ctx, &msg) {
             Ok(speaker) => speaker,
             Err(status) => return finish(&ctx, sink, Err(status), &self.metrics),
@@ -128,7 +133,7 @@ impl ChatServer {
     fn chat(
         &mut self,
         ctx: RpcContext,
-        mut stream: RequestStream<Incoming>,
+        mut stream: RequestStream<Checked<Incoming>>,
         sink: DuplexSink<Outgoing>,
     ) {
         let server = self.clone();
@@ -136,10 +141,10 @@ impl ChatServer {
         let address = peer_ip(&ctx.peer());
         ctx.spawn(async move {
             let metrics = Arc::clone(&server.metrics);
-            let Some(Ok(first)) = stream.next().await else {
+            let Some(Ok(Checked(first))) = stream.next().await else {
                 return metrics.grpc_call(RpcStatusCode::CANCELLED.into());
             };
-            let joining = first.refused.clone().map_or(Ok(()), Err).and_then(|()| {
+            let joining = first.and_then(|first| {
                 let speaker =
                     server.speaker(token.as_deref(), address, &first.room, &first.sender)?;
                 let resume = first.since.map(|since| Resume {
@@ -147,9 +152,9 @@ impl ChatServer {
                     epoch: first.epoch.clone(),
                 });
                 let (member, subscriber, rx) = server.join(&speaker, resume)?;
-                Ok((speaker.identity, member, subscriber, rx))
+                Ok((first, speaker.identity, member, subscriber, rx))
             });
-            let (identity, member, subscriber, rx) = match joining {
+            let (first, identity, member, subscriber, rx) = match joining {
                 Ok(joined) => joined,
                 Err(status) => {
                     let code = status.code();
@@ -162,9 +167,10 @@ impl ChatServer {
             // status, or dropping it would cancel the call first.
             let requests = &mut stream;
             let listening = async move {
-                let mut incoming = Some(first);
-                while let Some(message) = incoming.take() {
-                    if let Err(status) = server.say(&member, identity.as_ref(), &message) {
+                let mut incoming = Some(Checked(Ok(first)));
+                while let Some(Checked(message)) = incoming.take() {
+                    let said = message.and_then(|m| server.say(&member, identity.as_ref(), &m));
+                    if let Err(status) = said {
                         speaking.end_with(status);
                         break;
                     }
@@ -213,9 +219,6 @@ impl ChatServer {
     /// connection within its rate, its token (if required) one that may
     /// speak.
     fn sender_of(&self, ctx: &RpcContext, msg: &Incoming) -> Result<Speaker, RpcStatus> {
-        if let Some(status) = msg.refused.clone() {
-            return Err(status);
-        }
         let (room, name) = membership(&msg.room, &msg.sender)?;
         if !self.may_send(ctx) {
             self.metrics
@@ -323,9 +326,6 @@ impl ChatServer {
         identity: Option<&Identity>,
         message: &Incoming,
     ) -> Result<(), RpcStatus> {
-        if let Some(status) = message.refused.clone() {
-            return Err(status);
-        }
         let says_something = !message.text.is_empty();
         if says_something && identity.is_some_and(|who| !who.publish) {
             return Err(read_only());
@@ -339,7 +339,7 @@ impl ChatServer {
         if !says_something {
             return Ok(());
         }
-        self.metrics.grpc.received(message.text.len());
+        self.metrics.grpc.received(message.size);
         member.say(&message.text).map(drop).map_err(|refusal| {
             if refusal == Refusal::RateLimited {
                 self.metrics
@@ -378,12 +378,12 @@ fn answer(
     metrics: &Metrics,
 ) -> Result<Response, RpcStatus> {
     outcome.map_err(|why| refusal_status(&why)).map(|_| {
-        let reply = seed_reply(text);
-        metrics.grpc.sent(reply.len());
-        Response {
-            reply,
+        let response = Response {
+            reply: seed_reply(text),
             ..Default::default()
-        }
+        };
+        metrics.grpc.sent(response.compute_size() as usize);
+        response
     })
 }
 

@@ -3,9 +3,11 @@
 //! copies every message it sends; the server does neither:
 //!
 //! - a client's `Message` is read into [`Incoming`], which has only what a
-//!   client may send (`sender`, `text`, `room`): fields the server sets
-//!   (`seq`, `timestamp_ms`, `kind`, `members`) are refused unread, and
-//!   unknown fields are skipped, never stored;
+//!   client may send (`sender`, `text`, `room`, where to resume): fields
+//!   the server sets (`seq`, `timestamp_ms`, `kind`, `members`) are
+//!   refused unread, and unknown fields are skipped, never stored;
+//! - every request comes [`Checked`]: what it asks, or the status that
+//!   refuses it unread;
 //! - what the server streams is [`Outgoing`], bytes encoded once per message
 //!   and shared with C-core by every member it is sent to;
 //! - a request larger than `--max-message-size` is refused here, before it
@@ -74,29 +76,28 @@ pub struct Incoming {
     /// epoch of the room's log.
     pub since: Option<u64>,
     pub epoch: String,
-    /// Why the message cannot be taken, if it cannot: too large, a field
-    /// only the server sets, or bytes that are not a `Message`.
-    pub refused: Option<RpcStatus>,
+    /// Its size on the wire, in bytes.
+    pub size: usize,
 }
 
 impl Incoming {
-    /// Reads a `Message`, stopping at the first field a client may not set.
-    pub fn decode(is: &mut CodedInputStream<'_>) -> Incoming {
+    /// Reads a `Message`, stopping at the first field a client may not set:
+    /// that, or bytes that are not a `Message`, is `INVALID_ARGUMENT`.
+    pub fn decode(is: &mut CodedInputStream<'_>) -> Result<Incoming, RpcStatus> {
+        let invalid = |why| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, why);
         let mut incoming = Incoming::default();
-        if let Err(e) = incoming.read_fields(is) {
-            incoming.refuse(format!("malformed Message: {e}"));
+        match incoming.read_fields(is) {
+            Ok(None) => Ok(incoming),
+            Ok(Some(field)) => Err(invalid(format!("{field} is set by the server, not sent"))),
+            Err(e) => Err(invalid(format!("malformed Message: {e}"))),
         }
-        incoming
     }
 
-    fn refuse(&mut self, why: String) {
-        self.refused = Some(RpcStatus::with_message(
-            RpcStatusCode::INVALID_ARGUMENT,
-            why,
-        ));
-    }
-
-    fn read_fields(&mut self, is: &mut CodedInputStream<'_>) -> protobuf::Result<()> {
+    /// Reads the fields a client may send; `Some`: the first it may not.
+    fn read_fields(
+        &mut self,
+        is: &mut CodedInputStream<'_>,
+    ) -> protobuf::Result<Option<&'static str>> {
         while let Some(tag) = is.read_raw_tag_or_eof()? {
             match tag {
                 // Field number << 3 | wire type 2 (length-delimited).
@@ -107,15 +108,12 @@ impl Incoming {
                 64 => self.since = Some(is.read_uint64()?),
                 74 => self.epoch = is.read_string()?,
                 tag => match SERVER_FIELDS.iter().find(|(number, _)| tag >> 3 == *number) {
-                    Some((_, name)) => {
-                        self.refuse(format!("{name} is set by the server, not sent"));
-                        return Ok(());
-                    }
+                    Some((_, name)) => return Ok(Some(name)),
                     None => protobuf::rt::skip_field_for_tag(tag, is)?,
                 },
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -129,16 +127,15 @@ const SERVER_FIELDS: [(u32, &str); 6] = [
     (11, "connections"),
 ];
 
-fn incoming_de(mut reader: MessageReader) -> grpcio::Result<Incoming> {
-    if let Some(status) = too_large(reader.len()) {
-        return Ok(Incoming {
-            refused: Some(status),
-            ..Incoming::default()
-        });
+fn incoming_de(mut reader: MessageReader) -> grpcio::Result<Checked<Incoming>> {
+    let size = reader.len();
+    if let Some(status) = too_large(size) {
+        return Ok(Checked(Err(status)));
     }
-    Ok(Incoming::decode(&mut CodedInputStream::from_buf_read(
-        &mut reader,
-    )))
+    let decoded = Incoming::decode(&mut CodedInputStream::from_buf_read(&mut reader));
+    Ok(Checked(
+        decoded.map(|incoming| Incoming { size, ..incoming }),
+    ))
 }
 
 /// A serialized `Message` the server streams, shared by every member.
@@ -158,7 +155,7 @@ fn unused_ser<T>(_: &T, _: &mut GrpcSlice) -> grpcio::Result<()> {
     Err(grpcio::Error::Codec("server-side marshaller only".into()))
 }
 
-const INCOMING: Marshaller<Incoming> = Marshaller {
+const INCOMING: Marshaller<Checked<Incoming>> = Marshaller {
     ser: unused_ser,
     de: incoming_de,
 };
@@ -167,7 +164,7 @@ const OUTGOING: Marshaller<Outgoing> = Marshaller {
     de: unused_de,
 };
 
-pub const SEND_MESSAGE: Method<Incoming, Response> = Method {
+pub const SEND_MESSAGE: Method<Checked<Incoming>, Response> = Method {
     ty: MethodType::Unary,
     name: "/chat.ChatService/SendMessage",
     req_mar: INCOMING,
@@ -177,7 +174,7 @@ pub const SEND_MESSAGE: Method<Incoming, Response> = Method {
     },
 };
 
-pub const CHAT: Method<Incoming, Outgoing> = Method {
+pub const CHAT: Method<Checked<Incoming>, Outgoing> = Method {
     ty: MethodType::Duplex,
     name: "/chat.ChatService/Chat",
     req_mar: INCOMING,
@@ -217,7 +214,7 @@ mod tests {
     use crate::proto::chat::Message;
     use protobuf::Message as _;
 
-    fn decode(message: &Message) -> Incoming {
+    fn decode(message: &Message) -> Result<Incoming, RpcStatus> {
         let bytes = message.write_to_bytes().unwrap_or_default();
         let mut is = CodedInputStream::from_bytes(&bytes);
         Incoming::decode(&mut is)
@@ -231,23 +228,22 @@ mod tests {
             room: "sala".into(),
             ..Default::default()
         };
-        let incoming = decode(&message);
+        let incoming = decode(&message).expect("read");
         assert_eq!(incoming.sender, "Alice");
         assert_eq!(incoming.text, "Olá, servidor gRPC!");
         assert_eq!(incoming.room, "sala");
-        assert!(incoming.refused.is_none());
         let resuming = Message {
             since: Some(0),
             epoch: "e1".into(),
             ..Default::default()
         };
-        let incoming = decode(&resuming);
+        let incoming = decode(&resuming).expect("read");
         assert_eq!((incoming.since, incoming.epoch.as_str()), (Some(0), "e1"));
         let recovered = Message {
             recovered: true,
             ..Default::default()
         };
-        assert!(decode(&recovered).refused.is_some());
+        assert!(decode(&recovered).is_err());
     }
 
     #[test]
@@ -256,25 +252,24 @@ mod tests {
             members: vec![String::new(); 1000],
             ..Default::default()
         };
-        let incoming = decode(&with_members);
-        let refused = incoming.refused.expect("refused");
+        let refused = decode(&with_members).expect_err("refused");
         assert_eq!(refused.code(), RpcStatusCode::INVALID_ARGUMENT);
         assert_eq!(refused.message(), "members is set by the server, not sent");
         let with_seq = Message {
             seq: 7,
             ..Default::default()
         };
-        assert!(decode(&with_seq).refused.is_some());
+        assert!(decode(&with_seq).is_err());
         let with_kind = Message {
             kind: Kind::JOIN.into(),
             ..Default::default()
         };
-        assert!(decode(&with_kind).refused.is_some());
+        assert!(decode(&with_kind).is_err());
         let with_connections = Message {
             connections: vec![2],
             ..Default::default()
         };
-        assert!(decode(&with_connections).refused.is_some());
+        assert!(decode(&with_connections).is_err());
     }
 
     #[test]
@@ -282,13 +277,11 @@ mod tests {
         // Field 20, length-delimited, 3 bytes; then text "hi".
         let bytes = [0xa2, 0x01, 3, b'a', b'b', b'c', 18, 2, b'h', b'i'];
         let mut is = CodedInputStream::from_bytes(&bytes);
-        let incoming = Incoming::decode(&mut is);
+        let incoming = Incoming::decode(&mut is).expect("read");
         assert_eq!(incoming.text, "hi");
-        assert!(incoming.refused.is_none());
         let truncated = [18, 9, b'h'];
         let mut is = CodedInputStream::from_bytes(&truncated);
-        let incoming = Incoming::decode(&mut is);
-        assert!(incoming.refused.is_some());
+        assert!(Incoming::decode(&mut is).is_err());
     }
 
     mod arbitrary {
@@ -300,9 +293,10 @@ mod tests {
 
             #[test]
             fn arbitrary_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-                let incoming = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes));
-                let kept = incoming.sender.len() + incoming.text.len() + incoming.room.len() + incoming.epoch.len();
-                prop_assert!(kept <= bytes.len());
+                if let Ok(incoming) = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes)) {
+                    let kept = incoming.sender.len() + incoming.text.len() + incoming.room.len() + incoming.epoch.len();
+                    prop_assert!(kept <= bytes.len());
+                }
             }
 
             #[test]
@@ -311,8 +305,8 @@ mod tests {
                 // recursing past protobuf's limit (a stack overflow would
                 // end the test), and nothing is kept.
                 let bytes = vec![0x7bu8; depth];
-                let incoming = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes));
-                prop_assert!(incoming.text.is_empty() && incoming.sender.is_empty());
+                let decoded = Incoming::decode(&mut CodedInputStream::from_bytes(&bytes));
+                prop_assert!(decoded.is_err() || decoded.is_ok_and(|i| i.text.is_empty() && i.sender.is_empty()));
             }
         }
     }

@@ -53,7 +53,7 @@ impl Subscriber for GrpcSubscriber {
         let bytes = delivery.encoded(Encoding::Protobuf, |m| {
             m.write_to_bytes().unwrap_or_default()
         });
-        let len = delivery.message.text.len();
+        let len = bytes.len();
         self.tx.try_send(Outgoing(bytes))?;
         self.metrics.grpc.sent(len);
         Ok(())
@@ -63,8 +63,9 @@ impl Subscriber for GrpcSubscriber {
         let bytes = delivery.encoded(Encoding::Protobuf, |m| {
             m.write_to_bytes().unwrap_or_default()
         });
+        let len = bytes.len();
         self.tx.try_send_replayed(Outgoing(bytes))?;
-        self.metrics.grpc.sent(delivery.message.text.len());
+        self.metrics.grpc.sent(len);
         Ok(())
     }
 

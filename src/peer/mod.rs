@@ -75,11 +75,21 @@ struct Outbound {
     broken: bool,
 }
 
+impl Outbound {
+    /// The TLS session of a peer made with one.
+    fn session(&mut self) -> io::Result<&mut ServerConnection> {
+        self.tls
+            .as_deref_mut()
+            .ok_or_else(|| io::Error::other("a plaintext peer has no TLS session"))
+    }
+}
+
 /// An upgraded connection's socket and its outbound queue.
 pub struct Peer {
     socket: TcpStream,
-    /// Whether `out` holds a TLS session (fixed at the upgrade).
-    tls: bool,
+    /// Whether `out` holds a TLS session: fixed at the upgrade, so that a
+    /// plaintext peer's reads never take the lock.
+    encrypted: bool,
     out: Mutex<Outbound>,
     limits: OutboundLimits,
     /// Set on every read from the socket, cleared by the keepalive.
@@ -113,7 +123,7 @@ impl Peer {
         limits: OutboundLimits,
         tls: Option<ServerConnection>,
     ) -> Arc<Peer> {
-        let is_tls = tls.is_some();
+        let encrypted = tls.is_some();
         let tls = tls.map(|mut session| {
             // The queue bounds what waits; the session holds at most one
             // small frame or one record of a larger one (`TLS_CHUNK`).
@@ -122,7 +132,7 @@ impl Peer {
         });
         Arc::new(Peer {
             socket,
-            tls: is_tls,
+            encrypted,
             out: Mutex::new(Outbound {
                 tls,
                 ..Outbound::default()
@@ -143,7 +153,7 @@ impl Peer {
     /// The connection thread's read: from the socket, or over TLS the
     /// plaintext of what arrived. Blocks in `recv` holding no lock.
     pub fn read(self: &Arc<Self>, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.tls {
+        if !self.encrypted {
             let n = (&self.socket).read(buf)?;
             if n > 0 {
                 self.note_heard();
@@ -153,10 +163,7 @@ impl Peer {
         loop {
             {
                 let mut out = lock(&self.out);
-                let Some(session) = out.tls.as_mut() else {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                };
-                match session.reader().read(buf) {
+                match out.session()?.reader().read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     plaintext => return plaintext,
                 }
@@ -177,9 +184,7 @@ impl Peer {
     /// key updates); what the socket does not take now, the flusher sends.
     fn take_in(self: &Arc<Self>, mut ciphertext: &[u8]) -> io::Result<()> {
         let mut out = lock(&self.out);
-        let Some(session) = out.tls.as_mut() else {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        };
+        let session = out.session()?;
         let mut result = Ok(());
         while !ciphertext.is_empty() && result.is_ok() {
             result = session

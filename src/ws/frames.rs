@@ -46,6 +46,18 @@ pub(super) fn close_frame(code: CloseCode, reason: &str) -> Arc<[u8]> {
     encode(Frame::close(Some(close_payload(code, reason))))
 }
 
+/// The payload's length in a frame this server made (unmasked): what the
+/// metrics count as a message's bytes, on either protocol without its
+/// framing.
+pub(super) fn payload_len(frame: &[u8]) -> usize {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.len().saturating_sub(header)
+}
+
 /// A frame's bytes, to be sent whole through a peer's queue.
 pub(super) fn encode(frame: Frame) -> Arc<[u8]> {
     let mut bytes = Vec::with_capacity(frame.len());
@@ -88,6 +100,18 @@ mod tests {
     fn the_seed_reply_is_recebido_and_the_message() {
         assert_eq!(seed_reply("Olá, WebSocket!"), "Recebido: Olá, WebSocket!");
         assert_eq!(seed_reply(""), "Recebido: ");
+    }
+
+    #[test]
+    fn a_frames_payload_is_its_length_less_its_header() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let frame = encode(Frame::message(
+                vec![b'x'; len],
+                OpCode::Data(Data::Text),
+                true,
+            ));
+            assert_eq!(payload_len(&frame), len);
+        }
     }
 
     #[test]

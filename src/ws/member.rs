@@ -10,7 +10,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
-use super::frames::{close_frame, Action};
+use super::frames::{close_frame, payload_len, Action};
 use super::http::{self, Endpoint};
 use super::input;
 use super::WsState;
@@ -41,7 +41,7 @@ impl Subscriber for WsSubscriber {
     fn deliver(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
         // Encoded once per message, by whichever member comes first.
         let frame = delivery.encoded(Encoding::WsJson, json_frame);
-        let len = frame.len();
+        let len = payload_len(&frame);
         self.peer.send(frame)?;
         self.metrics.ws.sent(len);
         Ok(())
@@ -49,7 +49,7 @@ impl Subscriber for WsSubscriber {
 
     fn replay(&self, delivery: &Arc<Delivery>) -> Result<(), SendError> {
         let frame = delivery.encoded(Encoding::WsJson, json_frame);
-        let len = frame.len();
+        let len = payload_len(&frame);
         self.peer.send_replayed(frame)?;
         self.metrics.ws.sent(len);
         Ok(())
@@ -75,7 +75,7 @@ impl Subscriber for WsSubscriber {
             ..Default::default()
         };
         let frame = json_frame(&error);
-        let len = frame.len();
+        let len = payload_len(&frame);
         if self.peer.send(frame.into()).is_ok() {
             self.metrics.ws.sent(len);
         }
