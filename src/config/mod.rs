@@ -4,10 +4,12 @@
 //! the command line wins over the environment, which wins over the default.
 //! The parser is small and table-driven: each flag is one constant holding
 //! its name, value placeholder, default and help (`flags`), code reads a
-//! value through that constant (a misspelt flag does not compile), and
-//! `--help` is generated from the same table that parses.
+//! value through that constant (a misspelt flag does not compile) into the
+//! typed settings each part takes (`resolve`), and `--help` is generated
+//! from the same table that parses.
 
 mod flags;
+mod resolve;
 mod units;
 
 use std::collections::HashMap;
@@ -15,6 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use flags::*;
+pub use resolve::*;
 pub use units::{parse_duration, parse_size};
 
 /// What a flag's value is, checked when the command line is parsed.
