@@ -1,189 +1,22 @@
-//! papo's clients: the seed's two, which print exactly what the seed's Go
-//! clients print, and `papo chat`. Failures come back as one-line errors for
-//! `main` to report.
+//! `papo chat`: one member of a room in a terminal, over gRPC or
+//! WebSocket, reconnecting where it stopped.
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use grpcio::{
-    CallOption, Channel, ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder, WriteFlags,
-};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use grpcio::WriteFlags;
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Connector, Message, WebSocket};
+use tungstenite::Message;
 
+use super::connect::{closed_by_server, describe, grpc_channel, ws_connect, ClientTls, WsConn};
 use crate::executor::block_on;
 use crate::proto::chat::message::Kind;
 use crate::proto::chat::Message as ChatMessage;
 use crate::proto::chat_grpc::ChatServiceClient;
-use crate::tls;
-
-/// A client WebSocket connection, as every papo client and the bench open it.
-pub type WsConn = WebSocket<MaybeTlsStream<TcpStream>>;
-
-/// How a client speaks TLS: to `wss://` URLs always, to gRPC with `grpc`.
-#[derive(Debug, Clone, Default)]
-pub struct ClientTls {
-    pub grpc: bool,
-    /// The CAs to trust (default: the system's).
-    pub ca: Option<PathBuf>,
-    /// A certificate and key to show a server that asks (mutual TLS).
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
-/// Connects to a WebSocket URL with a 4 KiB read buffer: tungstenite zeroes
-/// its default 128 KiB before every read, which would make a bench client,
-/// not the server, the bottleneck (see the README's benchmarks). A `wss://`
-/// URL is reached over TLS, trusting `tls.ca`.
-pub fn ws_connect(url: &str, tls: &ClientTls) -> Result<WsConn, String> {
-    let config = WebSocketConfig::default().read_buffer_size(4 << 10);
-    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {url}: {e}");
-    if !url.starts_with("wss://") {
-        return tungstenite::client::connect_with_config(url, Some(config), 3)
-            .map(|(ws, _)| ws)
-            .map_err(|e| fail(&e));
-    }
-    let trust = tls::client_config(tls.ca.as_deref()).map_err(|e| fail(&e))?;
-    let request = url.into_client_request().map_err(|e| fail(&e))?;
-    let host = request.uri().host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = request.uri().port_u16().unwrap_or(443);
-    let socket = TcpStream::connect((host, port)).map_err(|e| fail(&e))?;
-    socket.set_nodelay(true).map_err(|e| fail(&e))?;
-    let connector = Connector::Rustls(trust);
-    tungstenite::client_tls_with_config(request, socket, Some(config), Some(connector))
-        .map(|(ws, _)| ws)
-        .map_err(|e| fail(&e))
-}
-
-/// `builder` set up for TLS when `tls.grpc` is set.
-pub fn grpc_tls(builder: ChannelBuilder, tls: &ClientTls) -> Result<ChannelBuilder, String> {
-    if !tls.grpc {
-        return Ok(builder);
-    }
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    let mut credentials =
-        ChannelCredentialsBuilder::new().root_cert(read(&tls::trusted_cas(tls.ca.as_deref()))?);
-    if let Some((cert, key)) = &tls.identity {
-        credentials = credentials.cert(read(cert)?, read(key)?);
-    }
-    Ok(builder.set_credentials(credentials.build()))
-}
-
-/// A gRPC channel to `addr`, over TLS when `tls.grpc` is set.
-pub fn grpc_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    Ok(grpc_tls(ChannelBuilder::new(env), tls)?.connect(addr))
-}
-
-/// `papo ws-client`: the seed's WebSocket client.
-#[derive(Debug, Clone)]
-pub struct WsClientConfig {
-    pub url: String,
-    pub count: u32,
-    pub interval: Duration,
-    pub tls: ClientTls,
-}
-
-/// Sends `Mensagem 1` … `Mensagem N`, printing each reply as the seed does,
-/// then closes with 1000 (Normal).
-pub fn ws_client(config: &WsClientConfig, out: &mut impl Write) -> Result<(), String> {
-    let mut ws = ws_connect(&config.url, &config.tls)?;
-    for i in 1..=config.count {
-        ws.send(Message::text(format!("Mensagem {i}")))
-            .map_err(|e| format!("send failed: {e}"))?;
-        let reply = read_data(&mut ws)?;
-        writeln!(out, "Resposta do servidor: {reply}").map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
-        if i < config.count {
-            thread::sleep(config.interval);
-        }
-    }
-    let normal = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    ws.close(Some(normal))
-        .map_err(|e| format!("close failed: {e}"))?;
-    // Wait for the server's close frame so the close handshake completes.
-    while ws.read().is_ok() {}
-    Ok(())
-}
-
-/// Reads the next data message as text (binary replies shown lossily).
-fn read_data(ws: &mut WsConn) -> Result<String, String> {
-    loop {
-        match ws
-            .read()
-            .map_err(|e| format!("no reply from the server: {e}"))?
-        {
-            Message::Text(text) => return Ok(text.as_str().to_owned()),
-            Message::Binary(data) => return Ok(String::from_utf8_lossy(&data).into_owned()),
-            Message::Close(frame) => return Err(closed_by_server(frame)),
-            _ => continue,
-        }
-    }
-}
-
-/// The server's close frame as one line.
-fn closed_by_server(frame: Option<CloseFrame>) -> String {
-    match frame {
-        Some(f) => format!(
-            "the server closed the connection: {} {}",
-            u16::from(f.code),
-            f.reason
-        ),
-        None => "the server closed the connection".to_owned(),
-    }
-}
-
-/// `papo grpc-client`: the seed's gRPC client.
-#[derive(Debug, Clone)]
-pub struct GrpcClientConfig {
-    pub addr: String,
-    pub sender: String,
-    pub text: String,
-    pub room: String,
-    pub timeout: Duration,
-    pub tls: ClientTls,
-}
-
-/// Calls `SendMessage` once and prints the reply as the seed does.
-pub fn grpc_client(config: &GrpcClientConfig, out: &mut impl Write) -> Result<(), String> {
-    let client = ChatServiceClient::new(grpc_channel(&config.addr, &config.tls)?);
-    let request = ChatMessage {
-        sender: config.sender.clone(),
-        text: config.text.clone(),
-        room: config.room.clone(),
-        ..Default::default()
-    };
-    let response = client
-        .send_message_opt(&request, CallOption::default().timeout(config.timeout))
-        .map_err(|e| format!("SendMessage to {} failed: {}", config.addr, describe(&e)))?;
-    writeln!(out, "Resposta do servidor: {}", response.reply).map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// A gRPC error as one readable line.
-pub fn describe(error: &grpcio::Error) -> String {
-    match error {
-        grpcio::Error::RpcFailure(status) if status.message().is_empty() => {
-            format!("{:?}", status.code())
-        }
-        grpcio::Error::RpcFailure(status) => format!("{:?}: {}", status.code(), status.message()),
-        other => other.to_string(),
-    }
-}
 
 /// The protocol `papo chat` speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
