@@ -416,7 +416,9 @@ impl Room {
     /// A JOIN or LEAVE event. It names only who came or went: listing the
     /// whole room in every event would make a room of n members cost n²
     /// bytes to fill. The member who joins gets the list once, in its own
-    /// copy of its JOIN event (see [`super::Hub::join`]).
+    /// copy of its JOIN event: [`Room::announce_join`] in memory
+    /// (`engine.rs`); with a shared log, when its JOIN comes back numbered
+    /// (`shared.rs`).
     pub(super) fn event(kind: Kind, name: &str) -> Message {
         Message {
             sender: name.to_owned(),

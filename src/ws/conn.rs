@@ -2,13 +2,13 @@
 //! and how it ends (close codes, and the reason counted in the metrics).
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use tungstenite::handshake::server::{create_response, write_response};
+use tungstenite::handshake::server::{create_response, write_response, Request};
 use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
@@ -99,7 +99,7 @@ fn serve_upgraded<'a>(
             identity,
         } => {
             if let Some(who) = &identity {
-                registration.expires_in(who.lifetime());
+                registration.token_expires_in(who.lifetime());
             }
             let may_speak = identity.as_ref().is_none_or(|who| who.publish);
             let subscriber = Arc::new(WsSubscriber {
@@ -144,11 +144,44 @@ struct Upgraded<'a> {
 /// pages released, before the message loop starts.
 #[inline(never)]
 fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, ConnError> {
-    let config = &shared.config;
     let address = stream.peer_addr().ok().map(|a| a.ip());
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(config.write_timeout)?;
-    let deadline = Instant::now() + config.handshake_timeout;
+    stream.set_write_timeout(shared.config.write_timeout)?;
+    let (mut stream, request, leftover) = read_request(stream, shared)?;
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut endpoint = match http::route(target) {
+        Ok(Route::Http(route)) => {
+            http::serve_http(&mut stream, route, &shared.metrics)?;
+            return Ok(None);
+        }
+        Ok(Route::WebSocket(endpoint)) => endpoint,
+        Err((status, why)) => return http::reject(&mut stream, status, &why, ""),
+    };
+    if let Err(no) = admit(&mut endpoint, &request, target, address, shared) {
+        return http::reject(&mut stream, no.status, &no.why, no.headers);
+    }
+    let response = match create_response(&request) {
+        Ok(response) => response,
+        Err(e) => {
+            let upgrade = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            let why = format!("a WebSocket upgrade is required: {e}\n");
+            return http::reject(&mut stream, 426, &why, upgrade);
+        }
+    };
+    let mut head = Vec::with_capacity(160);
+    write_response(&mut head, &response)?;
+    stream.write_all(&head)?;
+    Ok(Some(websocket(stream, leftover, endpoint, shared)))
+}
+
+/// The request head, read within the handshake deadline (over TLS, the
+/// handshake first: its failures are counted by reason); a head that is
+/// not one is answered here.
+fn read_request(
+    stream: TcpStream,
+    shared: &WsState,
+) -> Result<(Front, Box<Request>, Vec<u8>), ConnError> {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
     let tls = shared.tls.as_ref().map(|tls| Arc::clone(&tls.current().ws));
     let mut stream = Front::new(stream, tls)?;
     let head = http::read_request_head(&mut stream, deadline);
@@ -163,57 +196,76 @@ fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, 
             return Err(ConnError::Tls(reason));
         }
     }
-    let (request, leftover) = match head? {
-        Head::Request(request, leftover) => (request, leftover),
-        Head::Invalid(status, why) => return http::reject(&mut stream, status, why, ""),
-    };
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut endpoint = match http::route(target) {
-        Ok(Route::Http(route)) => {
-            http::serve_http(&mut stream, route, &shared.metrics)?;
-            return Ok(None);
-        }
-        Ok(Route::WebSocket(endpoint)) => endpoint,
-        Err((status, why)) => return http::reject(&mut stream, status, &why, ""),
-    };
+    match head? {
+        Head::Request(request, leftover) => Ok((stream, request, leftover)),
+        Head::Invalid(status, why) => http::reject(&mut stream, status, why, ""),
+    }
+}
+
+/// Why an upgrade was refused: its status, body and extra headers.
+struct Refused {
+    status: u16,
+    why: String,
+    headers: &'static str,
+}
+
+/// Whether this request may have its endpoint: a browser page's origin, a
+/// `/chat` member's token (when required) and its join limits.
+fn admit(
+    endpoint: &mut Endpoint,
+    request: &Request,
+    target: &str,
+    address: Option<IpAddr>,
+    shared: &WsState,
+) -> Result<(), Refused> {
+    let config = &shared.config;
     let policy = http::OriginPolicy {
         allowed: &config.allowed_origins,
         public_hosts: &config.public_hosts,
     };
-    let origin = http::raw_header(&request, "Origin");
-    if !policy.allows(origin, http::header(&request, "Host")) {
+    let origin = http::raw_header(request, "Origin");
+    if !policy.allows(origin, http::header(request, "Host")) {
         warn_refused_origin(shared, origin.flatten());
-        return http::reject(&mut stream, 403, "origin not allowed\n", "");
+        return Err(Refused {
+            status: 403,
+            why: "origin not allowed\n".into(),
+            headers: "",
+        });
     }
-    if let Err((status, why)) = member::identify(&mut endpoint, &request, target, shared) {
-        let headers = match status {
-            401 => "WWW-Authenticate: Bearer\r\n",
-            _ => "",
-        };
-        return http::reject(&mut stream, status, &why, headers);
-    }
-    if let Endpoint::Chat { identity, .. } = &endpoint {
+    member::identify(endpoint, request, target, shared).map_err(|(status, why)| Refused {
+        status,
+        why,
+        headers: if status == 401 {
+            "WWW-Authenticate: Bearer\r\n"
+        } else {
+            ""
+        },
+    })?;
+    if let Endpoint::Chat { identity, .. } = endpoint {
         let sub = identity.as_ref().map(|who| who.sub.as_str());
-        if let Err(limited) = shared.hub.admit_join(address, sub) {
+        shared.hub.admit_join(address, sub).map_err(|limited| {
             shared
                 .metrics
                 .join_refused(limited == JoinLimited::Identity);
-            let why = format!("{limited}\n");
-            return http::reject(&mut stream, 429, &why, "Retry-After: 1\r\n");
-        }
+            Refused {
+                status: 429,
+                why: format!("{limited}\n"),
+                headers: "Retry-After: 1\r\n",
+            }
+        })?;
     }
-    let response = match create_response(&request) {
-        Ok(response) => response,
-        Err(e) => {
-            let upgrade = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
-            let why = format!("a WebSocket upgrade is required: {e}\n");
-            return http::reject(&mut stream, 426, &why, upgrade);
-        }
-    };
-    let mut head = Vec::with_capacity(160);
-    write_response(&mut head, &response)?;
-    stream.write_all(&head)?;
+    Ok(())
+}
 
+/// An upgraded socket as a `Peer`, and tungstenite's `WebSocket` over it,
+/// with the bytes read past the request head.
+fn websocket<'a>(
+    stream: Front,
+    leftover: Vec<u8>,
+    endpoint: Endpoint,
+    shared: &'a WsState,
+) -> Upgraded<'a> {
+    let config = &shared.config;
     let limits = OutboundLimits {
         frames: shared.hub.config().send_queue,
         bytes: config.max_message_size.saturating_mul(2),
@@ -236,7 +288,7 @@ fn upgrade(stream: TcpStream, shared: &WsState) -> Result<Option<Upgraded<'_>>, 
         Role::Server,
         Some(ws_config),
     ));
-    Ok(Some(Upgraded { ws, peer, endpoint }))
+    Upgraded { ws, peer, endpoint }
 }
 
 /// Tells the operator, throttled, that a
@@ -268,9 +320,9 @@ impl<'a> Registration<'a> {
 impl Registration<'_> {
     /// Ends the connection (close `1008` "token expired") after `lifetime`
     /// (a token's own number: one past what an `Instant` holds never comes).
-    fn expires_in(&self, lifetime: Duration) {
+    fn token_expires_in(&self, lifetime: Duration) {
         if let Some(watched) = lock(&self.shared.peers).get_mut(&self.id) {
-            watched.expires = Instant::now().checked_add(lifetime);
+            watched.token_expires = Instant::now().checked_add(lifetime);
         }
     }
 }

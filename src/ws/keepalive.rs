@@ -37,7 +37,7 @@ pub(super) struct Watched {
     /// When the keepalive pinged the still silent peer.
     pinged_at: Option<Instant>,
     /// When its token expires, for a chat member that showed one.
-    pub expires: Option<Instant>,
+    pub token_expires: Option<Instant>,
     /// The first tick that found papo's close frame sent.
     lingering_since: Option<Instant>,
 }
@@ -48,7 +48,7 @@ impl Watched {
             peer,
             heard_at: Instant::now(),
             pinged_at: None,
-            expires: None,
+            token_expires: None,
             lingering_since: None,
         }
     }
@@ -77,8 +77,8 @@ pub(super) fn run(shared: &WsState) {
         thread::sleep(tick);
         let now = Instant::now();
         for watched in lock(&shared.peers).values_mut() {
-            if watched.expires.is_some_and(|at| now >= at) {
-                watched.expires = None;
+            if watched.token_expires.is_some_and(|at| now >= at) {
+                watched.token_expires = None;
                 to_end.push(Arc::clone(&watched.peer));
             }
             if watched.peer.lingering() {
