@@ -519,3 +519,72 @@ fn with_tokens_a_name_is_one_member_on_every_instance() {
         assert!(start.elapsed() < SOON, "no LEAVE");
     }
 }
+
+/// The next message (not an event) a WebSocket member receives.
+fn next_message(ws: &mut Ws) -> ChatMessage {
+    loop {
+        let m = ws_next(ws);
+        if kind(&m) == Kind::MESSAGE {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn a_redis_that_comes_back_with_less_never_gives_a_number_twice() {
+    let dir = std::env::temp_dir().join(format!("papo-redis-rdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory for Redis's dump");
+    let mut redis = RedisServer::start_with_dumps(&dir);
+    let a = instance(&redis, &[]);
+    let (ws_addr, grpc_addr) = (a.ws.clone().unwrap(), a.grpc.clone().unwrap());
+    let mut ana = ws_open(&ws_addr, "room=rb&name=ana");
+    own_join(|| ws_next(&mut ana), "ana");
+    // Every (epoch, seq) ana was given, and its text: one text each.
+    let mut given = std::collections::HashMap::new();
+    let mut note = |m: &ChatMessage| {
+        let first = given
+            .entry((m.epoch.clone(), m.seq))
+            .or_insert_with(|| m.text.clone());
+        assert_eq!(*first, m.text, "seq {} of {} given twice", m.seq, m.epoch);
+    };
+    for i in 0..5 {
+        ws_say(&mut ana, &format!("kept {i}"));
+        note(&next_message(&mut ana));
+    }
+    redis.save();
+    // Acknowledged and delivered, then lost: Redis comes back from the dump.
+    let mut lost = Vec::new();
+    for i in 0..10 {
+        ws_say(&mut ana, &format!("lost {i}"));
+        let m = next_message(&mut ana);
+        note(&m);
+        lost.push(m);
+    }
+    redis.kill();
+    eventually(SOON, "health to say NOT_SERVING", || !serving(&grpc_addr));
+    redis.restart();
+    eventually(SOON, "health to say SERVING again", || serving(&grpc_addr));
+    let mut after = Vec::new();
+    for i in 0..12 {
+        ws_say(&mut ana, &format!("after {i}"));
+        let m = next_message(&mut ana);
+        note(&m);
+        after.push(m);
+    }
+    assert_ne!(
+        after[0].epoch, lost[0].epoch,
+        "the log that lost its tail starts anew"
+    );
+    // A member resuming from inside the lost tail is told it is not whole.
+    let inside = &lost[4];
+    let query = format!(
+        "room=rb&name=bea&since={}&epoch={}",
+        inside.seq, inside.epoch
+    );
+    let mut bea = ws_open(&ws_addr, &query);
+    let joined = own_join(|| ws_next(&mut bea), "bea");
+    assert!(!joined.recovered, "{joined:?}");
+    assert_eq!(joined.epoch, after[0].epoch);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

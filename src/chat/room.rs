@@ -69,6 +69,8 @@ pub enum Arrival {
 
 pub struct Room {
     pub(super) name: String,
+    /// The last number given (with a shared log: the highest this
+    /// instance knows was given).
     pub(super) seq: u64,
     /// Names this log: a new one whenever the log starts over.
     pub(super) epoch: String,

@@ -71,6 +71,7 @@ impl Room {
         replay: Vec<Message>,
         announced: bool,
     ) -> Vec<(u64, String)> {
+        self.saw(&epoch, if announced { seq } else { seq - seq.min(1) });
         let Some(at) = self.members.iter().position(|m| m.id == id) else {
             return Vec::new(); // it left meanwhile
         };
@@ -135,9 +136,28 @@ impl Room {
         }
     }
 
+    /// Notes that the shared log gave `seq` in `epoch`: the room keeps the
+    /// highest number this instance knows was given, which the engine holds
+    /// the log to (a log that comes back with less has lost its tail).
+    pub fn saw(&mut self, epoch: &str, seq: u64) {
+        if self.epoch == epoch {
+            self.seq = self.seq.max(seq);
+        } else {
+            self.epoch = epoch.to_owned();
+            self.seq = seq;
+        }
+    }
+
+    /// The highest number this instance knows the shared log gave, and its
+    /// epoch (`None` before any).
+    pub fn high_water(&self) -> Option<(&str, u64)> {
+        (self.seq > 0).then_some((self.epoch.as_str(), self.seq))
+    }
+
     /// An entry of the shared log, numbered: to every member here.
     /// Returns the members dropped for refusing it.
     pub fn deliver_numbered(&mut self, mut message: Message) -> Vec<(u64, String)> {
+        self.saw(&message.epoch, message.seq);
         message.room = self.name.clone();
         self.last_active = Instant::now();
         self.fan_out(&Delivery::new(message), None)

@@ -6,7 +6,9 @@
 --                  member's presence expires (ms)
 -- ARGV[1] the operation: say | join | leave | tend
 -- ARGV[2] entries the log keeps (MAXLEN ~), ARGV[3] the keys' TTL (ms),
--- ARGV[4] '1' when names are verified identities (one member per name)
+-- ARGV[4] '1' when names are verified identities (one member per name),
+-- ARGV[5], ARGV[6] the epoch and the highest number the calling instance
+-- knows the log gave ('' when it knows none); the operation's own from ARGV[7]
 --
 -- Numbers are given here, with the append, so they are gapless and in one
 -- order whichever instance appends. The clock is Redis's, for the same reason.
@@ -29,6 +31,24 @@ local function epoch()
   known_epoch = e
   return e
 end
+
+-- A log with less than an instance saw given has lost its tail: Redis came
+-- back with less than it acknowledged (a replica promoted before it had the
+-- last writes, an older dump, an append-only file's lost second). Its
+-- numbers must never be given again with other texts: the log starts anew,
+-- under a new epoch, and whoever resumes from the old one is told the
+-- replay is not whole. (Only an instance's word counts: a client's `since`
+-- past the end is answered not whole, and changes nothing.)
+local function start_anew_if_short(seen_epoch, seen_seq)
+  if seen_epoch == '' or not seen_seq then return end
+  if redis.call('HGET', meta, 'epoch') ~= seen_epoch then return end
+  local seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
+  if seq < seen_seq then
+    redis.call('DEL', log)
+    redis.call('HSET', meta, 'epoch', 'r' .. time[1] .. '.' .. time[2], 'seq', 0)
+  end
+end
+start_anew_if_short(ARGV[5], tonumber(ARGV[6]))
 
 -- Appends an entry (kind: 0 message, 1 join, 2 leave); returns {seq, id}.
 local function append(kind, sender, text)
@@ -79,18 +99,19 @@ local function reap(unique)
 end
 
 if op == 'say' then
-  -- ARGV[5], ARGV[6]: a sender and its text; as many pairs as there are
-  -- messages. Returns their numbers.
+  -- ARGV[7], ARGV[8]: a sender and its text; as many pairs as there are
+  -- messages. Returns their numbers, then the log's epoch.
   local seqs = {}
-  for i = 5, #ARGV - 1, 2 do
+  for i = 7, #ARGV - 1, 2 do
     table.insert(seqs, append(0, ARGV[i], ARGV[i + 1])[1])
   end
+  table.insert(seqs, epoch())
   keep_alive()
   return seqs
 elseif op == 'join' then
-  -- ARGV[5] member ("instance:id"), ARGV[6] name, ARGV[7] presence TTL (ms),
-  -- ARGV[8] since ('' for live only), ARGV[9] epoch, ARGV[10] most to replay,
--- ARGV[11] most bytes to replay (what the joiner takes at once).
+  -- ARGV[7] member ("instance:id"), ARGV[8] name, ARGV[9] presence TTL (ms),
+  -- ARGV[10] since ('' for live only), ARGV[11] epoch, ARGV[12] most to
+  -- replay, ARGV[13] most bytes to replay (what the joiner takes at once).
   -- Returns {seq of the JOIN (or of the next entry, for a nameless member
   -- or another connection of a member here), epoch, names present (once
   -- per connection), entries after since (newest first), id of the entry
@@ -98,9 +119,9 @@ elseif op == 'join' then
   -- replay for its bytes}. The replay is read an entry at a time, newest
   -- first, and stops at its bytes: no run holds more than that.
   reap(unique)
-  local name = ARGV[6]
+  local name = ARGV[8]
   local announced = name ~= '' and not (unique and present(name))
-  redis.call('ZADD', members, now + tonumber(ARGV[7]), ARGV[5] .. ':' .. name)
+  redis.call('ZADD', members, now + tonumber(ARGV[9]), ARGV[7] .. ':' .. name)
   local e = epoch()
   local seq, id
   if announced then
@@ -117,11 +138,11 @@ elseif op == 'join' then
   end
   local entries = {}
   local skipped = 0
-  if ARGV[8] ~= '' then
-    local since = tonumber(ARGV[8])
-    if ARGV[9] ~= e and not (ARGV[9] == '' and since == 0) then since = 0 end
-    local count = math.min(seq - 1 - since, tonumber(ARGV[10]))
-    local budget = tonumber(ARGV[11])
+  if ARGV[10] ~= '' then
+    local since = tonumber(ARGV[10])
+    if ARGV[11] ~= e and not (ARGV[11] == '' and since == 0) then since = 0 end
+    local count = math.min(seq - 1 - since, tonumber(ARGV[12]))
+    local budget = tonumber(ARGV[13])
     local upto = '+'
     if id then upto = '(' .. id end
     local bytes = 0
@@ -154,22 +175,22 @@ elseif op == 'join' then
   if announced then said = 1 end
   return {seq, e, names, entries, last, said, skipped}
 elseif op == 'leave' then
-  -- ARGV[5] member ("instance:id"), ARGV[6] name. Announced only by the
+  -- ARGV[7] member ("instance:id"), ARGV[8] name. Announced only by the
   -- first to remove it (the instance, or another's reaping).
-  if redis.call('ZREM', members, ARGV[5] .. ':' .. ARGV[6]) == 1 then
-    left(ARGV[6], unique)
+  if redis.call('ZREM', members, ARGV[7] .. ':' .. ARGV[8]) == 1 then
+    left(ARGV[8], unique)
   end
   return 0
 elseif op == 'tend' then
-  -- ARGV[5] presence TTL (ms), ARGV[6..] this instance's members here
+  -- ARGV[7] presence TTL (ms), ARGV[8..] this instance's members here
   -- ("instance:id:name"): renewed, or put back (after Redis lost them, or
   -- after they were reaped while their instance stalled: their LEAVE was
   -- announced, so their coming back is announced too, unless, with
   -- verified names, another connection of the name stayed);
   -- then the expired are reaped, and the room kept alive while anyone is in it.
   -- A member late but not yet reaped is renewed quietly: it never left.
-  local until_ms = now + tonumber(ARGV[5])
-  for i = 6, #ARGV do
+  local until_ms = now + tonumber(ARGV[7])
+  for i = 8, #ARGV do
     local name = name_of(ARGV[i])
     local back = name ~= '' and not (unique and present(name))
     if redis.call('ZADD', members, until_ms, ARGV[i]) == 1 and back then

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -15,7 +15,7 @@ use super::{
     back_off, entry_message, room_keys, Command, Follow, RedisState, StreamId, IO_TIMEOUT,
     RETRY_FIRST, STREAM_FLOOR,
 };
-use crate::chat::{lock_room, Refusal};
+use crate::chat::{lock_room, Refusal, Room};
 use crate::executor::block_on_until;
 use crate::proto::chat::Message;
 use crate::queue;
@@ -41,13 +41,49 @@ struct Limits {
     unique: &'static str,
 }
 
+/// The highest number of a room's log this instance knows was given, and
+/// its epoch, as the script takes them (empty: none known). The script
+/// holds the log to it: a log with less has lost its tail.
+struct Seen {
+    epoch: String,
+    seq: String,
+}
+
+impl Seen {
+    fn of(room: &Mutex<Room>) -> Seen {
+        match lock_room(room).high_water() {
+            Some((epoch, seq)) => Seen {
+                epoch: epoch.to_owned(),
+                seq: seq.to_string(),
+            },
+            None => Seen::none(),
+        }
+    }
+
+    fn none() -> Seen {
+        Seen {
+            epoch: String::new(),
+            seq: String::new(),
+        }
+    }
+}
+
 impl Link {
-    /// Queues a run of the script on `room`'s keys: `op`, the limits, `args`.
-    fn script(&mut self, room: &str, op: &str, limits: &Limits, args: &[&str]) -> io::Result<()> {
+    /// Queues a run of the script on `room`'s keys: `op`, the limits, what
+    /// this instance saw of the log, `args`.
+    fn script(
+        &mut self,
+        room: &str,
+        op: &str,
+        limits: &Limits,
+        seen: &Seen,
+        args: &[&str],
+    ) -> io::Result<()> {
         let [meta, log, members] = room_keys(room);
         let Link { connection, sha } = self;
         let mut all = vec!["EVALSHA", sha, "3", &meta, &log, &members, op];
         all.extend([limits.maxlen.as_str(), &limits.ttl, limits.unique]);
+        all.extend([seen.epoch.as_str(), &seen.seq]);
         all.extend_from_slice(args);
         connection.send(&all)
     }
@@ -171,8 +207,8 @@ fn exchange(
     while at < batch.len() {
         let says = says_in_a_row(&batch[at..]);
         if says > 0 {
-            let room = match &batch[at] {
-                Command::Say { message, .. } => message.room.as_str(),
+            let (room, seen) = match &batch[at] {
+                Command::Say { message, room, .. } => (message.room.as_str(), Seen::of(room)),
                 _ => unreachable!("says_in_a_row counts messages only"),
             };
             let mut args = Vec::with_capacity(2 * says);
@@ -182,7 +218,7 @@ fn exchange(
                     args.push(message.text.as_str());
                 }
             }
-            link.script(room, "say", &limits, &args)?;
+            link.script(room, "say", &limits, &seen, &args)?;
             calls.push((says, true));
             at += says;
             continue;
@@ -193,19 +229,19 @@ fn exchange(
         match command {
             Command::Say { .. } => unreachable!("sent above"),
             Command::Join {
+                room,
                 room_name,
                 id,
                 name,
                 resume,
                 replay_room,
-                ..
             } => {
                 let (since, epoch) = match resume {
                     Some(r) => (r.since.to_string(), r.epoch.as_str()),
                     None => (String::new(), ""),
                 };
                 let tag = shared.tag(*id);
-                let room = replay_room.to_string();
+                let takes = replay_room.to_string();
                 let args = [
                     tag.as_str(),
                     name,
@@ -213,12 +249,14 @@ fn exchange(
                     &since,
                     epoch,
                     &history,
-                    &room,
+                    &takes,
                 ];
-                link.script(room_name, "join", &limits, &args)?;
+                link.script(room_name, "join", &limits, &Seen::of(room), &args)?;
             }
             Command::Leave { room, id, name } => {
-                link.script(room, "leave", &limits, &[&shared.tag(*id), name])?;
+                let args = [shared.tag(*id)];
+                let args = [args[0].as_str(), name];
+                link.script(room, "leave", &limits, &Seen::none(), &args)?;
             }
             Command::Wake => {
                 link.connection.send(&[
@@ -251,15 +289,19 @@ fn exchange(
             }
             warn!("redis: {e}");
         }
-        // A call of messages answers with their numbers, one each.
-        let mut replies = match (says, reply) {
-            (true, Value::Array(seqs)) => seqs,
-            (_, reply) => vec![reply; covered],
-        }
-        .into_iter();
+        // A call of messages answers with their numbers, one each, then
+        // the log's epoch.
+        let (replies, epoch) = match (says, reply) {
+            (true, Value::Array(mut seqs)) => {
+                let epoch = seqs.pop().and_then(|e| e.as_str().map(str::to_owned));
+                (seqs, epoch)
+            }
+            (_, reply) => (vec![reply; covered], None),
+        };
+        let mut replies = replies.into_iter();
         for command in commands.by_ref().take(covered) {
             let reply = replies.next().unwrap_or(Value::Nil);
-            settle(shared, command, reply, &mut next);
+            settle(shared, command, reply, epoch.as_deref(), &mut next);
         }
     }
     drop(commands);
@@ -300,13 +342,19 @@ fn send_presence(
             .collect();
         let mut args = vec![presence];
         args.extend(tags.iter().map(String::as_str));
-        link.script(name, "tend", limits, &args)?;
+        link.script(name, "tend", limits, &Seen::of(room), &args)?;
     }
     Ok(rooms.len() + 1)
 }
 
-/// Acts on a command's reply.
-fn settle(shared: &RedisState, command: Command, reply: Value, next: &mut Vec<Command>) {
+/// Acts on a command's reply (a message's: its number, in `epoch`).
+fn settle(
+    shared: &RedisState,
+    command: Command,
+    reply: Value,
+    epoch: Option<&str>,
+    next: &mut Vec<Command>,
+) {
     match command {
         Command::Say {
             room, from, done, ..
@@ -315,6 +363,9 @@ fn settle(shared: &RedisState, command: Command, reply: Value, next: &mut Vec<Co
                 .as_int()
                 .and_then(|seq| u64::try_from(seq).ok())
                 .ok_or(Refusal::Unavailable);
+            if let (Ok(seq), Some(epoch)) = (&outcome, epoch) {
+                lock_room(&room).saw(epoch, *seq);
+            }
             if let (Err(why), Some(id)) = (&outcome, from) {
                 lock_room(&room).tell_not_said(id, why);
             }
@@ -433,11 +484,13 @@ fn joined(name: &str, resume: Option<&crate::chat::Resume>, reply: Value) -> Opt
     let last = StreamId::parse(fields.next()?.as_str()?)?;
     let announced = fields.next()?.as_int()? == 1;
     let skipped = fields.next()?.as_int()?;
-    // Complete when, in the same epoch, every entry after `since` came back.
+    // Complete when, in the same epoch, every entry after `since` came back
+    // (a `since` past the log's end claims what the log does not have).
     let recovered = resume.is_some_and(|r| {
         let same_epoch = r.epoch == epoch || r.epoch.is_empty() && r.since == 0;
         let since = if same_epoch { r.since } else { 0 };
-        same_epoch && replay.len() as u64 == seq.saturating_sub(1).saturating_sub(since)
+        let given = seq.saturating_sub(1);
+        same_epoch && since <= given && replay.len() as u64 == given - since
     });
     if skipped > 0 {
         // More than the member takes at once: its newest part, said so.

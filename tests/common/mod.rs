@@ -479,6 +479,23 @@ impl RedisServer {
         RedisServer::start_with(args.iter().map(|a| a.to_string()).collect())
     }
 
+    /// A server that writes its data to `dir` only when told ([`Self::save`]):
+    /// a restart comes back with what the last save had.
+    pub fn start_with_dumps(dir: &std::path::Path) -> RedisServer {
+        let dir = dir.to_str().expect("UTF-8 path").to_owned();
+        let args = ["--save", "", "--appendonly", "no", "--dir", &dir];
+        RedisServer::start_with(args.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// `SAVE`: a dump of everything now, which a restart loads.
+    pub fn save(&self) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        s.write_all(b"SAVE\r\n").expect("SAVE");
+        let mut ok = [0; 5];
+        s.read_exact(&mut ok).expect("SAVE's answer");
+        assert_eq!(&ok, b"+OK\r\n", "SAVE");
+    }
+
     fn start_with(persistence: Vec<String>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
