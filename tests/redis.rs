@@ -588,3 +588,26 @@ fn a_redis_that_comes_back_with_less_never_gives_a_number_twice() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn nothing_an_instance_puts_in_redis_outlives_its_ttls() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, &["--presence-ttl", "1s", "--history-ttl", "2s"]);
+    let ws_addr = a.ws.clone().unwrap();
+    let mut ana = ws_open(&ws_addr, "room=ttl&name=ana");
+    own_join(|| ws_next(&mut ana), "ana");
+    ws_say(&mut ana, "something to keep");
+    next_message(&mut ana);
+    let keys = redis.keys("papo:*");
+    assert!(keys.iter().any(|k| k.starts_with("papo:wake:")), "{keys:?}");
+    for key in &keys {
+        let ttl = redis.call(&["PTTL", key]).as_int();
+        assert!(ttl.is_some_and(|ms| ms > 0), "{key} has no TTL: {ttl:?}");
+    }
+    // Killed: nobody renews, nobody deletes.
+    drop(ana);
+    drop(a);
+    eventually(Duration::from_secs(10), "every key to expire", || {
+        redis.keys("papo:*").is_empty()
+    });
+}

@@ -268,6 +268,11 @@ fn exchange(
                     "wake",
                     "1",
                 ])?;
+                // It lives as this instance's presence does: renewed by
+                // each round of presence, gone soon after the instance.
+                link.connection
+                    .send(&["PEXPIRE", &shared.wake_key, &presence])?;
+                calls.push((0, false));
             }
         }
     }
@@ -325,7 +330,8 @@ fn send_presence(
 ) -> io::Result<usize> {
     // Asked even with no room to renew: an idle writer learns so whether
     // Redis is there.
-    link.connection.send(&["PING"])?;
+    link.connection
+        .send(&["PEXPIRE", &shared.wake_key, presence])?;
     let rooms: Vec<_> = {
         let mut follows = crate::lock(&shared.follows);
         follows.retain(|_, f| !lock_room(&f.room).is_closed());

@@ -487,6 +487,24 @@ impl RedisServer {
         RedisServer::start_with(args.iter().map(|a| a.to_string()).collect())
     }
 
+    /// One command, answered.
+    pub fn call(&self, args: &[&str]) -> papo::redis::resp::Value {
+        let address = self.url().parse().expect("the test's own URL");
+        let mut connection =
+            papo::redis::resp::Connection::open(&address, Duration::from_secs(5), 1 << 26)
+                .expect("connect to redis");
+        connection.call(args).expect("the command's reply")
+    }
+
+    /// The keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.call(&["KEYS", pattern])
+            .into_array()
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// `SAVE`: a dump of everything now, which a restart loads.
     pub fn save(&self) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
