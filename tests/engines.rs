@@ -36,6 +36,7 @@ fn redis_hub(redis: &RedisServer, config: &ChatConfig) -> Arc<Hub> {
         presence_ttl: Duration::from_secs(15),
         pending: 64 << 20,
         max_reply: 64 << 20,
+        durability: papo::redis::Durability::Memory,
         one_member_per_name: false,
     })
     .expect("redis engine");

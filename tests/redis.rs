@@ -611,3 +611,65 @@ fn nothing_an_instance_puts_in_redis_outlives_its_ttls() {
         redis.keys("papo:*").is_empty()
     });
 }
+
+#[test]
+fn with_replica_durability_a_message_is_acknowledged_once_a_replica_has_it() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&primary);
+    eventually(SOON, "the replica to be online", || {
+        primary.replicas_online() == 1
+    });
+    let durable = [
+        "--redis-durability",
+        "replica",
+        "--redis-replicas",
+        "1",
+        "--redis-wait-timeout",
+        "300ms",
+    ];
+    let a = instance(&primary, &durable);
+    let b = instance(&primary, &[]); // memory: acknowledged by the primary alone
+    let (ws_addr, grpc_a) = (a.ws.clone().unwrap(), a.grpc.clone().unwrap());
+    let grpc_b = b.grpc.clone().unwrap();
+    let post = |text: &str| ChatMessage {
+        sender: "svc".into(),
+        room: "d".into(),
+        text: text.into(),
+        ..Default::default()
+    };
+    let reply = chat_client(&grpc_a)
+        .send_message(&post("kept twice"))
+        .expect("acknowledged with the replica up");
+    // Acknowledged means the replica has it already.
+    let on_replica = replica.call(&["XLEN", "papo:{d}:log"]).as_int();
+    assert_eq!(on_replica, Some(1), "{reply:?}");
+
+    replica.kill();
+    eventually(SOON, "the primary to see its replica gone", || {
+        primary.replicas_online() == 0
+    });
+    let error = chat_client(&grpc_a)
+        .send_message(&post("only in memory"))
+        .unwrap_err();
+    assert!(
+        matches!(&error, grpcio::Error::RpcFailure(s)
+            if s.code() == grpcio::RpcStatusCode::UNAVAILABLE
+            && s.message().contains("not confirmed: 0 of the 1 replicas")),
+        "{error:?}"
+    );
+    // A WebSocket member is told in an ERROR, and stays.
+    let mut ana = ws_open(&ws_addr, "room=d&name=ana");
+    own_join(|| ws_next(&mut ana), "ana");
+    ws_say(&mut ana, "mine");
+    let note = loop {
+        let m = ws_next(&mut ana);
+        if kind(&m) == Kind::ERROR {
+            break m;
+        }
+    };
+    assert!(note.text.contains("not confirmed"), "{note:?}");
+    // The same Redis, asked for less, acknowledges.
+    chat_client(&grpc_b)
+        .send_message(&post("memory is enough"))
+        .expect("memory durability needs no replica");
+}

@@ -79,6 +79,10 @@ pub enum Refusal {
     Unavailable,
     /// A new room, and the hub holds its most rooms already.
     TooManyRooms { max: usize },
+    /// Appended, but not confirmed by as many copies of the log as the
+    /// engine promises (`wanted`; `got` confirmed) in time: it may still be
+    /// delivered, or be lost if the log's primary fails.
+    NotConfirmed { wanted: u32, got: u32 },
 }
 
 impl std::fmt::Display for Refusal {
@@ -93,6 +97,11 @@ impl std::fmt::Display for Refusal {
                     "room limit reached: this server holds at most {max} rooms"
                 )
             }
+            Refusal::NotConfirmed { wanted, got } => write!(
+                f,
+                "not confirmed: {got} of the {wanted} replicas asked for have it in time; \
+                 it may still be delivered, or be lost in a failover"
+            ),
         }
     }
 }

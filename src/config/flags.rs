@@ -139,6 +139,23 @@ pub const REDIS_MAX_REPLY: Flag = Flag::size(
     "64MiB",
     "With --redis: the most memory one reply from Redis may take; past it the connection is made anew",
 );
+pub const REDIS_DURABILITY: Flag = Flag::text(
+    "redis-durability",
+    "LEVEL",
+    "memory",
+    "With --redis: when a message is acknowledged: memory (once Redis's primary has it) or replica (once --redis-replicas replicas have it too; else it is answered as not confirmed)",
+);
+pub const REDIS_REPLICAS: Flag = Flag::count(
+    "redis-replicas",
+    "N",
+    "1",
+    "With --redis-durability replica: replicas that must have a message before it is acknowledged",
+);
+pub const REDIS_WAIT_TIMEOUT: Flag = Flag::duration(
+    "redis-wait-timeout",
+    "1s",
+    "With --redis-durability replica: how long to wait for the replicas before a message is answered as not confirmed",
+);
 pub const AUTH_SECRET_FILE: Flag = Flag::optional(
     "auth-secret-file",
     "FILE",
@@ -272,6 +289,9 @@ pub const SERVE: Command = Command {
         &PRESENCE_TTL,
         &REDIS_PENDING,
         &REDIS_MAX_REPLY,
+        &REDIS_DURABILITY,
+        &REDIS_REPLICAS,
+        &REDIS_WAIT_TIMEOUT,
         &AUTH_SECRET_FILE,
         &AUTH_PUBLIC_KEY,
         &AUTH_LEEWAY,

@@ -11,7 +11,7 @@ use crate::auth::{AuthFiles, TokenRequest};
 use crate::chat::{ChatConfig, Rate, ENVELOPE};
 use crate::client::{ChatClientConfig, ClientTls, GrpcClientConfig, Via, WsClientConfig};
 use crate::grpc::GrpcConfig;
-use crate::redis::RedisConfig;
+use crate::redis::{Durability, RedisConfig};
 use crate::tls::TlsFiles;
 use crate::ws::WsConfig;
 
@@ -108,6 +108,7 @@ impl ServeConfig {
                 presence_ttl: v.duration(&PRESENCE_TTL)?,
                 pending: v.size(&REDIS_PENDING)?,
                 max_reply: v.size(&REDIS_MAX_REPLY)?,
+                durability: durability(v)?,
                 one_member_per_name: chat.one_member_per_name,
             }),
         };
@@ -150,6 +151,21 @@ fn auth_files(v: &Values) -> Result<Option<AuthFiles>, CliError> {
             leeway,
         }),
     )
+}
+
+/// When a message sent through Redis is acknowledged.
+fn durability(v: &Values) -> Result<Durability, CliError> {
+    match v.string(&REDIS_DURABILITY)?.as_str() {
+        "memory" => Ok(Durability::Memory),
+        "replica" => Ok(Durability::Replica {
+            replicas: v.parsed(&REDIS_REPLICAS)?,
+            timeout: v.duration(&REDIS_WAIT_TIMEOUT)?,
+        }),
+        other => Err(CliError::Usage(format!(
+            "--redis-durability: {other:?} is not memory or replica"
+        ))
+        .in_command(SERVE.name)),
+    }
 }
 
 /// The TLS files, all or none: a certificate needs its key, a client CA

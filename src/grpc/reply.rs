@@ -76,7 +76,7 @@ fn sent_as(sent: grpcio::Result<()>, code: RpcStatusCode, metrics: &Metrics) {
 /// The status that says why a text was not said.
 pub(super) fn refusal_status(why: &Refusal) -> RpcStatus {
     let code = match why {
-        Refusal::Unavailable => RpcStatusCode::UNAVAILABLE,
+        Refusal::Unavailable | Refusal::NotConfirmed { .. } => RpcStatusCode::UNAVAILABLE,
         Refusal::TooLong { .. } | Refusal::RateLimited | Refusal::TooManyRooms { .. } => {
             RpcStatusCode::RESOURCE_EXHAUSTED
         }

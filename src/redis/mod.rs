@@ -53,9 +53,22 @@ pub struct RedisConfig {
     /// The most memory one reply from Redis may take as read; past it the
     /// connection is dropped and made anew.
     pub max_reply: usize,
+    /// When a message is acknowledged.
+    pub durability: Durability,
     /// Names are verified identities (tokens are required): a name with
     /// several connections, on any instance, is one member.
     pub one_member_per_name: bool,
+}
+
+/// When a message is acknowledged to its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once Redis's primary has it in memory: a failover or a restart may
+    /// still lose it (and the log then starts a new epoch).
+    Memory,
+    /// Once `replicas` replicas have it too (`WAIT`), within `timeout`;
+    /// past it, the message is answered as not confirmed.
+    Replica { replicas: u32, timeout: Duration },
 }
 
 /// How long connecting, and each read and write, may take.

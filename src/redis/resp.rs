@@ -141,6 +141,11 @@ impl Connection {
         Ok(connection)
     }
 
+    /// How long a read may wait from now on.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))
+    }
+
     /// Queues a command; [`Connection::flush`] sends what is queued.
     pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<()> {
         write!(self.writer, "*{}\r\n", args.len())?;

@@ -12,8 +12,8 @@ use log::{info, warn};
 
 use super::resp::{Connection, Value};
 use super::{
-    back_off, entry_message, room_keys, Command, Follow, RedisState, StreamId, IO_TIMEOUT,
-    RETRY_FIRST, STREAM_FLOOR,
+    back_off, entry_message, room_keys, Command, Durability, Follow, RedisState, StreamId,
+    IO_TIMEOUT, RETRY_FIRST, STREAM_FLOOR,
 };
 use crate::chat::{lock_room, Refusal, Room};
 use crate::executor::block_on_until;
@@ -92,6 +92,10 @@ impl Link {
 fn connect(shared: &RedisState) -> io::Result<Link> {
     let mut connection =
         Connection::open(&shared.config.address, IO_TIMEOUT, shared.config.max_reply)?;
+    if let Durability::Replica { timeout, .. } = shared.config.durability {
+        // A `WAIT` may take its whole timeout before it answers.
+        connection.set_read_timeout(IO_TIMEOUT + timeout)?;
+    }
     let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
     let sha = sha
         .as_str()
@@ -276,19 +280,53 @@ fn exchange(
             }
         }
     }
+    // With replica durability, one `WAIT` after the batch's messages
+    // confirms them all: the round trip is shared as the append's is.
+    let waits_for = match config.durability {
+        Durability::Replica { replicas, timeout } if calls.iter().any(|&(_, says)| says) => {
+            let ms = timeout.as_millis().max(1).to_string();
+            link.connection
+                .send(&["WAIT", &replicas.to_string(), &ms])?;
+            Some(replicas)
+        }
+        _ => None,
+    };
     let tended = if tend {
         send_presence(shared, link, &limits, &presence)?
     } else {
         0
     };
     link.connection.flush()?;
+    let mut replies = Vec::with_capacity(calls.len());
+    for _ in &calls {
+        replies.push(link.connection.read()?);
+    }
+    let confirmed = match waits_for {
+        None => Ok(()),
+        Some(wanted) => {
+            let reply = link.connection.read()?;
+            let got = reply.as_int().and_then(|n| u32::try_from(n).ok());
+            match got {
+                Some(got) if got >= wanted => Ok(()),
+                got => Err(Refusal::NotConfirmed {
+                    wanted,
+                    got: got.unwrap_or(0),
+                }),
+            }
+        }
+    };
+    for _ in 0..tended {
+        match link.connection.read()? {
+            Value::Error(e) if lost_primary(&e) => return Err(io::Error::other(e)),
+            Value::Error(e) => warn!("redis: renewing presence: {e}"),
+            _ => {}
+        }
+    }
     let mut next = Vec::new();
     let mut commands = batch.drain(..);
-    for (covered, says) in calls {
-        let reply = link.connection.read()?;
+    for ((covered, says), reply) in calls.into_iter().zip(replies) {
         if let Value::Error(e) = &reply {
-            // The script is gone (Redis restarted): reconnect, which loads it.
-            if e.starts_with("NOSCRIPT") {
+            if lost_primary(e) {
                 commands.for_each(fail);
                 return Err(io::Error::other(e.clone()));
             }
@@ -306,17 +344,35 @@ fn exchange(
         let mut replies = replies.into_iter();
         for command in commands.by_ref().take(covered) {
             let reply = replies.next().unwrap_or(Value::Nil);
-            settle(shared, command, reply, epoch.as_deref(), &mut next);
+            let said = Said {
+                reply,
+                epoch: epoch.as_deref(),
+                confirmed: &confirmed,
+            };
+            settle(shared, command, said, &mut next);
         }
     }
     drop(commands);
-    for _ in 0..tended {
-        if let Value::Error(e) = link.connection.read()? {
-            warn!("redis: renewing presence: {e}");
-        }
-    }
     batch.append(&mut next);
     Ok(())
+}
+
+/// Whether an error reply means this connection no longer reaches a
+/// primary that has papo's script: the script is gone (Redis restarted), or
+/// the server is a replica now (a failover demoted it), or it is loading.
+/// Connecting again finds the primary and loads the script.
+fn lost_primary(error: &str) -> bool {
+    ["NOSCRIPT", "READONLY", "MASTERDOWN", "LOADING"]
+        .iter()
+        .any(|code| error.starts_with(code))
+}
+
+/// A command's reply, with what its call shared: a message's epoch, and
+/// whether the replicas confirmed the batch.
+struct Said<'a> {
+    reply: Value,
+    epoch: Option<&'a str>,
+    confirmed: &'a Result<(), Refusal>,
 }
 
 /// Renews the presence of this instance's members, room by room (reaping
@@ -353,25 +409,25 @@ fn send_presence(
     Ok(rooms.len() + 1)
 }
 
-/// Acts on a command's reply (a message's: its number, in `epoch`).
-fn settle(
-    shared: &RedisState,
-    command: Command,
-    reply: Value,
-    epoch: Option<&str>,
-    next: &mut Vec<Command>,
-) {
+/// Acts on a command's reply (a message's: its number, in `epoch`,
+/// acknowledged if the replicas confirmed it).
+fn settle(shared: &RedisState, command: Command, said: Said, next: &mut Vec<Command>) {
+    let Said {
+        reply,
+        epoch,
+        confirmed,
+    } = said;
     match command {
         Command::Say {
             room, from, done, ..
         } => {
-            let outcome = reply
-                .as_int()
-                .and_then(|seq| u64::try_from(seq).ok())
-                .ok_or(Refusal::Unavailable);
-            if let (Ok(seq), Some(epoch)) = (&outcome, epoch) {
-                lock_room(&room).saw(epoch, *seq);
+            let given = reply.as_int().and_then(|seq| u64::try_from(seq).ok());
+            if let (Some(seq), Some(epoch)) = (given, epoch) {
+                lock_room(&room).saw(epoch, seq);
             }
+            let outcome = given
+                .ok_or(Refusal::Unavailable)
+                .and_then(|seq| confirmed.clone().map(|()| seq));
             if let (Err(why), Some(id)) = (&outcome, from) {
                 lock_room(&room).tell_not_said(id, why);
             }

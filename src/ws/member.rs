@@ -118,7 +118,7 @@ pub(super) fn on_message(
             Err(refusal @ Refusal::TooManyRooms { .. }) => {
                 Action::Close(CloseCode::Again, refusal.to_string())
             }
-            Err(refusal @ Refusal::Unavailable) => {
+            Err(refusal @ (Refusal::Unavailable | Refusal::NotConfirmed { .. })) => {
                 subscriber.not_said(&refusal);
                 Action::Nothing
             }

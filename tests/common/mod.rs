@@ -487,6 +487,29 @@ impl RedisServer {
         RedisServer::start_with(args.iter().map(|a| a.to_string()).collect())
     }
 
+    /// A replica of `primary`, persistence off.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let of = format!("127.0.0.1 {}", primary.port);
+        RedisServer::start_with(vec![
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--replicaof".into(),
+            of,
+        ])
+    }
+
+    /// How many replicas are connected to this server and caught up enough
+    /// to be counted (`INFO replication`'s `connected_slaves`).
+    pub fn replicas_online(&self) -> usize {
+        let info = self.call(&["INFO", "replication"]);
+        let info = info.as_str().unwrap_or_default().to_owned();
+        info.lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count()
+    }
+
     /// One command, answered.
     pub fn call(&self, args: &[&str]) -> papo::redis::resp::Value {
         let address = self.url().parse().expect("the test's own URL");
