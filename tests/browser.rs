@@ -12,6 +12,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use papo::proto::chat::message::Kind;
@@ -34,10 +35,13 @@ impl Drop for Browser {
 
 fn launch(url: &str, extra: &[String]) -> (Browser, u16) {
     let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    // Tests run in parallel: each browser needs its own profile, or the
+    // second Chromium hands its page to the first and exits.
+    static LAUNCHED: AtomicUsize = AtomicUsize::new(0);
     let profile = std::env::temp_dir().join(format!(
         "papo-chromium-{}-{}",
         std::process::id(),
-        extra.len()
+        LAUNCHED.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&profile);
     std::fs::create_dir_all(&profile).unwrap();
