@@ -303,7 +303,9 @@ fn a_member_resuming_gets_exactly_what_it_missed_then_the_live_ones() {
 #[test]
 fn a_room_filling_all_at_once_drops_no_one() {
     // A queue of 64: a joiner's JOIN may come back from Redis after the
-    // reader has handed it more than that many others' JOINs.
+    // reader has handed it more than that many others' JOINs. A waiting
+    // joiner holds eight queues' worth (`room::WAITING_HOLDS`), and 480
+    // joiners fit in that whatever the order: none may be dropped.
     let config = ChatConfig {
         send_queue: 64,
         ..unlimited()
@@ -314,10 +316,10 @@ fn a_room_filling_all_at_once_drops_no_one() {
             Some(redis) => redis_hub(redis, &config),
             None => Arc::clone(&hub),
         };
-        let inboxes: Vec<_> = (0..600).map(|_| Inbox::new(100_000)).collect();
+        let inboxes: Vec<_> = (0..480).map(|_| Inbox::new(100_000)).collect();
         let members: Vec<_> = thread::scope(|s| {
             let joining: Vec<_> = inboxes
-                .chunks(75)
+                .chunks(30)
                 .enumerate()
                 .map(|(t, chunk)| {
                     let hub = if t % 2 == 0 { &hub } else { &other };
@@ -339,7 +341,7 @@ fn a_room_filling_all_at_once_drops_no_one() {
                 .collect()
         });
         for (n, inbox) in inboxes.iter().enumerate() {
-            let name = format!("m{}-{}", n / 75, n % 75);
+            let name = format!("m{}-{}", n / 30, n % 30);
             let joined = inbox.wait_for_kind(Kind::JOIN, &name);
             assert!(
                 !joined.members.is_empty(),
