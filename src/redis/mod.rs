@@ -24,6 +24,7 @@
 
 mod reader;
 pub mod resp;
+mod settle;
 mod writer;
 
 use std::collections::HashMap;
