@@ -122,7 +122,7 @@ pub fn serve(config: ServeConfig) -> Result<(), ServeError> {
     // process or, shared with other instances, in Redis.
     let redis = match &config.redis {
         Some(redis) => {
-            info!("rooms live in {}", redis.address);
+            info!("rooms live in {}", redis.target);
             let engine = Redis::start(redis.clone()).map_err(|e| ServeError::Thread("redis", e))?;
             let gauge = Arc::clone(&metrics);
             engine.watch(move |up| gauge.engine_up.store(u64::from(up), Ordering::Relaxed));

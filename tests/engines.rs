@@ -30,7 +30,7 @@ fn hubs(config: ChatConfig) -> Vec<(&'static str, Arc<Hub>, Option<RedisServer>)
 /// A hub on `redis`: one instance of several, as far as rooms go.
 fn redis_hub(redis: &RedisServer, config: &ChatConfig) -> Arc<Hub> {
     let engine = Redis::start(RedisConfig {
-        address: redis.url().parse().expect("url"),
+        target: redis.url().parse().expect("url"),
         history: config.history,
         history_ttl: config.history_ttl,
         presence_ttl: Duration::from_secs(15),

@@ -120,7 +120,7 @@ pub const ADDRESS_JOIN_BURST: Flag = Flag::count(
 pub const REDIS: Flag = Flag::optional(
     "redis",
     "URL",
-    "Share rooms with every instance pointed at this Redis: redis://[:PASSWORD@]HOST[:PORT][/DB] (default: rooms in memory)",
+    "Share rooms with every instance pointed at this Redis: redis://[:PASSWORD@]HOST[:PORT][/DB], or the primary Sentinels name: redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB] (default: rooms in memory)",
 );
 pub const PRESENCE_TTL: Flag = Flag::duration(
     "presence-ttl",

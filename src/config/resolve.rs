@@ -100,7 +100,7 @@ impl ServeConfig {
         let redis = match v.optional(&REDIS)? {
             None => None,
             Some(url) => Some(RedisConfig {
-                address: url
+                target: url
                     .parse()
                     .map_err(|e| CliError::Usage(format!("--redis: {e}")).in_command(SERVE.name))?,
                 history: chat.history,

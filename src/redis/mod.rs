@@ -22,9 +22,11 @@
 //! and connections stay. Back, the reader continues from the last entry it
 //! delivered in each room: nothing Redis kept is lost or delivered twice.
 
+mod primary;
 mod reader;
 pub mod resp;
 mod settle;
+mod url;
 mod writer;
 
 use std::collections::HashMap;
@@ -37,12 +39,13 @@ use std::time::Duration;
 use crate::chat::{Done, Engine, MemberEntry, Refusal, Resume, Room};
 use crate::proto::chat::Message;
 use crate::queue;
-pub use resp::Address;
+pub use url::{Address, Sentinels, Target};
 
 /// The Redis engine's settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub address: Address,
+    /// The one server, or the Sentinels that name the primary.
+    pub target: Target,
     /// Entries a room's log keeps for resuming members.
     pub history: usize,
     /// How long a room's keys live after its last activity.
@@ -149,6 +152,12 @@ struct RedisState {
     follows: Mutex<HashMap<String, Follow>>,
     /// The reader's wake-up stream.
     wake_key: String,
+    /// What the reader writes to learn, with `WAIT`, that the replicas
+    /// have what it read (replica durability).
+    read_key: String,
+    /// The primary the writer is connected to: the reader reads from the
+    /// same, and follows it when it moves.
+    primary: Mutex<Option<Address>>,
     /// Told when the engine goes up or down.
     watchers: Mutex<Vec<Watcher>>,
 }
@@ -168,11 +177,13 @@ impl Redis {
         let instance = crate::chat::unique_id().replace('-', "");
         let shared = Arc::new(RedisState {
             wake_key: format!("papo:wake:{instance}"),
+            read_key: format!("papo:read:{instance}"),
             instance,
             config,
             up: AtomicBool::new(false),
             commands,
             follows: Mutex::new(HashMap::new()),
+            primary: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
         });
         let writer = Arc::clone(&shared);

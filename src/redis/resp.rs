@@ -7,6 +7,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use super::url::Address;
+
 /// A Redis reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -40,59 +42,6 @@ impl Value {
             Value::Array(items) => items,
             _ => Vec::new(),
         }
-    }
-}
-
-/// Where a Redis server is: `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
-    pub host: String,
-    pub port: u16,
-    pub db: u32,
-    pub password: Option<String>,
-}
-
-impl std::str::FromStr for Address {
-    type Err = String;
-
-    fn from_str(url: &str) -> Result<Address, String> {
-        let bad = || format!("{url:?} is not redis://[:PASSWORD@]HOST[:PORT][/DB]");
-        let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| bad())?),
-            None => (rest, 0),
-        };
-        let (password, host_port) = match authority.rsplit_once('@') {
-            Some((user_pass, hp)) => {
-                let pass = user_pass.split_once(':').map_or(user_pass, |(_, p)| p);
-                (Some(pass.to_owned()), hp)
-            }
-            None => (None, authority),
-        };
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| bad())?)
-            }
-            _ => (host_port, 6379),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Address {
-            host: host.to_owned(),
-            port,
-            db,
-            password,
-        })
-    }
-}
-
-impl std::fmt::Display for Address {
-    /// The address without its password, for logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
     }
 }
 
@@ -260,21 +209,6 @@ fn read_value(reader: &mut impl BufRead, depth: usize, left: &mut usize) -> io::
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_parse_with_their_defaults() {
-        let a: Address = "redis://127.0.0.1:7000/2".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.db), ("127.0.0.1", 7000, 2));
-        let a: Address = "redis://:s3cret@cache".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.db), ("cache", 6379, 0));
-        assert_eq!(a.password.as_deref(), Some("s3cret"));
-        assert_eq!(a.to_string(), "redis://cache:6379/0");
-        let a: Address = "redis://[::1]:7001".parse().unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("::1", 7001));
-        for bad in ["http://x", "redis://", "redis://h:port", "redis://h/db"] {
-            assert!(bad.parse::<Address>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn replies_parse_and_garbage_is_an_error() {

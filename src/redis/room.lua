@@ -1,6 +1,7 @@
 -- A papo room in Redis: every write to it, atomically.
 --
--- KEYS[1] meta:    hash {seq = last number, epoch = the log's name}
+-- KEYS[1] meta:    hash {seq = last number, epoch = the log's name,
+--                  hist = the Redis history that last wrote it}
 -- KEYS[2] log:     stream of entries {seq, kind, sender, text, ts, epoch}
 -- KEYS[3] members: sorted set of "instance:id:name", scored by when the
 --                  member's presence expires (ms)
@@ -8,7 +9,10 @@
 -- ARGV[2] entries the log keeps (MAXLEN ~), ARGV[3] the keys' TTL (ms),
 -- ARGV[4] '1' when names are verified identities (one member per name),
 -- ARGV[5], ARGV[6] the epoch and the highest number the calling instance
--- knows the log gave ('' when it knows none); the operation's own from ARGV[7]
+-- knows the log gave ('' when it knows none), ARGV[7], ARGV[8] the
+-- primary's history (its replication id, and the one it was promoted from),
+-- ARGV[9] which new histories keep the log ('p': a promotion, 'r': a
+-- restart; see start_anew_if_new_history); the operation's own from ARGV[10]
 --
 -- Numbers are given here, with the append, so they are gapless and in one
 -- order whichever instance appends. The clock is Redis's, for the same reason.
@@ -26,10 +30,16 @@ local function epoch()
   local e = redis.call('HGET', meta, 'epoch')
   if not e then
     e = 'r' .. time[1] .. '.' .. time[2]
-    redis.call('HSET', meta, 'epoch', e)
+    redis.call('HSET', meta, 'epoch', e, 'hist', ARGV[7])
   end
   known_epoch = e
   return e
+end
+
+-- Starts the log anew: whoever resumes from before is told it is not whole.
+local function start_anew()
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', 'r' .. time[1] .. '.' .. time[2], 'seq', 0)
 end
 
 -- A log with less than an instance saw given has lost its tail: Redis came
@@ -43,11 +53,37 @@ local function start_anew_if_short(seen_epoch, seen_seq)
   if seen_epoch == '' or not seen_seq then return end
   if redis.call('HGET', meta, 'epoch') ~= seen_epoch then return end
   local seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
-  if seq < seen_seq then
-    redis.call('DEL', log)
-    redis.call('HSET', meta, 'epoch', 'r' .. time[1] .. '.' .. time[2], 'seq', 0)
-  end
+  if seq < seen_seq then start_anew() end
 end
+
+-- A log last written by another history of Redis than the primary's now
+-- may have lost what that history had last, and the instances that saw it
+-- may not be the ones writing now (a SendMessage through an instance with
+-- no member in the room). It is kept only when the change cannot have
+-- dropped what members were shown: a promotion from the history that
+-- wrote it when members are shown only what the replicas confirmed ('p');
+-- a restart (a history promoted from none) when every write was on disk
+-- before its answer ('r'); anything else (several changes while the room
+-- was idle) when both hold. Otherwise the log starts anew.
+local function start_anew_if_new_history(replid, promoted_from, keeps)
+  if redis.call('EXISTS', meta) == 0 then return end
+  local was = redis.call('HGET', meta, 'hist')
+  if was == replid then return end
+  if was then
+    local p, r = string.find(keeps, 'p', 1, true), string.find(keeps, 'r', 1, true)
+    local kept
+    if was == promoted_from then
+      kept = p
+    elseif promoted_from == '' then
+      kept = r
+    else
+      kept = p and r
+    end
+    if not kept then start_anew() end
+  end
+  redis.call('HSET', meta, 'hist', replid)
+end
+start_anew_if_new_history(ARGV[7], ARGV[8], ARGV[9])
 start_anew_if_short(ARGV[5], tonumber(ARGV[6]))
 
 -- Appends an entry (kind: 0 message, 1 join, 2 leave); returns {seq, id}.
@@ -99,19 +135,19 @@ local function reap(unique)
 end
 
 if op == 'say' then
-  -- ARGV[7], ARGV[8]: a sender and its text; as many pairs as there are
+  -- ARGV[10], ARGV[11]: a sender and its text; as many pairs as there are
   -- messages. Returns their numbers, then the log's epoch.
   local seqs = {}
-  for i = 7, #ARGV - 1, 2 do
+  for i = 10, #ARGV - 1, 2 do
     table.insert(seqs, append(0, ARGV[i], ARGV[i + 1])[1])
   end
   table.insert(seqs, epoch())
   keep_alive()
   return seqs
 elseif op == 'join' then
-  -- ARGV[7] member ("instance:id"), ARGV[8] name, ARGV[9] presence TTL (ms),
-  -- ARGV[10] since ('' for live only), ARGV[11] epoch, ARGV[12] most to
-  -- replay, ARGV[13] most bytes to replay (what the joiner takes at once).
+  -- ARGV[10] member ("instance:id"), ARGV[11] name, ARGV[12] presence TTL (ms),
+  -- ARGV[13] since ('' for live only), ARGV[14] epoch, ARGV[15] most to
+  -- replay, ARGV[16] most bytes to replay (what the joiner takes at once).
   -- Returns {seq of the JOIN (or of the next entry, for a nameless member
   -- or another connection of a member here), epoch, names present (once
   -- per connection), entries after since (newest first), id of the entry
@@ -119,9 +155,9 @@ elseif op == 'join' then
   -- replay for its bytes}. The replay is read an entry at a time, newest
   -- first, and stops at its bytes: no run holds more than that.
   reap(unique)
-  local name = ARGV[8]
+  local name = ARGV[11]
   local announced = name ~= '' and not (unique and present(name))
-  redis.call('ZADD', members, now + tonumber(ARGV[9]), ARGV[7] .. ':' .. name)
+  redis.call('ZADD', members, now + tonumber(ARGV[12]), ARGV[10] .. ':' .. name)
   local e = epoch()
   local seq, id
   if announced then
@@ -138,11 +174,11 @@ elseif op == 'join' then
   end
   local entries = {}
   local skipped = 0
-  if ARGV[10] ~= '' then
-    local since = tonumber(ARGV[10])
-    if ARGV[11] ~= e and not (ARGV[11] == '' and since == 0) then since = 0 end
-    local count = math.min(seq - 1 - since, tonumber(ARGV[12]))
-    local budget = tonumber(ARGV[13])
+  if ARGV[13] ~= '' then
+    local since = tonumber(ARGV[13])
+    if ARGV[14] ~= e and not (ARGV[14] == '' and since == 0) then since = 0 end
+    local count = math.min(seq - 1 - since, tonumber(ARGV[15]))
+    local budget = tonumber(ARGV[16])
     local upto = '+'
     if id then upto = '(' .. id end
     local bytes = 0
@@ -175,22 +211,22 @@ elseif op == 'join' then
   if announced then said = 1 end
   return {seq, e, names, entries, last, said, skipped}
 elseif op == 'leave' then
-  -- ARGV[7] member ("instance:id"), ARGV[8] name. Announced only by the
+  -- ARGV[10] member ("instance:id"), ARGV[11] name. Announced only by the
   -- first to remove it (the instance, or another's reaping).
-  if redis.call('ZREM', members, ARGV[7] .. ':' .. ARGV[8]) == 1 then
-    left(ARGV[8], unique)
+  if redis.call('ZREM', members, ARGV[10] .. ':' .. ARGV[11]) == 1 then
+    left(ARGV[11], unique)
   end
   return 0
 elseif op == 'tend' then
-  -- ARGV[7] presence TTL (ms), ARGV[8..] this instance's members here
+  -- ARGV[10] presence TTL (ms), ARGV[11..] this instance's members here
   -- ("instance:id:name"): renewed, or put back (after Redis lost them, or
   -- after they were reaped while their instance stalled: their LEAVE was
   -- announced, so their coming back is announced too, unless, with
   -- verified names, another connection of the name stayed);
   -- then the expired are reaped, and the room kept alive while anyone is in it.
   -- A member late but not yet reaped is renewed quietly: it never left.
-  local until_ms = now + tonumber(ARGV[7])
-  for i = 8, #ARGV do
+  local until_ms = now + tonumber(ARGV[10])
+  for i = 11, #ARGV do
     local name = name_of(ARGV[i])
     local back = name ~= '' and not (unique and present(name))
     if redis.call('ZADD', members, until_ms, ARGV[i]) == 1 and back then

@@ -50,9 +50,10 @@ pub(super) fn settle(shared: &RedisState, command: Command, said: Said, next: &m
             name,
             resume,
             ..
-        } => match joined(&name, resume.as_ref(), reply) {
-            None => lock_room(&room).join_failed(id, &Refusal::Unavailable),
-            Some(join) => {
+        } => match (joined(&name, resume.as_ref(), reply), confirmed) {
+            (None, _) => lock_room(&room).join_failed(id, &Refusal::Unavailable),
+            (Some(_), Err(why)) => lock_room(&room).join_failed(id, why),
+            (Some(join), Ok(())) => {
                 let mut locked = lock_room(&room);
                 let dropped = locked.arrived(
                     id,

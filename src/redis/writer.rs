@@ -10,8 +10,10 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use log::{info, warn};
 
+use super::primary::{self, History};
 use super::resp::{Connection, Value};
 use super::settle::{settle, Said};
+use super::url::Address;
 use super::{
     back_off, room_keys, Command, Durability, RedisState, IO_TIMEOUT, RETRY_FIRST, STREAM_FLOOR,
 };
@@ -24,10 +26,12 @@ const SCRIPT: &str = include_str!("room.lua");
 /// Commands sent in one flush at most.
 const BATCH: usize = 1024;
 
-/// A connection with the script loaded.
+/// A connection to the primary, with the script loaded.
 struct Link {
     connection: Connection,
     sha: String,
+    primary: Address,
+    history: History,
 }
 
 /// What every run of the script is told after its operation.
@@ -69,7 +73,7 @@ impl Seen {
 
 impl Link {
     /// Queues a run of the script on `room`'s keys: `op`, the limits, what
-    /// this instance saw of the log, `args`.
+    /// this instance saw of the log, the primary's history, `args`.
     fn script(
         &mut self,
         room: &str,
@@ -79,28 +83,45 @@ impl Link {
         args: &[&str],
     ) -> io::Result<()> {
         let [meta, log, members] = room_keys(room);
-        let Link { connection, sha } = self;
+        let Link {
+            connection,
+            sha,
+            history,
+            ..
+        } = self;
         let mut all = vec!["EVALSHA", sha, "3", &meta, &log, &members, op];
         all.extend([limits.maxlen.as_str(), &limits.ttl, limits.unique]);
         all.extend([seen.epoch.as_str(), &seen.seq]);
+        all.extend([
+            history.replid.as_str(),
+            &history.promoted_from,
+            &history.keeps,
+        ]);
         all.extend_from_slice(args);
         connection.send(&all)
     }
 }
 
 fn connect(shared: &RedisState) -> io::Result<Link> {
-    let mut connection =
-        Connection::open(&shared.config.address, IO_TIMEOUT, shared.config.max_reply)?;
+    let (mut connection, primary) =
+        primary::open(&shared.config.target, IO_TIMEOUT, shared.config.max_reply)?;
     if let Durability::Replica { timeout, .. } = shared.config.durability {
         // A `WAIT` may take its whole timeout before it answers.
         connection.set_read_timeout(IO_TIMEOUT + timeout)?;
     }
+    let confirmed = matches!(shared.config.durability, Durability::Replica { .. });
+    let history = History::of(&mut connection, confirmed)?;
     let sha = connection.call(&["SCRIPT", "LOAD", SCRIPT])?;
     let sha = sha
         .as_str()
         .ok_or_else(|| io::Error::other("SCRIPT LOAD gave no sha"))?
         .to_owned();
-    Ok(Link { connection, sha })
+    Ok(Link {
+        connection,
+        sha,
+        primary,
+        history,
+    })
 }
 
 pub(super) fn run(shared: &RedisState, pending: queue::Receiver<Command>) {
@@ -114,7 +135,8 @@ pub(super) fn run(shared: &RedisState, pending: queue::Receiver<Command>) {
         let Some(connected) = link.as_mut() else {
             match connect(shared) {
                 Ok(connected) => {
-                    info!("redis: connected to {}", shared.config.address);
+                    info!("redis: connected to {}", connected.primary);
+                    *crate::lock(&shared.primary) = Some(connected.primary.clone());
                     link = Some(connected);
                     shared.set_up(true);
                     retry = RETRY_FIRST;
@@ -124,7 +146,7 @@ pub(super) fn run(shared: &RedisState, pending: queue::Receiver<Command>) {
                     if retry == RETRY_FIRST {
                         warn!(
                             "redis: cannot reach {}: {e} (retrying)",
-                            shared.config.address
+                            shared.config.target
                         );
                     }
                     shared.set_up(false);
@@ -279,10 +301,15 @@ fn exchange(
             }
         }
     }
-    // With replica durability, one `WAIT` after the batch's messages
-    // confirms them all: the round trip is shared as the append's is.
+    // With replica durability, one `WAIT` after the batch's messages and
+    // joins confirms them all (a joiner is shown its replay and its JOIN
+    // only once replicas have them): the round trip is shared as the
+    // append's is.
+    let shows = batch
+        .iter()
+        .any(|c| matches!(c, Command::Say { .. } | Command::Join { .. }));
     let waits_for = match config.durability {
-        Durability::Replica { replicas, timeout } if calls.iter().any(|&(_, says)| says) => {
+        Durability::Replica { replicas, timeout } if shows => {
             let ms = timeout.as_millis().max(1).to_string();
             link.connection
                 .send(&["WAIT", &replicas.to_string(), &ms])?;
@@ -314,9 +341,16 @@ fn exchange(
             }
         }
     };
+    // The round's own replies are read whatever they say, and its
+    // messages settled, before a lost primary ends the connection: what
+    // Redis took is acknowledged, not refused and sent again.
+    let mut lost = None;
+    if tend && !primary::is_primary(&link.connection.read()?) {
+        lost = Some(format!("{} is no longer the primary", link.primary));
+    }
     for _ in 0..tended {
         match link.connection.read()? {
-            Value::Error(e) if lost_primary(&e) => return Err(io::Error::other(e)),
+            Value::Error(e) if lost_primary(&e) => lost = Some(e),
             Value::Error(e) => warn!("redis: renewing presence: {e}"),
             _ => {}
         }
@@ -326,8 +360,9 @@ fn exchange(
     for ((covered, says), reply) in calls.into_iter().zip(replies) {
         if let Value::Error(e) = &reply {
             if lost_primary(e) {
-                commands.for_each(fail);
-                return Err(io::Error::other(e.clone()));
+                lost = Some(e.clone());
+                commands.by_ref().for_each(fail);
+                break;
             }
             warn!("redis: {e}");
         }
@@ -353,17 +388,28 @@ fn exchange(
     }
     drop(commands);
     batch.append(&mut next);
-    Ok(())
+    match lost {
+        None => Ok(()),
+        Some(e) => Err(io::Error::other(e)),
+    }
 }
 
 /// Whether an error reply means this connection no longer reaches a
 /// primary that has papo's script: the script is gone (Redis restarted), or
-/// the server is a replica now (a failover demoted it), or it is loading.
+/// the server is a replica now (a failover demoted it), or it is loading,
+/// or it refuses writes for want of replicas (`min-replicas-to-write`: a
+/// primary cut off from the rest, which the Sentinels are replacing).
 /// Connecting again finds the primary and loads the script.
 fn lost_primary(error: &str) -> bool {
-    ["NOSCRIPT", "READONLY", "MASTERDOWN", "LOADING"]
-        .iter()
-        .any(|code| error.starts_with(code))
+    [
+        "NOSCRIPT",
+        "READONLY",
+        "MASTERDOWN",
+        "LOADING",
+        "NOREPLICAS",
+    ]
+    .iter()
+    .any(|code| error.starts_with(code))
 }
 
 /// Renews the presence of this instance's members, room by room (reaping
@@ -376,7 +422,9 @@ fn send_presence(
     presence: &str,
 ) -> io::Result<usize> {
     // Asked even with no room to renew: an idle writer learns so whether
-    // Redis is there.
+    // its primary is there, and still a primary (a failover that demoted
+    // it while nothing was written is followed so).
+    link.connection.send(&["ROLE"])?;
     link.connection
         .send(&["PEXPIRE", &shared.wake_key, presence])?;
     let rooms: Vec<_> = {
