@@ -53,11 +53,13 @@ chat: prereqs
 test: prereqs test-prereqs fmt-check lint proto-check unit tls-interop auth-interop autobahn
 
 # The browser test drives Debian's chromium headless; the multi-instance
-# tests start their own Debian redis-server.
+# tests start their own Debian redis-server, and the failover tests their
+# own redis-sentinel.
 test-prereqs:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || command -v "$$CHROMIUM" >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
 	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "test-prereqs: installing$$missing" >&2; \
