@@ -725,6 +725,21 @@ fn with_replica_durability_a_message_is_acknowledged_once_a_replica_has_it() {
     ws_say(&mut ana, "mine");
     let note = next_error(&mut ana);
     assert!(note.text.contains("not confirmed"), "{note:?}");
+    // The replica back, ana hears the room again: what the replica now
+    // has, then what is said.
+    replica.restart();
+    eventually(SOON, "the replica to be back", || {
+        primary.replicas_online() == 1
+    });
+    chat_client(&grpc_a)
+        .send_message(&post("heard again"))
+        .expect("acknowledged with the replica back");
+    loop {
+        let m = ws_next(&mut ana);
+        if kind(&m) == Kind::MESSAGE && m.text == "heard again" {
+            break;
+        }
+    }
     // The same Redis, asked for less, acknowledges.
     chat_client(&grpc_b)
         .send_message(&post("memory is enough"))

@@ -52,7 +52,18 @@ pub(super) fn settle(shared: &RedisState, command: Command, said: Said, next: &m
             ..
         } => match (joined(&name, resume.as_ref(), reply), confirmed) {
             (None, _) => lock_room(&room).join_failed(id, &Refusal::Unavailable),
-            (Some(_), Err(why)) => lock_room(&room).join_failed(id, why),
+            (Some(join), Err(why)) => {
+                // In the room, told its join is not confirmed: it hears
+                // the room from its JOIN on, as the replicas confirm it.
+                let mut locked = lock_room(&room);
+                locked.join_failed(id, why);
+                let room_name = locked.name().to_owned();
+                let closed = locked.is_closed();
+                drop(locked);
+                if !closed && follow(shared, &room_name, &room, join.last) {
+                    next.push(Command::Wake);
+                }
+            }
             (Some(join), Ok(())) => {
                 let mut locked = lock_room(&room);
                 let dropped = locked.arrived(
