@@ -214,17 +214,22 @@ def redis_rows(memory_addrs, rounds):
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              preexec_fn=on(SERVER_CPUS))
+    # A replica, for --redis-durability replica: each batch waits for it.
+    replica = subprocess.Popen(["redis-server", "--port", str(free_port()), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--replicaof", "127.0.0.1", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=on(SERVER_CPUS))
     instances = []
     try:
         time.sleep(0.5)
-        for _ in range(2):
+        for durability in ("memory", "memory", "replica", "replica"):
             instances.append(start(["serve", "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--rate-limit", "0",
-                                    "--history", "2000", "--redis", "redis://127.0.0.1:%d" % port],
+                                    "--history", "2000", "--redis", "redis://127.0.0.1:%d" % port,
+                                    "--redis-durability", durability],
                                    {"ws": r"ws listening on ws://([^/]+)/ws", "grpc": r"grpc listening on (\S+)"}))
-        (_, a), (_, b) = instances
+        (_, a), (_, b), (_, c), (_, d) = instances
         runs = {}
         for _ in range(rounds):
-            for engine, first, second in (("memory", memory_addrs, None), ("redis", a, b)):
+            for engine, first, second in (("memory", memory_addrs, None), ("redis", a, b), ("replica", c, d)):
                 fanout_args = ["--url", "ws://%s/chat" % first["ws"], "--members", "1000", "--msgs", "100"]
                 if second:
                     fanout_args += ["--second-url", "ws://%s/chat" % second["ws"]]
@@ -234,8 +239,8 @@ def redis_rows(memory_addrs, rounds):
                 runs.setdefault(("resume", engine), []).append(
                     bench("resume", "--url", "ws://%s/chat" % first["ws"], "--msgs", "1000", "--rounds", "10"))
 
-        def per_round(measure, key):
-            pairs = zip(runs[(measure, "redis")], runs[(measure, "memory")])
+        def per_round(measure, key, engine="redis", beside="memory"):
+            pairs = zip(runs[(measure, engine)], runs[(measure, beside)])
             return sorted(r[key] / m[key] for r, m in pairs)[rounds // 2]
         return {"rounds": rounds,
                 "fanout": median(runs[("fanout", "redis")], "p99_us"),
@@ -245,10 +250,16 @@ def redis_rows(memory_addrs, rounds):
                 "publish_memory": median(runs[("publish", "memory")], "ops_per_sec"),
                 "publish_ratio": per_round("publish", "ops_per_sec"),
                 "resume": median(runs[("resume", "redis")], "p50_us"),
-                "resume_memory": median(runs[("resume", "memory")], "p50_us")}
+                "resume_memory": median(runs[("resume", "memory")], "p50_us"),
+                "replica_fanout": median(runs[("fanout", "replica")], "p99_us"),
+                "replica_fanout_ratio": per_round("fanout", "p99_us", "replica", "redis"),
+                "replica_publish": median(runs[("publish", "replica")], "ops_per_sec"),
+                "replica_publish_ratio": per_round("publish", "ops_per_sec", "replica", "redis"),
+                "replica_publish_p99_ratio": per_round("publish", "p99_us", "replica", "redis")}
     finally:
         for proc, _ in instances:
             proc.terminate(); proc.wait()
+        replica.terminate(); replica.wait()
         redis.terminate(); redis.wait()
 
 
@@ -374,6 +385,11 @@ def main():
                  shared["publish_memory"]["ops_per_sec"]))
         print("  resume, 1,000 messages replayed: p50 %.1f ms (in memory: %.1f ms)"
               % (shared["resume"]["p50_us"] / 1000, shared["resume_memory"]["p50_us"] / 1000))
+        print("  --redis-durability replica (one replica, a WAIT a batch and a round): 32 publishers %.0f msg/s "
+              "(%.2fx memory durability), p99 %.0f us (%.2fx); fan-out p99 %.0f us (%.2fx)"
+              % (shared["replica_publish"]["ops_per_sec"], shared["replica_publish_ratio"],
+                 shared["replica_publish"]["p99_us"], shared["replica_publish_p99_ratio"],
+                 shared["replica_fanout"]["p99_us"], shared["replica_fanout_ratio"]))
 
     goals = [
         ("WebSocket p50 at 1 conn <= 1.3x TCP", ratio(runs, "ws", 1, "p50_us"), "<=", 1.3),

@@ -47,21 +47,26 @@ fn ask(sentinel: &Address, sentinels: &Sentinels, timeout: Duration) -> io::Resu
         "get-master-addr-by-name",
         sentinels.master.as_str(),
     ])?;
-    let mut parts = reply.into_array().into_iter();
-    let (Some(host), Some(port)) = (parts.next(), parts.next()) else {
-        return Err(io::Error::other(format!(
-            "sentinel {}:{} knows no primary named {:?}",
-            sentinel.host, sentinel.port, sentinels.master
-        )));
-    };
-    let port = port.as_int().and_then(|p| u16::try_from(p).ok());
-    match (host.as_str(), port) {
-        (Some(host), Some(port)) if !host.is_empty() => Ok(sentinels.node(host.to_owned(), port)),
-        _ => Err(io::Error::new(
+    match named(reply) {
+        Some((host, port)) => Ok(sentinels.node(host, port)),
+        None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "a sentinel named the primary in a form that is not HOST PORT",
+            format!(
+                "sentinel {sentinel} knows no primary named {:?}, or named it in a form \
+                 that is not HOST PORT",
+                sentinels.master
+            ),
         )),
     }
+}
+
+/// The `HOST PORT` of a `get-master-addr-by-name` reply.
+fn named(reply: Value) -> Option<(String, u16)> {
+    let mut parts = reply.into_array().into_iter();
+    let (host, port) = (parts.next()?, parts.next()?);
+    let port = u16::try_from(port.as_int()?).ok()?;
+    let host = host.as_str().filter(|h| !h.is_empty() && h.len() <= 255)?;
+    Some((host.to_owned(), port))
 }
 
 /// Opens `address` and checks that it is a primary.
@@ -99,13 +104,7 @@ impl History {
     pub fn of(connection: &mut Connection, confirmed: bool) -> io::Result<History> {
         let info = connection.call(&["INFO", "replication"])?;
         let info = info.as_str().unwrap_or_default();
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let field = |name: &str| info_field(info, name).to_owned();
         let replid = field("master_replid");
         if replid.is_empty() {
             return Err(io::Error::new(
@@ -133,6 +132,13 @@ impl History {
     }
 }
 
+/// The value of `name:value` in an `INFO` text (empty when absent).
+fn info_field<'a>(info: &'a str, name: &str) -> &'a str {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map_or("", str::trim)
+}
+
 /// Whether the server answers a write only once it is in its append-only
 /// file (`appendfsync always`): a restart then comes back with all of it.
 /// A server that will not say (`CONFIG` renamed away) is taken not to.
@@ -148,4 +154,53 @@ fn writes_reach_disk_first(connection: &mut Connection) -> bool {
             .and_then(|pair| pair[1].as_str())
     };
     value("appendonly") == Some("yes") && value("appendfsync") == Some("always")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::resp::read_reply;
+    use super::*;
+
+    #[test]
+    fn a_sentinels_answer_names_host_and_port() {
+        let reply = |bytes: &[u8]| read_reply(&mut &bytes[..], SMALL_REPLY).unwrap();
+        let named_in = |bytes: &[u8]| named(reply(bytes));
+        assert_eq!(
+            named_in(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n"),
+            Some(("127.0.0.1".into(), 6380))
+        );
+        assert_eq!(named_in(b"*-1\r\n"), None); // no such master
+        assert_eq!(named_in(b"*2\r\n$0\r\n\r\n$4\r\n6380\r\n"), None);
+        assert_eq!(named_in(b"*2\r\n$1\r\nh\r\n$5\r\n70000\r\n"), None);
+        let info = "# Replication\r\nrole:master\r\nmaster_replid:abc\r\nmaster_replid2:000\r\n";
+        assert_eq!(info_field(info, "master_replid"), "abc");
+        assert_eq!(info_field(info, "master_replid2"), "000");
+        assert_eq!(info_field(info, "absent"), "");
+    }
+
+    mod arbitrary {
+        use super::super::super::resp::read_reply;
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_sentinel_reply_names_a_primary_or_none(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            ) {
+                if let Ok(reply) = read_reply(&mut &bytes[..], SMALL_REPLY) {
+                    if let Some((host, _)) = named(reply) {
+                        prop_assert!(!host.is_empty() && host.len() <= 255);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_info_text_gives_a_value_from_one_line(info in "\\PC{0,200}", name in "[a-z_]{1,8}") {
+                prop_assert!(!info_field(&info, &name).contains('\n'));
+            }
+        }
+    }
 }

@@ -153,7 +153,7 @@ fn read_len(line: &str, max: usize) -> io::Result<Option<usize>> {
 }
 
 /// Reads one reply that takes at most `max` bytes to hold.
-fn read_reply(reader: &mut impl BufRead, max: usize) -> io::Result<Value> {
+pub(super) fn read_reply(reader: &mut impl BufRead, max: usize) -> io::Result<Value> {
     let mut left = max;
     read_value(reader, 0, &mut left)
 }
